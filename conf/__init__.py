@@ -1,0 +1,5 @@
+"""Configuration files (YAML), installed as package data; see ``training.config``."""
+
+from pathlib import Path
+
+CONF_DIR = Path(__file__).resolve().parent

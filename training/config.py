@@ -1,0 +1,136 @@
+"""Compose YAML configs from ``conf/`` with command-line ``key=value`` overrides.
+
+A top-level file (``train.yaml``, ``daemon.yaml``) may name config groups in a
+``defaults`` mapping (``model: compact``); each group is a folder of YAML files.
+On the command line ``group=choice`` picks a file, ``group=a+b`` merges several
+(lists are concatenated, so ``data=ravdess+tess`` trains on both corpora),
+``a.b.c=value`` sets a key that must already exist, and ``+a.b=value`` adds a
+new one. This is the part of Hydra's compose API that ser needs, kept small
+enough to give precise errors. Torch-free: the daemon uses it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from conf import CONF_DIR
+
+
+class ConfigError(Exception):
+    """A config file, group choice or override that does not exist or does not parse."""
+
+
+_MISSING = object()
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except (OSError, yaml.YAMLError, OmegaConfBaseException) as exc:
+        raise ConfigError(f"cannot load config {path}: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config {path} must be a mapping")
+    return cfg
+
+
+def _merge_concat(a: Any, b: Any) -> Any:
+    """Merge two plain containers; lists are concatenated so groups can be combined with '+'."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = _merge_concat(out[k], v) if k in out else v
+        return out
+    if isinstance(a, list) and isinstance(b, list):
+        return a + b
+    return b
+
+
+def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """Names of the files in a config group folder (``conf/<group>/*.yaml``)."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+
+
+def _load_group(group: str, choice: str, conf_dir: Path) -> dict:
+    merged: dict = {}
+    for part in str(choice).split("+"):
+        path = conf_dir / group / f"{part}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"unknown {group} {part!r}; choose from: {', '.join(group_choices(group, conf_dir)) or '(none)'}"
+            )
+        merged = _merge_concat(merged, OmegaConf.to_container(_load_yaml(path), resolve=False))
+    return merged
+
+
+def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
+    """Build the config ``conf/<name>.yaml`` with its groups and the given overrides applied."""
+    base_path = conf_dir / f"{name}.yaml"
+    if not base_path.is_file():
+        raise ConfigError(f"no config named {name!r} in {conf_dir}")
+    base = OmegaConf.to_container(_load_yaml(base_path), resolve=False)
+    defaults: dict = dict(base.pop("defaults", None) or {})
+
+    plain: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        if key in defaults:
+            defaults[key] = value
+        else:
+            plain.append(item)
+
+    for group, choice in defaults.items():
+        if choice in (None, "null", "none"):
+            continue
+        base[group] = _merge_concat(base.get(group) or {}, _load_group(group, choice, conf_dir))
+    base["choices"] = {g: str(c) for g, c in defaults.items()}
+    cfg = OmegaConf.create(base)
+
+    for item in plain:
+        key, _, value = item.partition("=")
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if not add and OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is _MISSING:
+            raise ConfigError(f"unknown config key {key!r} (use +{key}=... to add a new key)")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse value of {key!r}: {exc}") from exc
+        OmegaConf.update(cfg, key, parsed, merge=False, force_add=True)
+
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config {name!r} does not resolve: {exc}") from exc
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_yaml(cfg: DictConfig | ListConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def save(cfg: DictConfig, path: Path) -> None:
+    """Write the resolved config next to a run's outputs, so the run can be reproduced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(to_yaml(cfg))
+
+
+def to_dict(cfg: DictConfig | dict) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def from_dict(data: dict) -> DictConfig:
+    return OmegaConf.create(data)
+
+
+def split_overrides(args: Iterable[str]) -> list[str]:
+    """Accept overrides as separate words or comma-free ``key=value`` tokens."""
+    return [a for a in args if a.strip()]
