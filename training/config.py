@@ -87,7 +87,7 @@ def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR)
             plain.append(item)
 
     for group, choice in defaults.items():
-        if choice in (None, "null", "none"):
+        if choice in (None, "null"):
             continue
         base[group] = _merge_concat(base.get(group) or {}, _load_group(group, choice, conf_dir))
     base["choices"] = {g: str(c) for g, c in defaults.items()}

@@ -1,0 +1,117 @@
+"""Speaker-independent cross-validation on RAVDESS (TESS in training only), plus robustness.
+
+Trains one model per fold of RAVDESS actors with ``ser-train`` (the recipe in
+conf/train.yaml plus any overrides given here), scores each fold's test actors
+(never seen in training or validation), then scores the same test clips with
+white noise at 20 and 10 dB SNR and with small-room reverberation, and prints
+a table (per fold and mean) and writes JSON. Resumable: a fold whose run
+already holds its test report is not trained again; an interrupted fold
+resumes from its last checkpoint.
+
+    python bench/accuracy.py                      # 5 folds, default recipe
+    python bench/accuracy.py --folds 5 trainer.max_epochs=30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+LABELS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+CONDITIONS = {"clean": [], "snr20": ["--snr", "20"], "snr10": ["--snr", "10"], "reverb": ["--reverb", "0.4"]}
+
+
+def run(cmd: list[str]) -> None:
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--runs-dir", type=Path, default=Path("runs/cv"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
+    ap.add_argument("--only", type=int, nargs="*", help="train only these folds (the table uses every finished one)")
+    ap.add_argument("overrides", nargs="*", help="extra ser-train overrides (key=value)")
+    args = ap.parse_args()
+    bindir = Path(sys.executable).parent
+
+    for fold in args.only if args.only is not None else range(args.folds):
+        run_dir = args.runs_dir / f"fold{fold}"
+        if not (run_dir / "checkpoints" / "best_test.json").is_file():
+            run([str(bindir / "ser-train"), "data=ravdess+tess", f"split.k={args.folds}", f"split.fold={fold}", f"run.dir={run_dir}", *args.overrides])
+        ckpt = run_dir / "checkpoints" / "best.ckpt"
+        robust = run_dir / "robustness"
+        for cond, extra in CONDITIONS.items():
+            tag = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}[cond]
+            if not (robust / f"eval_{tag}.json").is_file():
+                run([str(bindir / "ser-eval"), str(ckpt), "--data", "ravdess", "--split-of", str(run_dir), "--out", str(robust), *extra])
+
+    rows = []
+    for fold in range(args.folds):
+        run_dir = args.runs_dir / f"fold{fold}"
+        robust = run_dir / "robustness"
+        files = {c: robust / f"eval_{t}.json" for c, t in
+                 {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}.items()}
+        if not files["clean"].is_file():
+            continue
+        m = {c: json.loads(p.read_text()) for c, p in files.items() if p.is_file()}
+        clean = m["clean"]
+        speakers = json.loads((run_dir / "splits.json").read_text())["test"]
+        rows.append({
+            "fold": fold,
+            "test_speakers": speakers,
+            "n": clean["n"],
+            "accuracy": clean["accuracy"],
+            "ua": clean["ua"],
+            "macro_f1": clean["macro_f1"],
+            "recall": {lab: clean["per_class"][lab]["recall"] for lab in LABELS},
+            "confusion": clean["confusion"],
+            "ua_by_condition": {c: v["ua"] for c, v in m.items()},
+        })
+    if not rows:
+        print("no finished folds")
+        return 1
+
+    def mean(xs: list[float]) -> float:
+        return statistics.fmean(xs)
+
+    def sd(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+    print()
+    print(f"RAVDESS speaker-independent {args.folds}-fold CV (TESS in training only); clip-level, unseen actors")
+    print(f"{'fold':>4} {'actors':<28} {'n':>4} {'acc':>6} {'UA':>6} {'F1':>6} " + " ".join(f"{lab[:5]:>6}" for lab in LABELS))
+    for r in rows:
+        actors = ",".join(s.split(":")[1] for s in r["test_speakers"])
+        print(f"{r['fold']:>4} {actors:<28} {r['n']:>4} {r['accuracy']:6.3f} {r['ua']:6.3f} {r['macro_f1']:6.3f} "
+              + " ".join(f"{r['recall'][lab]:6.2f}" for lab in LABELS))
+    summary = {k: (mean([r[k] for r in rows]), sd([r[k] for r in rows])) for k in ("accuracy", "ua", "macro_f1")}
+    recall_mean = {lab: mean([r["recall"][lab] for r in rows]) for lab in LABELS}
+    print(f"{'mean':>4} {'':<28} {sum(r['n'] for r in rows):>4} {summary['accuracy'][0]:6.3f} {summary['ua'][0]:6.3f} "
+          f"{summary['macro_f1'][0]:6.3f} " + " ".join(f"{recall_mean[lab]:6.2f}" for lab in LABELS))
+    print(f"{'sd':>4} {'':<28} {'':>4} {summary['accuracy'][1]:6.3f} {summary['ua'][1]:6.3f} {summary['macro_f1'][1]:6.3f}")
+
+    conds = [c for c in CONDITIONS if all(c in r["ua_by_condition"] for r in rows)]
+    rob = {c: mean([r["ua_by_condition"][c] for r in rows]) for c in conds}
+    print()
+    print("Robustness (same test clips, mean UA over folds)")
+    print(f"{'condition':<22} {'UA':>6} {'drop':>7}")
+    names = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR", "reverb": "reverb RT60 0.4 s"}
+    for c in conds:
+        print(f"{names[c]:<22} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
+
+    result = {"folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
+              "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
