@@ -63,6 +63,8 @@
     rendered: { stream: null, seq: null, points: 0 },
   };
   window.serState = state;
+  // For tests and the console: send one protocol message on the live connection.
+  window.serSend = (obj) => send(obj);
 
   const $ = (id) => document.getElementById(id);
   const el = {
