@@ -124,8 +124,8 @@ def resolve_model_path(path: str | Path | None) -> Path:
         p = default_model_path()
         if not p.is_file():
             raise EngineError(
-                f"no default model is shipped at {p}; train one with ser-train, export it with "
-                "ser-build-engine and pass it with --model PATH"
+                f"no default model is shipped yet ({p} is absent), so --model PATH is required: "
+                "train one with ser-train and export it with ser-build-engine"
             )
         return p
     p = Path(path).expanduser()
@@ -161,7 +161,7 @@ def load_engine(path: str | Path | None = None, backend: str = "auto", device: s
     elif backend == "tensorrt":
         from engine.backends.tensorrt_backend import TensorRTEngine
 
-        eng = TensorRTEngine.load(p, **options)
+        eng = TensorRTEngine.load(p, device=device, **options)
     else:
         eng = _load_auto(p, device, **options)
     log.info("engine: %s", eng.describe())
@@ -169,16 +169,21 @@ def load_engine(path: str | Path | None = None, backend: str = "auto", device: s
 
 
 def _load_auto(path: Path, device: str, **options: Any) -> Engine:
+    """TensorRT, then onnxruntime (CUDA, then CPU), then torch; an unusable model file stops the search.
+
+    A backend that is not installed or has no GPU is skipped with its reason;
+    a file that onnxruntime cannot open as a model is reported as such
+    rather than hidden behind "no backend can run".
+    """
     reasons: list[str] = []
     if device in ("auto", "cuda"):
         try:
             from engine.backends.tensorrt_backend import TensorRTEngine
 
-            return TensorRTEngine.load(path, **options)
+            return TensorRTEngine.load(path, device=device, **options)
         except EngineError as exc:
-            if "cannot be parsed" in str(exc) or "not a valid" in str(exc):
-                raise
             reasons.append(f"tensorrt: {exc}")
+            log.info("auto: skipping TensorRT: %s", exc)
     try:
         from engine.backends.ort import OrtEngine
 

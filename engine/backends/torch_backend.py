@@ -1,0 +1,72 @@
+"""torch backend: runs a ``ser-train`` checkpoint directly, for debugging and machines without onnxruntime.
+
+Imports torch and ``training.model`` (the ``train`` extra). It takes
+checkpoints only: an ONNX file is the other backends' input, and running it
+through torch would test nothing the parity check has not. Softmax is applied
+here, as the exporter appends it to the served graph.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.base import Engine, EngineError, ModelInfo
+from engine.metadata import model_metadata
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def __init__(self, path: Path, info: ModelInfo, model: Any, device: str, compiled: bool) -> None:
+        super().__init__(path, info)
+        self.model = model
+        self.device = device
+        self.compiled = compiled
+
+    @classmethod
+    def load(
+        cls, path: Path, device: str = "auto", compile: bool = False, threads: int | None = None, **_: Any
+    ) -> TorchEngine:
+        path = Path(path)
+        if path.suffix == ".onnx":
+            raise EngineError(
+                f"{path} is an ONNX model; the torch backend runs ser-train checkpoints (.ckpt): "
+                "use --backend onnxruntime (or tensorrt) for ONNX"
+            )
+        try:
+            import torch
+        except ImportError as exc:
+            raise EngineError("torch is not installed: pip install 'ser[train]' (the torch backend runs checkpoints)") from exc
+        from engine.checkpoint import CheckpointError, open_checkpoint
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise EngineError("device 'cuda' asked for, but this torch has no CUDA device")
+        if threads or os.environ.get("SER_TORCH_THREADS"):
+            torch.set_num_threads(int(threads or os.environ["SER_TORCH_THREADS"]))
+        try:
+            model, cfg, extras = open_checkpoint(path)
+        except CheckpointError as exc:
+            raise EngineError(str(exc)) from exc
+        info = ModelInfo.from_metadata(model_metadata(cfg, extras, name=path.stem), path)
+        model = model.to(device).eval()
+        if compile:
+            model = torch.compile(model, dynamic=True)
+        return cls(path, info, model, device, compile)
+
+    def _run(self, waveforms: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(waveforms).to(self.device, non_blocking=True)
+            probs = torch.softmax(self.model(x), dim=-1)
+            return probs.float().cpu().numpy()
+
+    def describe(self) -> str:
+        extra = ", torch.compile" if self.compiled else ""
+        return f"torch on {self.device} ({self.path.name}, {self.info.variant}{extra})"

@@ -1,0 +1,69 @@
+"""What an exported model says about itself: the ONNX ``metadata_props`` built from a checkpoint.
+
+Torch-free: it reads the plain config dict stored in a ``ser-train``
+checkpoint. The torch backend builds its ``ModelInfo`` from the same
+function, so a checkpoint and its export describe themselves identically.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib import metadata as _importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from training.audio import LABELS, SAMPLE_RATE, WINDOW_S
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_version() -> str:
+    """Installed version of ``ser``; a source checkout that is not installed reads pyproject.toml."""
+    try:
+        return _importlib_metadata.version("ser")
+    except _importlib_metadata.PackageNotFoundError:
+        pass
+    try:
+        import tomllib
+
+        with open(REPO_ROOT / "pyproject.toml", "rb") as fh:
+            return str(tomllib.load(fh)["project"]["version"]) + "+source"
+    except (ImportError, OSError, KeyError, ValueError):
+        return "unknown"
+
+
+def model_metadata(cfg: dict[str, Any], extras: dict[str, Any] | None = None, name: str | None = None) -> dict[str, str]:
+    """Metadata for a model trained with ``cfg`` (a resolved ``ser-train`` config).
+
+    ``extras`` is the checkpoint's optional ``"ser"`` block (validation
+    metrics, data, variant); old checkpoints lack it, so every field falls
+    back to the config.
+    """
+    extras = dict(extras or {})
+    model_cfg = cfg.get("model", {})
+    frontend = dict(model_cfg.get("frontend", {}))
+    variant = str(extras.get("variant") or model_cfg.get("variant") or "custom")
+    data = extras.get("data") or (cfg.get("choices") or {}).get("data") or "unknown"
+    window_s = float((cfg.get("dataset") or {}).get("window_s", WINDOW_S))
+    metrics = {k: float(v) for k, v in dict(extras.get("val_metrics") or {}).items() if _is_number(v)}
+    return {
+        "labels": json.dumps(list(LABELS)),
+        "sample_rate": str(int(frontend.get("sample_rate", SAMPLE_RATE))),
+        "window_s": repr(window_s),
+        "variant": variant,
+        "name": name or f"ser-{variant}",
+        "data": str(data),
+        "val_metrics": json.dumps(metrics, sort_keys=True),
+        "frontend": json.dumps(frontend, sort_keys=True),
+        "version": package_version(),
+        "export_date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+    }
+
+
+def _is_number(v: Any) -> bool:
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -1,0 +1,184 @@
+"""Reduced-precision copies of an exported ONNX graph, for TensorRT's strongly typed builds.
+
+TensorRT 11 has no FP16/INT8 builder flags: a strongly typed network runs
+each tensor in the type the ONNX says. So precision is decided here, in the
+graph, on the CPU (and checked with onnxruntime before any GPU sees it):
+
+- :func:`to_fp16`: the network's float tensors and weights become float16;
+  the spectrogram frontend and the final softmax stay float32 (log10 of the
+  1e-10 power floor underflows in fp16, and the mel power of a loud frame
+  overflows 65504), with Casts at the borders. Graph I/O stays float32, so
+  the engine contract does not change.
+- :func:`quantize_qdq`: QuantizeLinear/DequantizeLinear pairs (symmetric
+  int8, per-channel weights) from calibration windows, by onnxruntime's
+  static Q/DQ quantizer; the frontend is excluded.
+
+Imports onnx and numpy; onnxruntime only inside :func:`quantize_qdq`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from engine.base import INPUT_NAME
+from engine.onnx_graph import ensure_node_names, frontend_nodes
+
+FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+# Ops that read only the shape of their input: they take either type, so they never need a Cast.
+SHAPE_ONLY_OPS = frozenset({"Shape", "Size"})
+
+
+def _float_tensor_names(model: onnx.ModelProto) -> set[str]:
+    """Every tensor whose (inferred) element type is float32."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    names = set()
+    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        if vi.type.tensor_type.elem_type == FLOAT:
+            names.add(vi.name)
+    names.update(t.name for t in model.graph.initializer if t.data_type == FLOAT)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].t.data_type == FLOAT:
+            names.add(node.output[0])
+    return names
+
+
+def fp32_region(model: onnx.ModelProto) -> set[str]:
+    """Nodes kept in float32: the frontend, and the softmax that produces the graph output."""
+    keep = frontend_nodes(model)
+    outputs = {o.name for o in model.graph.output}
+    keep.update(n.name for n in model.graph.node if n.op_type == "Softmax" and set(n.output) & outputs)
+    return keep
+
+
+def to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str] | None = None) -> onnx.ModelProto:
+    """A float16 copy of ``model`` with ``keep_fp32`` nodes (default :func:`fp32_region`) left in float32."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    ensure_node_names(model)
+    keep = set(fp32_region(model) if keep_fp32 is None else keep_fp32)
+    floats = _float_tensor_names(model)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    half: set[str] = set()  # float tensors that are float16 in the new graph
+    # Initializers read only by converted nodes become float16 in place; shared ones get a float16 twin.
+    twins: dict[str, str] = {}
+    for name, tensor in inits.items():
+        if tensor.data_type != FLOAT:
+            continue
+        users = consumers.get(name, [])
+        if users and all(u.name not in keep for u in users):
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name))
+            half.add(name)
+        elif any(u.name not in keep for u in users):
+            twin = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), name + "__fp16")
+            graph.initializer.append(twin)
+            twins[name] = twin.name
+
+    new_nodes: list[onnx.NodeProto] = []
+    casts: dict[tuple[str, int], str] = {}
+
+    def cast(name: str, to: int) -> str:
+        key = (name, to)
+        if key not in casts:
+            out = f"{name}__to_{'fp16' if to == FLOAT16 else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [out], to=to, name=f"Cast_{out}"))
+            casts[key] = out
+        return casts[key]
+
+    for node in graph.node:
+        convert = node.name not in keep
+        for idx, name in enumerate(node.input if node.op_type not in SHAPE_ONLY_OPS else ()):
+            if not name or name not in floats:
+                continue
+            if convert and name not in half:
+                node.input[idx] = twins.get(name) or cast(name, FLOAT16)
+            elif not convert and name in half:
+                node.input[idx] = cast(name, FLOAT)
+        if convert:
+            _retype_attributes(node)
+            half.update(o for o in node.output if o in floats)
+        new_nodes.append(node)
+
+    # Graph outputs keep float32: rename a float16 producer's output and cast it back under the old name.
+    for out in graph.output:
+        if out.name in half:
+            inner = out.name + "__fp16_out"
+            for node in new_nodes:
+                node.output[:] = [inner if o == out.name else o for o in node.output]
+                node.input[:] = [inner if i == out.name else i for i in node.input]
+            new_nodes.append(helper.make_node("Cast", [inner], [out.name], to=FLOAT, name=f"Cast_{out.name}_fp32"))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.value_info[:]
+    model = onnx.shape_inference.infer_shapes(model)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _retype_attributes(node: onnx.NodeProto) -> None:
+    """Float32 types named by attributes (Cast targets, constant values) become float16."""
+    for attr in node.attribute:
+        if node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT:
+            attr.i = FLOAT16
+        elif attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == FLOAT:
+            attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+
+
+def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int = 8) -> onnx.ModelProto:
+    """Insert symmetric int8 Q/DQ nodes calibrated on ``windows`` ``[n, samples]``; frontend excluded.
+
+    Symmetric scales (zero point 0) because TensorRT only takes those; weights
+    are per channel. Only Conv, MatMul and Gemm are quantized: they carry the
+    arithmetic, and TensorRT fuses the Q/DQ pairs around them.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._batches = iter(np.array_split(windows.astype(np.float32), max(1, len(windows) // batch)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            chunk = next(self._batches, None)
+            return None if chunk is None else {INPUT_NAME: np.ascontiguousarray(chunk)}
+
+    model = onnx.load(str(model_path))
+    ensure_node_names(model)
+    exclude = sorted(fp32_region(model))
+    with tempfile.TemporaryDirectory() as tmp:
+        named = Path(tmp) / "named.onnx"
+        onnx.save(model, str(named))
+        quantize_static(
+            str(named),
+            str(output),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+    quantized = onnx.load(str(output))
+    for prop in model.metadata_props:
+        if not any(p.key == prop.key for p in quantized.metadata_props):
+            quantized.metadata_props.add(key=prop.key, value=prop.value)
+    onnx.save(quantized, str(output))
+    return quantized
