@@ -106,9 +106,8 @@ class PlanKey:
 
 def plan_paths(onnx_path: Path, key: PlanKey) -> tuple[Path, Path]:
     """``(model.<digest>.plan, model.<digest>.json)`` beside the ONNX."""
-    stem = onnx_path.with_suffix("").name
-    base = onnx_path.with_name(f"{stem}.{key.digest()}")
-    return base.with_suffix(".plan"), base.with_suffix(".json")
+    base = f"{onnx_path.with_suffix('').name}.{key.digest()}"
+    return onnx_path.with_name(base + ".plan"), onnx_path.with_name(base + ".json")
 
 
 def cached_plan(onnx_path: Path, key: PlanKey) -> Path | None:
@@ -131,7 +130,7 @@ def write_sidecar(sidecar: Path, key: PlanKey, metadata: dict[str, str], strateg
 
 
 def read_sidecar(plan: Path) -> dict[str, Any]:
-    sidecar = plan.with_suffix(".json")
+    sidecar = plan.with_name(plan.name[: -len(plan.suffix)] + ".json")
     try:
         return json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:
