@@ -1,0 +1,142 @@
+"""Engine benchmark: per-window latency and throughput of every available backend, both model variants.
+
+Run:  python bench/engine.py [--budget 4] [--batches 1 8 32] [--variants compact seed]
+
+All cells see the same speech-like 5 s windows. The reference is the seed
+model in plain torch eager on the CPU; every other cell is reported as a
+ratio to it. Random weights are fine: speed does not depend on training. Each
+cell runs until its time budget is spent (at least two calls, the first
+discarded as warm-up when there are three or more), so the script stays
+bounded on a busy 2-core machine. Writes bench/results/engine.json.
+
+Imports torch, onnx and onnxruntime (the train and cpu extras); TensorRT and
+onnxruntime CUDA cells appear only where those are installed with a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+
+from engine.signals import speech_like  # noqa: E402
+from training.audio import WINDOW_SAMPLES  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "engine.json"
+
+
+def time_calls(fn, x: np.ndarray, budget_s: float, max_calls: int = 50) -> list[float]:
+    """Seconds per call of ``fn(x)``; at least 2 calls, until ``budget_s`` is spent."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_calls and (len(times) < 2 or time.perf_counter() - start < budget_s):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append(time.perf_counter() - t0)
+    return times[1:] if len(times) >= 3 else times
+
+
+def make_checkpoints(tmp: Path, variants: list[str]) -> dict[str, Path]:
+    from tests.engine_fixtures import make_checkpoint
+
+    return {v: make_checkpoint(tmp / f"{v}.ckpt", v) for v in variants}
+
+
+def engines(variant: str, ckpt: Path, tmp: Path, log) -> list[tuple[str, object]]:
+    """(label, engine) for each backend available here."""
+    from engine.base import EngineError, load_engine
+    from engine.export import export_checkpoint
+
+    out = [("torch eager cpu", load_engine(ckpt, backend="torch", device="cpu"))]
+    onnx_path = tmp / f"{variant}.onnx"
+    t0 = time.perf_counter()
+    export_checkpoint(ckpt, onnx_path, log=lambda _m: None)
+    log(f"  exported {variant} in {time.perf_counter() - t0:.0f} s")
+    out.append(("onnxruntime cpu", load_engine(onnx_path, backend="onnxruntime", device="cpu")))
+    for label, kwargs in (("onnxruntime cuda", {"backend": "onnxruntime", "device": "cuda"}), ("tensorrt fp16", {"backend": "tensorrt", "precision": "fp16"})):
+        try:
+            out.append((label, load_engine(onnx_path, **kwargs)))
+        except EngineError as exc:
+            log(f"  {label}: not available ({str(exc).splitlines()[0][:100]})")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=["compact", "seed"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
+    ap.add_argument("--budget", type=float, default=4.0, help="seconds per cell")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    import onnxruntime
+    import torch
+
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    windows = speech_like(max(args.batches), WINDOW_SAMPLES, seed=0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        ckpts = make_checkpoints(tmp, args.variants)
+        for variant in args.variants:
+            for label, eng in engines(variant, ckpts[variant], tmp, log):
+                eng.warmup((1,))
+                row = {"variant": variant, "backend": label, "device": eng.device}
+                lat = time_calls(eng.infer, windows[:1], args.budget)
+                row["latency_ms"] = 1000 * statistics.median(lat)
+                for b in args.batches:
+                    t = time_calls(eng.infer, windows[:b], args.budget)
+                    row[f"throughput_b{b}"] = b / statistics.median(t)
+                log(f"  {variant:8s} {label:18s} latency {row['latency_ms']:.1f} ms")
+                rows.append(row)
+    ref = next((r for r in rows if r["variant"] == "seed" and r["backend"] == "torch eager cpu"), None)
+    for r in rows:
+        if ref:
+            r["speedup_latency_vs_seed_torch"] = ref["latency_ms"] / r["latency_ms"]
+            for b in args.batches:
+                r[f"speedup_b{b}_vs_seed_torch"] = r[f"throughput_b{b}"] / ref[f"throughput_b{b}"]
+    print_table(rows, args.batches, ref is not None)
+    doc = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpu_count": os.cpu_count(),
+            "loadavg_at_end": os.getloadavg(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "window_samples": WINDOW_SAMPLES,
+        "budget_s_per_cell": args.budget,
+        "reference": "seed, torch eager cpu, batch 1" if ref else None,
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+def print_table(rows: list[dict], batches: list[int], with_ref: bool) -> None:
+    head = ["variant", "backend", "latency ms (b1)"] + [f"win/s b{b}" for b in batches]
+    if with_ref:
+        head += ["latency x"] + [f"b{b} x" for b in batches]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in rows:
+        cells = [r["variant"], r["backend"], f"{r['latency_ms']:.1f}"] + [f"{r[f'throughput_b{b}']:.1f}" for b in batches]
+        if with_ref:
+            cells += [f"{r['speedup_latency_vs_seed_torch']:.1f}"] + [f"{r[f'speedup_b{b}_vs_seed_torch']:.1f}" for b in batches]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
