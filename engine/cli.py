@@ -53,7 +53,8 @@ def build_main(
     the difference exceeds --tolerance. CHECKPOINT may also be an existing
     .onnx, to build only its TensorRT plan.
     """
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the exporter's INFO chatter stays quiet
+    logging.getLogger("engine").setLevel(logging.INFO)  # TensorRT build progress
     if precision != "fp32" and not tensorrt:
         _fail("--precision applies to the TensorRT plan: add --tensorrt")
     if tensorrt:
@@ -87,7 +88,7 @@ def _export(checkpoint: Path, output: Path, tolerance: float, name: str | None) 
         report = export_checkpoint(checkpoint, output, tolerance=tolerance, name=name, log=click.echo)
     except (CheckpointError, ExportError, EngineError) as exc:
         _fail(str(exc))
-    click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.metadata['variant']}, opset graph checked)")
+    click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.metadata['variant']}, checked and parity-tested)")
 
 
 def _build_plan(onnx_path: Path, precision: str, max_batch: int, calibration: Path | None, rebuild: bool) -> None:
