@@ -47,10 +47,31 @@ def test_frontend_matches_numpy_reference(variant: str) -> None:
     assert ours.shape == ref.shape == (fe.n_mels, 1 + len(x) // fe.hop_length)
     assert np.max(np.abs(ours - ref)) < 0.05  # dB, float32 conv vs float64 FFT
 
-    normed = LogMel(fe)(torch.from_numpy(x)[None])[0]
-    assert abs(float(normed.mean())) < 1e-3 and abs(float(normed.std()) - 1) < 1e-2
-    louder = LogMel(fe)(torch.from_numpy(x * 4)[None])[0]
-    assert torch.allclose(normed, louder, atol=1e-3)  # utterance normalisation makes it gain-invariant
+    for norm in ("utterance", "cmvn"):
+        front = LogMel(FrontendConfig(**{**fe.__dict__, "norm": norm}))
+        normed = front(torch.from_numpy(x)[None])[0]
+        louder = front(torch.from_numpy(x * 4)[None])[0]
+        assert torch.allclose(normed, louder, atol=1e-3), norm  # both normalisations are gain-invariant
+        assert abs(float(normed.std()) - 1) < 0.2, norm
+    utt = LogMel(FrontendConfig(**{**fe.__dict__, "norm": "utterance"}))(torch.from_numpy(x)[None])[0]
+    assert abs(float(utt.mean())) < 1e-3 and abs(float(utt.std()) - 1) < 1e-2
+
+
+def test_cmvn_removes_channel_colouring_and_ignores_padding() -> None:
+    from training.frontend import FrontendConfig, LogMel
+
+    front = LogMel(FrontendConfig(norm="cmvn"))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(SAMPLE_RATE).astype(np.float32) * np.repeat(rng.uniform(0.05, 0.5, 50), 320).astype(np.float32)
+    # A fixed linear filter (a "microphone") shifts each band's log level by a constant: cmvn takes it out.
+    coloured = np.convolve(x, [1.0, 0.6, 0.2], mode="same").astype(np.float32)
+    a, b = front(torch.from_numpy(x)[None])[0], front(torch.from_numpy(coloured)[None])[0]
+    raw = LogMel(FrontendConfig(norm="none"))
+    assert (a - b).abs().mean() < 0.5 * (raw(torch.from_numpy(x)[None]) - raw(torch.from_numpy(coloured)[None])).abs().mean() / a.std()
+    # How much zero padding surrounds a clip does not move the statistics of its audible part.
+    one = front(torch.from_numpy(np.concatenate([x, np.zeros(SAMPLE_RATE, dtype=np.float32)]))[None])[0]
+    three = front(torch.from_numpy(np.concatenate([x, np.zeros(3 * SAMPLE_RATE, dtype=np.float32)]))[None])[0]
+    assert torch.allclose(one[:, :100], three[:, :100], atol=1e-3)
 
 
 @pytest.mark.parametrize("variant,params", [("compact", (3e5, 1e6)), ("seed", (12e6, 16e6))])

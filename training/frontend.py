@@ -28,11 +28,21 @@ class FrontendConfig:
     f_min: float = 50.0
     f_max: float = 8000.0
     top_db: float = 80.0
-    norm: str = "utterance"  # utterance: zero mean, unit variance per clip (gain-invariant) | none
+    norm: str = "cmvn"  # cmvn | utterance | none (see LogMel)
+    active_db: float = 50.0  # cmvn: frames within this many dB of the loudest one count as active
 
 
 class LogMel(nn.Module):
     """``[batch, samples]`` waveform -> ``[batch, n_mels, frames]`` log-mel in dB, optionally normalised.
+
+    Normalisation per clip: ``utterance`` subtracts the mean and divides by the
+    standard deviation of the whole spectrogram (gain-invariant); ``cmvn``
+    subtracts each mel band's mean over the *active* frames, then divides by
+    the overall deviation. Removing the long-term spectrum takes out most of
+    a microphone's colouring and a voice's timbre, which is what a model must
+    ignore on speakers and devices it never heard; weighting frames by a
+    soft activity mask keeps padding and pauses from setting that mean (and,
+    being smooth, cannot flip between torch and an exported runtime).
 
     Frames are centred (``n_fft // 2`` zeros on each side), so a clip of N
     samples gives ``1 + N // hop_length`` frames, as ``torch.stft(center=True)``.
@@ -40,8 +50,8 @@ class LogMel(nn.Module):
 
     def __init__(self, cfg: FrontendConfig) -> None:
         super().__init__()
-        if cfg.norm not in ("utterance", "none"):
-            raise ValueError(f"frontend norm must be 'utterance' or 'none', got {cfg.norm!r}")
+        if cfg.norm not in ("cmvn", "utterance", "none"):
+            raise ValueError(f"frontend norm must be 'cmvn', 'utterance' or 'none', got {cfg.norm!r}")
         self.cfg = cfg
         real, imag = dft_basis(cfg.n_fft, cfg.win_length)
         basis = torch.cat([torch.from_numpy(real), torch.from_numpy(imag)])
@@ -61,7 +71,15 @@ class LogMel(nn.Module):
         if self.cfg.top_db > 0:
             peak = db.amax(dim=(1, 2), keepdim=True)
             db = torch.maximum(db, peak - self.cfg.top_db)
-        if self.cfg.norm == "utterance":
+        if self.cfg.norm == "cmvn":
+            frame_level = db.amax(dim=1, keepdim=True)  # [B, 1, T]
+            threshold = frame_level.amax(dim=2, keepdim=True) - self.cfg.active_db
+            active = torch.sigmoid(frame_level - threshold)  # ~1 for active frames, ~0 for silence/padding
+            weight = active / active.sum(dim=2, keepdim=True).clamp(min=1e-3)
+            centred = db - (db * weight).sum(dim=2, keepdim=True)
+            var = (centred * centred * weight).sum(dim=2, keepdim=True).mean(dim=1, keepdim=True)
+            db = centred / torch.sqrt(var + 1e-5)
+        elif self.cfg.norm == "utterance":
             mean = db.mean(dim=(1, 2), keepdim=True)
             std = db.std(dim=(1, 2), keepdim=True)
             db = (db - mean) / (std + 1e-5)
