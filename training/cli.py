@@ -62,7 +62,12 @@ def train_main(overrides: Sequence[str], show_config: bool, verbose: bool) -> No
 def run_training(cfg: dict) -> Path:
     """Split, train, checkpoint, then score the best checkpoint on validation and test. Returns the run dir."""
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        EMAWeightAveraging,
+        LearningRateMonitor,
+        ModelCheckpoint,
+    )
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from training.corpora import scan_corpora
