@@ -132,10 +132,13 @@ def run_training(cfg: dict) -> Path:
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
 
     best = Path(best_cb.best_model_path or last)
+    # Score with a fresh trainer: the fit trainer's weight-averaging callback would reload the raw weights
+    # from the checkpoint, not the averaged ones it ships (and ser-eval and the exporter read).
+    scorer = L.Trainer(accelerator=t["accelerator"], devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     for stage, loader in (("val", dm.val_dataloader), ("test", dm.test_dataloader)):
         if not getattr(splits, stage):
             continue
-        trainer.test(module, dataloaders=loader(), ckpt_path=str(best), verbose=False)
+        scorer.test(module, dataloaders=loader(), ckpt_path=str(best), verbose=False)
         m = module.last_metrics.get("test")
         if m is None:
             continue
