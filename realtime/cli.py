@@ -1,0 +1,189 @@
+"""``ser-listen``: the command line of the daemon (flags -> conf/daemon.yaml overrides -> Daemon).
+
+Owns argument parsing, config validation, the security rule for binding
+beyond loopback, and turning every expected failure (no model, bad device,
+port in use, bad config) into one ``ser-listen: error: ...`` line and a
+non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+import click
+
+from engine import EngineError, load_engine
+from engine.base import BACKENDS
+from realtime.server import is_loopback_host
+from realtime.sources import SourceError, format_device_table, list_input_devices
+from training.audio import SAMPLE_RATE
+from training.config import ConfigError, compose, to_yaml
+
+log = logging.getLogger("ser-listen")
+
+EPILOG = """\b
+Examples:
+  ser-listen --device demo                  bundled clip, looped; open the printed URL
+  ser-listen --device mic                   the system default input
+  ser-listen --device pulse --reconnect     a device by name substring (or index)
+  ser-listen --device talk.flac --fast --once --jsonl > predictions.jsonl
+  ser-listen --host 0.0.0.0 --token SECRET  listen beyond loopback
+  ser-listen --device demo server.max_clients=8 post.smoothing_tau_s=3
+
+Any key of conf/daemon.yaml can be given as key=value after the options.
+"""
+
+
+def fail(message: str, code: int = 1) -> None:
+    click.echo(f"ser-listen: error: {message}", err=True)
+    sys.exit(code)
+
+
+def check_config(cfg: Any) -> None:
+    """Reject values the daemon cannot run with, naming the key (ConfigError)."""
+    a, sch, post, srv = cfg.audio, cfg.scheduler, cfg.post, cfg.server
+    rules = [
+        (a.hop_s > 0, "audio.hop_s must be > 0"),
+        (a.min_audio_s > 0, "audio.min_audio_s must be > 0"),
+        (a.block_s > 0 and a.file_chunk_s > 0 and a.capture_buffer_s > a.block_s, "audio block/chunk/capture sizes must be > 0"),
+        (1 <= a.max_channels <= 32, "audio.max_channels must be 1..32"),
+        (str(a.resample_quality) in ("QQ", "LQ", "MQ", "HQ", "VHQ"), "audio.resample_quality must be QQ, LQ, MQ, HQ or VHQ"),
+        (int(sch.max_batch) >= 1, "scheduler.max_batch must be >= 1"),
+        (sch.max_wait_ms >= 0 and sch.stale_after_s > 0 and int(sch.max_queue) >= 1, "scheduler waits and queue must be positive"),
+        (post.smoothing_tau_s >= 0, "post.smoothing_tau_s must be >= 0"),
+        (int(post.vad_aggressiveness) in (0, 1, 2, 3), "post.vad_aggressiveness must be 0..3"),
+        (int(post.vad_frame_ms) in (10, 20, 30), "post.vad_frame_ms must be 10, 20 or 30"),
+        (0 <= post.vad_min_voiced_fraction <= 1, "post.vad_min_voiced_fraction must be within 0..1"),
+        (0 <= int(srv.port) <= 65535, "server.port must be 0..65535"),
+        (int(srv.max_clients) >= 1 and int(srv.max_remote_streams) >= 0, "server.max_clients must be >= 1"),
+        (int(srv.max_message_bytes) >= 1024, "server.max_message_bytes must be >= 1024"),
+        (float(srv.max_messages_per_s) >= 1 and int(srv.client_queue) >= 1, "server rate and queue limits must be >= 1"),
+        (isinstance(srv.allowed_origins, (list, tuple)) or hasattr(srv.allowed_origins, "__iter__"), "server.allowed_origins must be a list"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _overrides(options: dict[str, Any], extra: tuple[str, ...]) -> list[str]:
+    """Flags become the same key=value overrides a user could type; flags win over free overrides."""
+    flags = {
+        "hop": "audio.hop_s",
+        "min_audio": "audio.min_audio_s",
+        "max_batch": "scheduler.max_batch",
+        "host": "server.host",
+        "port": "server.port",
+        "token": "server.token",
+        "model": "model.path",
+        "backend": "model.backend",
+        "device": "source.device",
+    }
+    out = list(extra)
+    for opt, key in flags.items():
+        v = options.get(opt)
+        if v is not None:
+            out.append(f"{key}={v}" if not isinstance(v, str) else f"{key}={_yaml_str(v)}")
+    if options.get("insecure"):
+        out.append("server.insecure=true")
+    return out
+
+
+def _yaml_str(v: str) -> str:
+    """Quote a string so YAML keeps it a string (a token like 'yes' or '0123' stays as typed)."""
+    return "'" + v.replace("'", "''") + "'"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("--device", "-d", default=None, help="mic | demo | none | a device name substring or index | an audio file path.")
+@click.option("--list-devices", is_flag=True, help="List input devices with their native rates and channel counts, then exit.")
+@click.option("--fast", is_flag=True, help="Read a file source as fast as the engine takes it instead of at real-time pace.")
+@click.option("--once", is_flag=True, help="Exit when the file source ends, after publishing its last predictions.")
+@click.option("--jsonl", is_flag=True, help="Also write every prediction as a JSON line to stdout (logs go to stderr).")
+@click.option("--reconnect", is_flag=True, help="Retry a device that fails or disappears, with backoff, instead of exiting.")
+@click.option("--hop", type=float, default=None, help="Seconds between scored windows of a stream [audio.hop_s].")
+@click.option("--min-audio", type=float, default=None, help="Seconds of audio before a stream is first scored [audio.min_audio_s].")
+@click.option("--max-batch", type=int, default=None, help="Windows per engine call at most [scheduler.max_batch].")
+@click.option("--host", default=None, help="Address to bind [server.host]; beyond loopback needs --token or --insecure.")
+@click.option("--port", type=int, default=None, help="Port for WebSocket and HTTP [server.port]; 0 picks a free one.")
+@click.option("--token", default=None, envvar="SER_TOKEN", help="Shared secret clients must send (also $SER_TOKEN).")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token.")
+@click.option("--model", default=None, help="ONNX model (default: the model shipped in the package).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Inference backend [model.backend].")
+@click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.argument("overrides", nargs=-1)
+def main(**options: Any) -> None:
+    """Listen to audio and stream per-window emotion probabilities over WebSocket (protocol v1)."""
+    verbose = options.pop("verbose")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="ser-listen: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if verbose:
+        log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    else:
+        log.setLevel(logging.INFO)
+    logging.getLogger("websockets").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
+
+    try:
+        cfg = compose("daemon", _overrides(options, options["overrides"]))
+        check_config(cfg)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    if options["show_config"]:
+        click.echo(to_yaml(cfg))
+        return
+    if options["list_devices"]:
+        try:
+            click.echo(format_device_table(list_input_devices()))
+        except SourceError as exc:
+            fail(str(exc))
+        return
+
+    host = str(cfg.server.host)
+    if not is_loopback_host(host) and not cfg.server.token and not cfg.server.insecure:
+        fail(
+            f"--host {host} exposes the daemon beyond this machine: give --token SECRET (clients send ?token=SECRET), "
+            "or --insecure to allow anyone on the network",
+            2,
+        )
+    if options["fast"] and str(cfg.source.device) in ("mic", "none") :
+        log.warning("--fast only applies to file sources; ignored")
+
+    try:
+        options_engine: dict[str, Any] = {}
+        if cfg.model.threads:
+            options_engine["threads"] = int(cfg.model.threads)
+        engine = load_engine(cfg.model.path, backend=str(cfg.model.backend), device=str(cfg.model.device), **options_engine)
+        if engine.sample_rate != SAMPLE_RATE:
+            fail(f"model {engine.path} expects {engine.sample_rate} Hz audio; the daemon feeds {SAMPLE_RATE} Hz")
+        engine.warmup(tuple(int(b) for b in cfg.model.warmup_batches))
+    except EngineError as exc:
+        fail(str(exc))
+
+    from realtime.daemon import Daemon
+
+    daemon = Daemon(
+        cfg,
+        engine,
+        device=str(cfg.source.device),
+        fast=options["fast"],
+        once=options["once"],
+        reconnect=options["reconnect"],
+        jsonl=sys.stdout if options["jsonl"] else None,
+    )
+    try:
+        code = asyncio.run(daemon.run())
+    except SourceError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

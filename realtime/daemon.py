@@ -1,0 +1,324 @@
+"""The running daemon: wires the engine, scheduler, streams, local source and server, and owns shutdown.
+
+Owns the lifecycle of ``ser-listen``. Results come back from the scheduler's
+thread and are handed to the event loop, where post-processing runs in window
+order per stream (voice gate, smoothing), each prediction is serialised once
+and published to WebSocket subscribers and, with ``--jsonl``, to stdout.
+SIGINT/SIGTERM stop capture, let in-flight windows finish (bounded), close
+every client with 1001 and return 0. With ``--once`` the daemon stops by
+itself when its file source has ended and its last window is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from engine import Engine
+from realtime import protocol
+from realtime.metrics import DaemonMetrics
+from realtime.protocol import ProtocolError
+from realtime.scheduler import Result, Scheduler
+from realtime.server import Server, ServerSettings, is_loopback_host
+from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
+from realtime.stream import Stream, StreamSettings, Window
+from training.audio import AUDIO_SUFFIXES
+
+log = logging.getLogger("ser-listen")
+
+
+def describe_device_spec(spec: str) -> str:
+    """What kind of source a ``--device`` value names: none, demo, file or device."""
+    if spec in ("none", ""):
+        return "none"
+    if spec == "demo":
+        return "demo"
+    p = Path(spec).expanduser()
+    if p.is_file() or p.suffix.lower() in AUDIO_SUFFIXES or "/" in spec:
+        return "file"
+    return "device"
+
+
+class Daemon:
+    """Everything ``ser-listen`` runs, in one object; ``run()`` serves until stopped and returns the exit code."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        engine: Engine,
+        device: str = "none",
+        fast: bool = False,
+        once: bool = False,
+        reconnect: bool = False,
+        jsonl: TextIO | None = None,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.engine = engine
+        self.device_spec = device
+        self.fast = fast
+        self.once = once
+        self.reconnect = reconnect
+        self.jsonl = jsonl
+        self.announce = announce or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.metrics = DaemonMetrics()
+        self.labels = tuple(engine.labels)
+        self.settings = StreamSettings.from_config(cfg, engine.window_samples)
+        self.fast_settings = StreamSettings.from_config(
+            cfg, engine.window_samples, extra_buffer_windows=int(cfg.scheduler.max_batch)
+        )
+        self.streams: dict[str, Stream] = {}
+        self._delivered: dict[str, int] = {}
+        self._remote_count = 0
+        self._remote_serial = 0
+        self._lock = threading.Lock()
+        self.started_at = time.monotonic()
+        self.source: Source | None = None
+        self.exit_code = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.scheduler = Scheduler(
+            engine,
+            self._on_results_threadsafe,
+            self.metrics,
+            max_batch=int(cfg.scheduler.max_batch),
+            max_wait_s=float(cfg.scheduler.max_wait_ms) / 1000.0,
+            stale_after_s=float(cfg.scheduler.stale_after_s),
+            max_queue=int(cfg.scheduler.max_queue),
+        )
+        self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
+
+    # ------------------------------------------------------------ streams
+
+    def _new_stream(self, stream_id: str, kind: str, rate: int, channels: int, droppable: bool, info: dict[str, Any]) -> Stream:
+        settings = self.settings if droppable else self.fast_settings
+        stream = Stream(stream_id, kind, settings, rate, channels, self.scheduler.submit, self.labels, droppable, info)
+        with self._lock:
+            self.streams[stream_id] = stream
+            self._delivered[stream_id] = 0
+            self.metrics.streams.set(len(self.streams))
+        self._streams_changed()
+        return stream
+
+    def _remove_stream(self, stream: Stream) -> None:
+        with self._lock:
+            self.streams.pop(stream.id, None)
+            self.metrics.streams.set(len(self.streams))
+        self._streams_changed()
+
+    def _streams_changed(self) -> None:
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(lambda: self.server.broadcast(protocol.streams_changed(self.stream_list())))
+
+    def _make_local_source(self) -> Source | None:
+        """The source ``--device`` names; raises SourceError with a clear message if it cannot be opened."""
+        spec = self.device_spec
+        kind = describe_device_spec(spec)
+        if kind == "none":
+            return None
+        a = self.cfg.audio
+        if kind in ("demo", "file"):
+            path = demo_clip_path() if kind == "demo" else Path(spec).expanduser()
+            if not path.is_file():
+                raise SourceError(f"audio file not found: {path}" if kind == "file" else f"the demo clip is missing from the package: {path}")
+            sid = "demo" if kind == "demo" else "file"
+            info = {"source": path.name} if kind == "demo" else {"source": str(path)}
+
+            def make(rate: int, channels: int) -> Stream:
+                return self._new_stream(sid, kind, rate, channels, not self.fast, info)
+
+            return FileSource(
+                path,
+                make,
+                realtime=not self.fast,
+                loop=not self.once,
+                chunk_s=float(a.file_chunk_s),
+                fast_ahead_windows=int(self.cfg.scheduler.max_batch),
+            )
+
+        def make_dev(rate: int, channels: int) -> Stream:
+            return self._new_stream("mic", "device", rate, channels, True, {"source": spec})
+
+        return DeviceSource(
+            spec,
+            make_dev,
+            on_xruns=lambda n: self.metrics.xruns.inc(n),
+            max_channels=int(a.max_channels),
+            block_s=float(a.block_s),
+            capture_buffer_s=float(a.capture_buffer_s),
+            reconnect=self.reconnect,
+            reconnect_min_s=float(self.cfg.source.reconnect_min_s),
+            reconnect_max_s=float(self.cfg.source.reconnect_max_s),
+            stall_timeout_s=float(self.cfg.source.stall_timeout_s),
+            xrun_log_interval_s=float(self.cfg.source.xrun_log_interval_s),
+        )
+
+    # ------------------------------------------------------------ DaemonAPI (server side, event loop)
+
+    def model_info(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "name": info.name,
+            "variant": info.variant,
+            "labels": list(self.labels),
+            "sample_rate": self.engine.sample_rate,
+            "window_s": self.engine.window_samples / self.engine.sample_rate,
+            "hop_s": self.settings.hop_samples / self.settings.sample_rate,
+            "backend": self.engine.name,
+            "device": self.engine.device,
+        }
+
+    def stream_list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s.describe() for s in self.streams.values()]
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            "model": self.engine.info.name,
+            "backend": self.engine.name,
+            "device": self.engine.device,
+            "streams": self.stream_list(),
+            "clients": len(self.server.clients),
+        }
+
+    def open_remote_stream(self, sample_rate: int, channels: int, encoding: str) -> Stream:
+        limit = int(self.cfg.server.max_remote_streams)
+        if self._remote_count >= limit:
+            raise ProtocolError("server_busy", f"too many remote streams (server.max_remote_streams={limit})")
+        self._remote_count += 1
+        self._remote_serial += 1
+        return self._new_stream(
+            f"remote-{self._remote_serial}",
+            "remote",
+            sample_rate,
+            channels,
+            True,
+            {"encoding": encoding},
+        )
+
+    def close_remote_stream(self, stream: Stream) -> None:
+        """Stop: score what is left (a final flush window), then forget the stream once its results are out."""
+        self._remote_count -= 1
+        stream.finish()
+        self._maybe_retire(stream)
+
+    # ------------------------------------------------------------ results (scheduler thread -> loop)
+
+    def _on_results_threadsafe(self, results: list[Result]) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                loop.call_soon_threadsafe(self._deliver, results)
+
+    def _deliver(self, results: list[Result]) -> None:
+        now = time.monotonic()
+        touched: set[Stream] = set()
+        for r in results:
+            w = r.window
+            stream = w.stream
+            touched.add(stream)
+            self._delivered[stream.id] = self._delivered.get(stream.id, 0) + 1
+            if r.probs is None:
+                continue
+            text = self._prediction_text(w, r, now)
+            self.server.publish(stream.id, text)
+            if self.jsonl is not None:
+                try:
+                    self.jsonl.write(text + "\n")
+                    self.jsonl.flush()
+                except (BrokenPipeError, ValueError):  # stdout closed by a consumer: keep serving
+                    self.jsonl = None
+        for stream in touched:
+            self._maybe_retire(stream)
+
+    def _prediction_text(self, w: Window, r: Result, now: float) -> str:
+        stream = w.stream
+        fraction = stream.voiced_fraction(w)
+        voiced = fraction >= stream.settings.vad_min_voiced_fraction
+        smoothed = stream.smoother.update(r.probs, w.t_end(), voiced)
+        latency = now - w.due
+        self.metrics.latency_seconds.observe(latency)
+        msg = protocol.prediction(
+            stream.id, w.seq, w.t_start(), w.t_end(), self.labels, r.probs, smoothed, voiced, fraction, latency * 1000.0
+        )
+        return protocol.dumps(msg)
+
+    def _maybe_retire(self, stream: Stream) -> None:
+        """An ended stream whose every window is accounted for leaves the stream list (and ends --once)."""
+        if not stream.ended or self._delivered.get(stream.id, 0) < stream.seq:
+            return
+        if stream.id in self.streams:
+            self._remove_stream(stream)
+            if self.once and stream.kind in ("file", "demo") and self.stop_event is not None:
+                self.stop_event.set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> int:
+        """Serve until SIGINT/SIGTERM (or, with --once, the end of the file); returns the exit code."""
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self.loop.add_signal_handler(sig, self.stop_event.set)
+        self.scheduler.start()
+        try:
+            self.source = self._make_local_source()
+        except SourceError:
+            self.scheduler.stop()
+            raise
+        try:
+            port = await self.server.start()
+        except OSError as exc:
+            self.scheduler.stop()
+            raise SourceError(f"cannot listen on {self.cfg.server.host}:{self.cfg.server.port}: {exc.strerror or exc}") from exc
+        self.announce_url(port)
+        if self.source is not None:
+            src = self.source
+            src.on_finished = lambda: self.loop.call_soon_threadsafe(self._source_finished, src)  # type: ignore[method-assign,union-attr]
+            src.start()
+        await self.stop_event.wait()
+        await self.shutdown()
+        return self.exit_code
+
+    def announce_url(self, port: int) -> None:
+        host = str(self.cfg.server.host)
+        shown = host if is_loopback_host(host) and host != "::1" else ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
+        if ":" in shown:
+            shown = f"[{shown}]"
+        token = self.cfg.server.token
+        query = "?token=…" if token else ""
+        self.announce(f"ser-listen: dashboard at http://{shown}:{port}/{query}")
+        self.announce(
+            f"ser-listen: model {self.engine.info.name} ({self.engine.describe()}), "
+            f"WebSocket ws://{shown}:{port}/ws, source {self.device_spec}"
+        )
+
+    def _source_finished(self, src: Source) -> None:
+        if src.failed is not None and not src.stop_event.is_set():
+            self.announce(f"ser-listen: error: {src.failed}")
+            self.exit_code = 1
+            if self.stop_event is not None:
+                self.stop_event.set()
+
+    async def shutdown(self) -> None:
+        """Stop capture, flush in-flight windows (bounded), close clients with 1001, stop the worker."""
+        t0 = time.monotonic()
+        flush_s = float(self.cfg.server.flush_timeout_s)
+        if self.source is not None:
+            await asyncio.to_thread(self.source.stop, 1.0)
+        await asyncio.to_thread(self.scheduler.wait_idle, flush_s)
+        await asyncio.sleep(0)  # let the last _deliver callbacks run
+        await self.server.shutdown()
+        await asyncio.to_thread(self.scheduler.stop, 1.0)
+        log.info("stopped in %.2f s", time.monotonic() - t0)
