@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import hmac
 import ipaddress
 import json
@@ -37,6 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -245,13 +247,18 @@ class Server:
 
     @staticmethod
     def _response(conn: ServerConnection, status: int, body: bytes, content_type: str) -> Response:
-        resp = conn.respond(status, "")
-        resp.body = body
-        resp.headers["Content-Length"] = str(len(body))
-        resp.headers["Content-Type"] = content_type
-        resp.headers["Cache-Control"] = "no-cache"
-        resp.headers["X-Content-Type-Options"] = "nosniff"
-        return resp
+        status = HTTPStatus(status)
+        headers = Headers(
+            [
+                ("Date", email.utils.formatdate(usegmt=True)),
+                ("Connection", "close"),
+                ("Content-Length", str(len(body))),
+                ("Content-Type", content_type),
+                ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"),
+            ]
+        )
+        return Response(status.value, status.phrase, headers, body)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path

@@ -104,7 +104,9 @@ def resolve_device(spec: str) -> DeviceInfo:
     """``mic`` (the default input), an index, or a case-insensitive name substring -> one input device."""
     devices = list_input_devices()
     if not devices:
-        raise SourceError("no audio input devices found; use --device demo or --device FILE, or connect a microphone")
+        raise SourceError(
+            f"--device {spec}: no audio input devices found; use --device demo or --device FILE, or connect a microphone"
+        )
     if spec == "mic":
         for d in devices:
             if d.is_default:

@@ -1,0 +1,178 @@
+"""``ser-client``: an example client of protocol v1 that streams a microphone or a file and prints predictions.
+
+Owns nothing the daemon needs; it is the reference for writing a client. With
+``--device`` it sends ``start`` and binary PCM (s16le for files at their own
+rate, f32le for a microphone at its native rate), then ``stop`` at the end of
+a file, and prints every prediction for its stream. Without ``--device`` it
+subscribes to every stream of the daemon and prints what arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import click
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+FRAME_S = 0.1  # seconds of audio per binary frame
+
+
+def format_prediction(msg: dict[str, Any]) -> str:
+    """One readable line: stream, window, smoothed leader (or silence), latency."""
+    smoothed = msg.get("smoothed") or {}
+    if msg.get("voiced") and smoothed:
+        top = max(smoothed, key=smoothed.get)
+        what = f"{top:<8} {smoothed[top]:.2f}  voice "
+    else:
+        what = "-" * 8 + "  ---   silent"
+    return f"{msg['stream']:<10} {msg['t_start']:7.2f}-{msg['t_end']:7.2f} s  {what}  latency {msg['latency_ms']:.0f} ms"
+
+
+def with_token(url: str, token: str | None) -> str:
+    if not token:
+        return url
+    parts = urlsplit(url)
+    query = "&".join(q for q in (parts.query, urlencode({"token": token})) if q)
+    return urlunsplit(parts._replace(query=query))
+
+
+class Printer:
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        if msg["type"] == "prediction":
+            click.echo(json.dumps(msg, separators=(",", ":")) if self.as_json else format_prediction(msg))
+        elif msg["type"] == "error":
+            click.echo(f"ser-client: daemon error {msg['code']}: {msg['message']}", err=True)
+
+
+async def _receive(ws: Any, on_message: Any, stream: list[str | None], done: asyncio.Event, end_s: list[float | None]) -> None:
+    async for raw in ws:
+        if not isinstance(raw, str):
+            continue
+        msg = json.loads(raw)
+        if msg["type"] == "started":
+            stream[0] = msg["stream"]
+        elif msg["type"] == "prediction" and (stream[0] is None or msg["stream"] == stream[0]):
+            on_message(msg)
+            if end_s[0] is not None and msg["t_end"] >= end_s[0] - 0.01:
+                done.set()
+                return
+        elif msg["type"] == "error":
+            on_message(msg)
+
+
+async def stream_file(url: str, path: Path, fast: bool, on_message: Any) -> int:
+    import soundfile as sf
+
+    info = sf.info(str(path))
+    rate, channels = int(info.samplerate), min(int(info.channels), 2)
+    async with connect(url, max_size=2**22) as ws:
+        json.loads(await ws.recv())  # hello
+        await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": channels}))
+        stream: list[str | None] = [None]
+        end_s: list[float | None] = [None]
+        done = asyncio.Event()
+        receiver = asyncio.create_task(_receive(ws, on_message, stream, done, end_s))
+        step = max(1, int(rate * FRAME_S))
+        t0 = time.monotonic()
+        sent = 0
+        with sf.SoundFile(str(path)) as f:
+            for block in f.blocks(blocksize=step, dtype="int16", always_2d=True):
+                await ws.send(np.ascontiguousarray(block[:, :channels]).astype("<i2").tobytes())
+                sent += len(block)
+                if not fast:
+                    await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
+        end_s[0] = sent / rate
+        await ws.send(json.dumps({"type": "stop"}))
+        try:
+            await asyncio.wait_for(done.wait(), timeout=30)
+        except asyncio.TimeoutError:
+            click.echo("ser-client: the last prediction did not arrive within 30 s", err=True)
+            return 1
+        finally:
+            receiver.cancel()
+    return 0
+
+
+async def stream_device(url: str, device: str, on_message: Any) -> int:
+    import sounddevice as sd
+
+    from realtime.sources import resolve_device
+
+    dev = resolve_device(device)
+    channels = min(dev.channels, 2)
+    loop = asyncio.get_running_loop()
+    frames: asyncio.Queue[bytes] = asyncio.Queue(maxsize=50)
+
+    def callback(indata: np.ndarray, n: int, t: Any, status: Any) -> None:
+        data = indata.astype("<f4").tobytes()
+        loop.call_soon_threadsafe(lambda: frames.full() or frames.put_nowait(data))
+
+    async with connect(url, max_size=2**22) as ws:
+        json.loads(await ws.recv())
+        await ws.send(json.dumps({"type": "start", "sample_rate": dev.sample_rate, "encoding": "pcm_f32le", "channels": channels}))
+        click.echo(f"ser-client: streaming {dev.name!r} at {dev.sample_rate} Hz; Ctrl-C to stop", err=True)
+        receiver = asyncio.create_task(_receive(ws, on_message, [None], asyncio.Event(), [None]))
+        with sd.InputStream(device=dev.index, channels=channels, samplerate=dev.sample_rate, dtype="float32",
+                            blocksize=int(dev.sample_rate * FRAME_S), callback=callback):
+            try:
+                while not receiver.done():
+                    await ws.send(await frames.get())
+            finally:
+                receiver.cancel()
+    return 0
+
+
+async def watch(url: str, on_message: Any) -> int:
+    async with connect(url, max_size=2**22) as ws:
+        hello = json.loads(await ws.recv())
+        names = ", ".join(s.get("id", "?") for s in hello.get("streams", [])) or "none yet"
+        click.echo(f"ser-client: connected to {hello['model']['name']} ({hello['model']['backend']}); streams: {names}", err=True)
+        await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+        async for raw in ws:
+            msg = json.loads(raw)
+            if msg["type"] in ("prediction", "error"):
+                on_message(msg)
+    return 0
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("url", default="ws://127.0.0.1:8765/ws")
+@click.option("--device", "-d", default=None, help="mic, a device name/index, or an audio file; omit to watch every stream.")
+@click.option("--token", default=None, envvar="SER_TOKEN", help="The daemon's token (also $SER_TOKEN).")
+@click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON lines.")
+@click.option("--fast", is_flag=True, help="Send a file as fast as possible instead of at real-time pace.")
+def main(url: str, device: str | None, token: str | None, as_json: bool, fast: bool) -> None:
+    """Stream audio to a ser-listen daemon (or watch its streams) and print the predictions."""
+    url = with_token(url, token)
+    printer = Printer(as_json)
+    try:
+        if device is None:
+            code = asyncio.run(watch(url, printer))
+        elif Path(device).expanduser().is_file():
+            code = asyncio.run(stream_file(url, Path(device).expanduser(), fast, printer))
+        else:
+            code = asyncio.run(stream_device(url, device, printer))
+    except KeyboardInterrupt:
+        code = 0
+    except (OSError, ConnectionClosed) as exc:
+        click.echo(f"ser-client: error: cannot talk to {url}: {exc}", err=True)
+        code = 1
+    except Exception as exc:  # SourceError, bad file: one line, no traceback
+        click.echo(f"ser-client: error: {exc}", err=True)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

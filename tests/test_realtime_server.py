@@ -1,0 +1,367 @@
+"""The daemon's server with real websockets clients on 127.0.0.1: protocol round trips, remote PCM
+streams, every error code provoked by real bad input, limits, token and Origin checks, slow clients.
+
+The daemon runs in-process (its own event loop in a thread, port 0) with the tiny ONNX model from
+conftest, so each test takes a second or two; test_realtime_cli.py runs it as a subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack, contextmanager, suppress
+
+import numpy as np
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
+
+from realtime.daemon import Daemon
+from realtime.sources import demo_clip_path
+from tests.conftest import write_wav
+from training.audio import LABELS, load_audio
+from training.config import compose
+
+SR = 16_000
+
+
+@pytest.fixture(scope="module")
+def engine(energy_model):
+    from engine import load_engine
+
+    eng = load_engine(energy_model, backend="onnxruntime")
+    eng.warmup()
+    return eng
+
+
+class Running:
+    """A Daemon serving on a free loopback port from a background thread."""
+
+    def __init__(self, engine, overrides=(), device="none", fast=False):
+        cfg = compose("daemon", ["server.port=0", "server.drain_timeout_s=0.2", *overrides])
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.daemon = Daemon(cfg, engine, device=device, fast=fast, announce=self._announce)
+        self.code: int | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _announce(self, line: str) -> None:
+        self.lines.append(line)
+        self.ready.set()
+
+    def _run(self) -> None:
+        self.code = asyncio.run(self.daemon.run())
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        assert self.ready.wait(15), "daemon did not start"
+        self.port = self.daemon.server.port
+        self.url = f"ws://127.0.0.1:{self.port}/ws"
+        self.http = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.daemon.loop.call_soon_threadsafe(self.daemon.stop_event.set)
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "daemon did not stop"
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(self.http + "/metrics", timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+
+
+@contextmanager
+def client(url: str, **kw):
+    with connect(url, open_timeout=5, close_timeout=2, **kw) as ws:
+        hello = json.loads(ws.recv(timeout=5))
+        assert hello["type"] == "hello", hello
+        ws.hello = hello  # type: ignore[attr-defined]
+        yield ws
+
+
+def recv_json(ws, timeout: float = 5.0, skip: tuple[str, ...] = ("streams",)) -> dict:
+    """The next message, skipping stream-list updates (which any client may get at any time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        if msg.get("type") not in skip:
+            return msg
+
+
+def recv_until(ws, cond, timeout: float = 10.0) -> list[dict]:
+    """Messages up to and including the first that satisfies ``cond``; bounded in time."""
+    got: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = recv_json(ws, max(0.05, deadline - time.monotonic()))
+        got.append(msg)
+        if cond(msg):
+            return got
+    raise AssertionError(f"condition not met in {timeout} s; last: {got[-3:]}")
+
+
+def expect_error_and_close(ws, code: str, close_code: int) -> dict:
+    err = recv_until(ws, lambda m: m["type"] == "error")[-1]
+    assert err["code"] == code, err
+    with pytest.raises(ConnectionClosed) as exc:
+        for _ in range(100):
+            ws.recv(timeout=5)
+    assert exc.value.rcvd is not None and exc.value.rcvd.code == close_code, exc.value
+    return err
+
+
+def s16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+# ------------------------------------------------------------------ round trips
+
+
+def test_http_routes(engine):
+    with Running(engine) as d:
+        health = json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())
+        assert health["status"] == "ok" and health["model"] == "energy-test" and health["backend"] == "onnxruntime"
+        assert health["streams"] == [] and "uptime_s" in health
+        with urllib.request.urlopen(d.http + "/", timeout=5) as r:
+            assert r.headers["Content-Type"].startswith("text/html")
+            assert b"<html" in r.read().lower()
+        metrics = urllib.request.urlopen(d.http + "/metrics", timeout=5)
+        assert metrics.headers["Content-Type"].startswith("text/plain")
+        body = metrics.read().decode()
+        for name in ("ser_windows_scored_total", "ser_batch_size_bucket", "ser_inference_seconds_bucket",
+                     "ser_end_to_end_latency_seconds_bucket", "ser_windows_dropped_total", "ser_xruns_total", "ser_clients"):
+            assert name in body, name
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(d.http + "/../pyproject.toml", timeout=5)
+        assert exc.value.code == 404
+        req = urllib.request.Request(d.http + "/healthz", headers={"Host": f"attacker.example:{d.port}"})
+        with pytest.raises(urllib.error.HTTPError) as exc:  # DNS rebinding: a loopback daemon answers loopback names only
+            urllib.request.urlopen(req, timeout=5)
+        assert exc.value.code == 403
+
+
+def test_dashboard_files_are_served_with_their_types(engine):
+    from realtime.server import dashboard_dir
+
+    files = {p.name: p for p in dashboard_dir().iterdir()} if dashboard_dir().is_dir() else {}
+    with Running(engine) as d:
+        for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css")):
+            if name in files:
+                with urllib.request.urlopen(f"{d.http}/{name}", timeout=5) as r:
+                    assert r.headers["Content-Type"].startswith(ctype)
+                    assert r.read() == files[name].read_bytes()
+
+
+def test_remote_stream_44k1_stereo_round_trip(engine):
+    """PCM at 44.1 kHz stereo in 100 ms frames: predictions on the hop grid, right times, right numbers."""
+    rate = 44_100
+    speech = load_audio(demo_clip_path())[: 7 * SR]
+    import soxr
+
+    up = soxr.resample(speech, SR, rate)[: 7 * rate]
+    stereo = np.stack([up, 0.5 * up], axis=1)
+    with Running(engine) as d, client(d.url) as ws:
+        assert ws.hello["protocol"] == 1 and ws.hello["model"]["labels"] == list(LABELS)
+        assert ws.hello["model"]["hop_s"] == 0.5 and ws.hello["model"]["window_s"] == 5.0
+        ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": 2}))
+        started = recv_until(ws, lambda m: m["type"] == "started")[-1]
+        sid = started["stream"]
+        step = rate // 10
+        for i in range(0, len(stereo), step):
+            ws.send(s16(stereo[i : i + step]))
+        ws.send(json.dumps({"type": "stop"}))
+        msgs = recv_until(ws, lambda m: m["type"] == "prediction" and m["t_end"] >= 7.0 - 1e-6, timeout=15)
+        preds = [m for m in msgs if m["type"] == "prediction"]
+        assert any(m["type"] == "stopped" and m["stream"] == sid for m in msgs)
+    assert all(p["stream"] == sid for p in preds)
+    assert [p["seq"] for p in preds] == list(range(len(preds)))
+    assert [p["t_end"] for p in preds] == pytest.approx([1.0 + 0.5 * k for k in range(13)], abs=1e-6)
+    assert [p["t_start"] for p in preds] == pytest.approx([max(0.0, 0.5 * k - 4.0) for k in range(13)], abs=1e-6)
+    mono16 = soxr.resample(stereo.astype(np.float32).mean(axis=1), rate, SR)  # what the daemon should have heard
+    last = preds[-1]
+    want = engine.infer(mono16[None, 2 * SR : 7 * SR])[0]
+    got = np.array([last["probs"][lab] for lab in LABELS])
+    np.testing.assert_allclose(got, want, atol=2e-3)
+    for p in preds:
+        assert set(p["probs"]) == set(LABELS) == set(p["smoothed"])
+        assert abs(sum(p["smoothed"].values()) - 1) < 1e-4
+        assert p["voiced"] is True and p["top"] in LABELS and p["latency_ms"] >= 0
+
+
+def test_subscribers_get_local_source_predictions_and_silence_is_unvoiced(engine, tmp_path):
+    clip = np.concatenate([np.zeros(7 * SR, dtype=np.float32), load_audio(demo_clip_path())[: 6 * SR]])
+    path = write_wav(tmp_path / "quiet_then_speech.wav", clip)
+    with Running(engine, device=str(path), fast=True) as d, client(d.url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "streams": ["file"]}))
+        msgs = recv_until(ws, lambda m: m["type"] == "prediction" and m["t_end"] >= 12.0, timeout=15)
+    preds = {round(m["t_end"], 3): m for m in msgs if m["type"] == "prediction"}
+    silent = [p for t, p in preds.items() if t <= 7.0]
+    assert silent and all(not p["voiced"] and p["top"] is None for p in silent)
+    assert max(max(p["smoothed"].values()) for p in silent) < 0.2  # no confident emotion in silence
+    assert preds[12.0]["voiced"] and preds[12.0]["top"] in LABELS
+
+
+def test_subscription_filters_streams(engine):
+    with Running(engine) as d, client(d.url) as a, client(d.url) as b:
+        b.send(json.dumps({"type": "subscribe", "streams": ["nothing-here"]}))
+        assert recv_json(b)["type"] == "subscribed"
+        a.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_f32le"}))
+        sid = recv_until(a, lambda m: m["type"] == "started")[-1]["stream"]
+        a.send(np.full(2 * SR, 0.1, dtype="<f4").tobytes())
+        recv_until(a, lambda m: m["type"] == "prediction" and m["stream"] == sid)  # the owner gets its stream
+        with pytest.raises(TimeoutError):
+            while True:  # b sees the stream list change but no prediction
+                assert recv_json(b, 0.5)["type"] != "prediction"
+
+
+# ------------------------------------------------------------------ errors and limits
+
+
+class GoodClient(threading.Thread):
+    """Streams speech at real-time pace on its own stream and records what comes back."""
+
+    def __init__(self, url: str, seconds: float) -> None:
+        super().__init__(daemon=True)
+        self._stack = ExitStack()
+        self.ws = self._stack.enter_context(connect(url, open_timeout=5))
+        assert json.loads(self.ws.recv(timeout=5))["type"] == "hello"
+        self.ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le", "channels": 1}))
+        self.stream = recv_until(self.ws, lambda m: m["type"] == "started")[-1]["stream"]
+        self.audio = load_audio(demo_clip_path())[: int(seconds * SR)]
+        self.messages: list[dict] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        try:
+            for raw in self.ws:
+                self.messages.append(json.loads(raw))
+        except ConnectionClosed:
+            pass
+
+    def run(self) -> None:
+        self.reader.start()
+        t0 = time.monotonic()
+        step = SR // 10
+        for k, i in enumerate(range(0, len(self.audio), step)):
+            self.ws.send(s16(self.audio[i : i + step]))
+            time.sleep(max(0.0, t0 + (k + 1) * 0.1 - time.monotonic()))
+
+    def finish(self) -> list[dict]:
+        self.join(30)
+        self.ws.send(json.dumps({"type": "stop"}))
+        deadline = time.monotonic() + 10
+        end = len(self.audio) / SR
+        while time.monotonic() < deadline and not any(
+            m["type"] == "prediction" and m["t_end"] >= end - 1e-6 for m in self.messages
+        ):
+            time.sleep(0.05)
+        self._stack.close()
+        self.reader.join(5)
+        return self.messages
+
+
+def test_every_error_code_while_a_good_client_keeps_streaming(engine):
+    overrides = [
+        "server.max_clients=3",
+        "server.max_message_bytes=65536",
+        "server.max_messages_per_s=50",
+        "server.max_remote_streams=2",
+    ]
+    with Running(engine, overrides) as d:
+        good = GoodClient(d.url, seconds=5.0)
+        good.start()
+        with client(d.url) as bad:
+            bad.send("{this is not json")
+            assert recv_json(bad)["code"] == "bad_message"
+            bad.send(json.dumps({"type": "teleport"}))
+            err = recv_json(bad)
+            assert err["code"] == "bad_message" and "teleport" in err["message"]
+            bad.send(b"\x00\x01\x02")  # audio before start
+            assert recv_json(bad)["code"] == "invalid_audio_frame"
+            bad.send(json.dumps({"type": "start", "sample_rate": 1000, "encoding": "pcm_s16le"}))
+            assert recv_json(bad)["code"] == "config_invalid"
+            bad.send(json.dumps({"type": "start", "sample_rate": 22050, "encoding": "pcm_s16le", "channels": 1}))
+            assert recv_json(bad)["type"] == "started"
+            bad.send(b"\x00\x01\x02")  # odd-length s16 frame
+            err = recv_json(bad)
+            assert err["code"] == "invalid_audio_frame" and "3 bytes" in err["message"]
+            bad.send(s16(np.zeros(2205)))  # a good frame after a bad one is accepted
+            with client(d.url) as third:  # third client; its remote stream is one too many
+                third.send(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_f32le"}))
+                assert recv_until(third, lambda m: m["type"] == "error")[-1]["code"] == "server_busy"
+                with connect(d.url, open_timeout=5) as fourth:  # one client too many
+                    expect_error_and_close(fourth, "server_busy", 1013)
+            bad.send(json.dumps({"type": "subscribe", "streams": "*"}))  # still served after all that
+            assert recv_until(bad, lambda m: m["type"] == "subscribed")
+            bad.send("x" * 70_000)  # oversized message
+            expect_error_and_close(bad, "message_too_large", 1009)
+        with client(d.url) as flood:
+            with suppress(ConnectionClosed):  # the close may come while we still send
+                for _ in range(120):
+                    flood.send(json.dumps({"type": "subscribe", "streams": "*"}))
+            msgs = []
+            with pytest.raises(ConnectionClosed) as exc:
+                for _ in range(500):
+                    msgs.append(recv_json(flood))
+            assert "rate_limited" in [m.get("code") for m in msgs]
+            assert exc.value.rcvd.code == 1008
+        with connect(d.url, open_timeout=5, origin="http://evil.example") as foreign:
+            err = expect_error_and_close(foreign, "unauthorized", 1008)
+            assert "origin" in err["message"]
+        messages = good.finish()
+        errors_total = d.metric("ser_protocol_errors_total")
+    assert not [m for m in messages if m["type"] == "error"]
+    preds = [m for m in messages if m["type"] == "prediction" and m["stream"] == good.stream]
+    assert [p["seq"] for p in preds] == list(range(9)), "the good client lost predictions"  # 1.0 .. 5.0 s
+    assert errors_total >= 10
+
+
+def test_token_and_origin(engine):
+    with Running(engine, ["server.token=s3cret", "server.allowed_origins=[https://app.example]"]) as d:
+        with connect(d.url, open_timeout=5) as ws:
+            expect_error_and_close(ws, "unauthorized", 1008)
+        with connect(d.url + "?token=wrong", open_timeout=5) as ws:
+            expect_error_and_close(ws, "unauthorized", 1008)
+        with client(d.url + "?token=s3cret"):
+            pass
+        with client(d.url, additional_headers={"Authorization": "Bearer s3cret"}):
+            pass
+        with client(d.url + "?token=s3cret", origin=f"http://127.0.0.1:{d.port}"):  # the served page itself
+            pass
+        with client(d.url + "?token=s3cret", origin="https://app.example"):  # allow-listed
+            pass
+        with connect(d.url + "?token=s3cret", open_timeout=5, origin="https://evil.example") as ws:
+            expect_error_and_close(ws, "unauthorized", 1008)
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(d.http + "/metrics", timeout=5)
+        assert exc.value.code == 401
+        assert urllib.request.urlopen(d.http + "/metrics?token=s3cret", timeout=5).status == 200
+    with pytest.raises((OSError, InvalidStatus)):
+        connect(f"ws://127.0.0.1:{d.port}/ws", open_timeout=2)  # stopped means stopped
+
+
+def test_slow_client_loses_its_oldest_predictions_not_others(engine, tmp_path):
+    path = write_wav(tmp_path / "speech.wav", load_audio(demo_clip_path()))
+    overrides = ["server.client_queue=16"]
+    with Running(engine, overrides, device=str(path), fast=True) as d:
+        slow = connect(d.url, open_timeout=5, max_queue=2, close_timeout=0.5).__enter__()
+        assert json.loads(slow.recv(timeout=5))["type"] == "hello"
+        slow.send(json.dumps({"type": "subscribe", "streams": "*"}))
+        with client(d.url) as fast:
+            fast.send(json.dumps({"type": "subscribe", "streams": "*"}))
+            deadline = time.monotonic() + 8
+            count = dropped = 0
+            while time.monotonic() < deadline and (count < 300 or dropped == 0):
+                if recv_json(fast)["type"] == "prediction":
+                    count += 1
+                    if count % 50 == 0:
+                        dropped = d.metric("ser_client_messages_dropped_total")
+            assert count >= 300  # the fast reader keeps being served while the slow one is stuck
+            assert dropped > 0
+            health = json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())
+            assert health["clients"] == 2
+        slow.close()

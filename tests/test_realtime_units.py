@@ -1,0 +1,335 @@
+"""The daemon's parts one by one: ring buffer, stream windowing, streaming resampling, VAD gate,
+smoothing, scheduler batching and overload dropping, protocol validation, metrics text.
+
+All real: numpy, soxr, webrtcvad and the tiny ONNX engine from conftest through onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from realtime import protocol
+from realtime.metrics import DaemonMetrics
+from realtime.postprocess import Smoother, VoiceActivity
+from realtime.protocol import ProtocolError
+from realtime.ringbuffer import RingBuffer
+from realtime.scheduler import Result, Scheduler
+from realtime.sources import demo_clip_path
+from realtime.stream import Stream, StreamSettings, Window
+from tests.conftest import tone
+from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES, load_audio, pad_or_crop
+from training.config import compose
+
+SR = SAMPLE_RATE
+
+
+def settings(**over) -> StreamSettings:
+    cfg = compose("daemon", [f"{k}={v}" for k, v in over.items()])
+    return StreamSettings.from_config(cfg, WINDOW_SAMPLES)
+
+
+def collect_stream(rate: int = SR, channels: int = 1, **over) -> tuple[Stream, list[Window]]:
+    windows: list[Window] = []
+    return Stream("s", "test", settings(**over), rate, channels, windows.append, LABELS), windows
+
+
+# ------------------------------------------------------------------ ring buffer
+
+
+def test_ring_buffer_wraps_and_reads_exact_ranges():
+    ring = RingBuffer(10)
+    ring.write(np.arange(7, dtype=np.float32))
+    np.testing.assert_array_equal(ring.read(0, 7), np.arange(7))
+    ring.write(np.arange(7, 15, dtype=np.float32))  # wraps: holds 5..14
+    assert ring.written == 15 and ring.oldest == 5
+    np.testing.assert_array_equal(ring.read(5, 15), np.arange(5, 15))  # exactly the whole ring, across the seam
+    np.testing.assert_array_equal(ring.read(8, 12), np.arange(8, 12))
+    assert ring.read(4, 6) is None  # overwritten
+    assert ring.read(14, 16) is None  # not written yet
+    np.testing.assert_array_equal(ring.read(15, 15), np.zeros(0))
+
+
+def test_ring_buffer_keeps_the_newest_when_one_write_exceeds_capacity():
+    ring = RingBuffer(4, channels=2)
+    data = np.arange(20, dtype=np.float32).reshape(10, 2)
+    ring.write(data)
+    assert ring.written == 10
+    np.testing.assert_array_equal(ring.read(6, 10), data[6:])
+    assert ring.read(5, 10) is None
+
+
+def test_ring_buffer_write_is_exact_at_capacity_boundaries():
+    ring = RingBuffer(8)
+    for i in range(5):  # writes of exactly the capacity, each landing at position 0
+        ring.write(np.full(8, i, dtype=np.float32))
+        np.testing.assert_array_equal(ring.read(8 * i, 8 * i + 8), np.full(8, i))
+    out = np.empty(8, dtype=np.float32)
+    assert ring.read_into(out, 32)
+    assert not ring.read_into(out, 31)
+
+
+# ------------------------------------------------------------------ stream windows
+
+
+def test_stream_windows_fall_on_the_hop_grid_after_min_audio():
+    stream, windows = collect_stream(**{"audio.hop_s": 0.5, "audio.min_audio_s": 1.0})
+    audio = tone(seconds=7.0)
+    for i in range(0, len(audio), 1234):  # odd chunk sizes
+        stream.push(audio[i : i + 1234])
+    ends = [w.end for w in windows]
+    assert ends == [16000 + 8000 * k for k in range(13)]  # 1.0, 1.5, ..., 7.0 s
+    assert [w.seq for w in windows] == list(range(13))
+    w = windows[-1]
+    assert (w.t_start(), w.t_end()) == (2.0, 7.0)
+    assert windows[0].t_start() == 0.0 and windows[0].t_end() == 1.0
+    stream.finish()  # 7.0 s was already scored: no extra window
+    assert len(windows) == 13 and stream.ended
+
+
+def test_stream_final_window_is_flush_with_the_end_and_short_windows_are_padded():
+    stream, windows = collect_stream()
+    audio = tone(seconds=1.2, freq=300)
+    stream.push(audio)
+    stream.finish()
+    assert [w.end for w in windows] == [16000, 19200]
+    out = np.empty(WINDOW_SAMPLES, dtype=np.float32)
+    assert stream.read_window(windows[1], out)
+    np.testing.assert_allclose(out, pad_or_crop(audio, WINDOW_SAMPLES))  # padded centred, as in training
+    full, fw = collect_stream()
+    clip = tone(seconds=6.0, freq=200)
+    full.push(clip)
+    assert full.read_window(fw[-1], out)
+    np.testing.assert_array_equal(out, clip[fw[-1].end - WINDOW_SAMPLES : fw[-1].end])
+
+
+def test_streaming_resampler_joins_chunks_without_seams():
+    """44.1 kHz stereo in random chunk sizes -> exactly what one-shot resampling of the whole gives."""
+    import soxr
+
+    rate = 44_100
+    rng = np.random.default_rng(1)
+    t = np.arange(int(rate * 3.0)) / rate
+    left = 0.4 * np.sin(2 * np.pi * 440 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)
+    right = 0.4 * np.sin(2 * np.pi * 660 * t)
+    stereo = np.stack([left, right], axis=1).astype(np.float32)
+    stream, _ = collect_stream(rate=rate, channels=2)
+    i = 0
+    while i < len(stereo):
+        n = int(rng.integers(1, 3000))
+        stream.push(stereo[i : i + n])
+        i += n
+    stream.finish()
+    got = stream.ring.read(0, stream.ring.written)
+    want = soxr.resample(stereo.mean(axis=1), rate, SR, quality="HQ")
+    assert len(got) == len(want) == 3 * SR
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    # and no seam: the second difference stays as small as the signal's own
+    assert np.abs(np.diff(got[100:-100], 2)).max() < 0.1
+
+
+# ------------------------------------------------------------------ voice gate and smoothing
+
+
+def voiced(audio: np.ndarray) -> float:
+    vad = VoiceActivity(SR, capacity_s=20.0)
+    for i in range(0, len(audio), 777):
+        vad.process(audio[i : i + 777])
+    return vad.voiced_fraction(0, len(audio))
+
+
+def test_vad_gate_speech_vs_silence_and_noise():
+    speech = load_audio(demo_clip_path())[: 5 * SR]
+    rng = np.random.default_rng(0)
+    assert voiced(speech) > 0.5
+    assert voiced(np.zeros(5 * SR, dtype=np.float32)) == 0.0
+    assert voiced((0.01 * rng.standard_normal(5 * SR)).astype(np.float32)) < 0.05  # quiet room noise
+    assert voiced((0.1 * rng.standard_normal(5 * SR)).astype(np.float32)) < 0.05  # loud steady noise (webrtcvad alone says speech)
+    noisy_speech = speech + (0.005 * rng.standard_normal(len(speech))).astype(np.float32)
+    assert voiced(noisy_speech) > 0.4
+
+
+def test_vad_fraction_is_per_window_range():
+    speech = load_audio(demo_clip_path())[: 3 * SR]
+    audio = np.concatenate([np.zeros(3 * SR, dtype=np.float32), speech])
+    vad = VoiceActivity(SR, capacity_s=20.0)
+    vad.process(audio)
+    assert vad.voiced_fraction(0, 3 * SR) == 0.0
+    assert vad.voiced_fraction(3 * SR, 6 * SR) > 0.5
+    assert vad.voiced_fraction(100, 50) == 0.0
+
+
+def test_smoother_time_constant_and_gate():
+    sm = Smoother(6, tau_s=1.0)
+    a = np.array([1, 0, 0, 0, 0, 0], dtype=float)
+    b = np.array([0, 1, 0, 0, 0, 0], dtype=float)
+    np.testing.assert_allclose(sm.update(a, 1.0, True), a)  # first window: taken as is
+    out = sm.update(b, 2.0, True)  # dt = tau: alpha = 1 - 1/e
+    alpha = 1 - math.exp(-1)
+    np.testing.assert_allclose(out, (1 - alpha) * a + alpha * b)
+    for k in range(20):  # silence: relaxes towards uniform, no confident emotion
+        out = sm.update(a, 3.0 + 0.5 * k, False)
+    assert out.max() < 1 / 6 + 0.01
+    assert sm.update(b, 13.0, True)[1] > out[1]  # voice again pulls it back
+
+
+# ------------------------------------------------------------------ scheduler
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, results: list[Result]) -> None:
+        with self.lock:
+            self.results.extend(results)
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[Result]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.results) >= n:
+                    return list(self.results)
+            time.sleep(0.01)
+        raise AssertionError(f"only {len(self.results)} of {n} results in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def engine(energy_model):
+    from engine import load_engine
+
+    eng = load_engine(energy_model, backend="onnxruntime")
+    eng.warmup()
+    return eng
+
+
+def make_scheduler(engine, **kw) -> tuple[Scheduler, Collector, DaemonMetrics]:
+    col = Collector()
+    metrics = DaemonMetrics()
+    return Scheduler(engine, col, metrics, **kw), col, metrics
+
+
+def test_scheduler_batches_windows_of_all_streams(engine):
+    sched, col, metrics = make_scheduler(engine, max_batch=4, max_wait_s=0.05)
+    streams = [Stream(f"s{i}", "test", settings(), SR, 1, sched.submit, LABELS) for i in range(3)]
+    for i, s in enumerate(streams):  # queued before the worker starts: it finds them all due
+        s.push(tone(seconds=2.0, amp=0.1 * (i + 1)))  # 3 windows each: 1.0, 1.5, 2.0 s
+    sched.start()
+    results = col.wait(9)
+    sched.stop()
+    assert sorted(r.batch_size for r in results) == [1] + [4] * 8  # 9 windows: batches of 4, 4, 1
+    assert all(r.dropped is None for r in results)
+    assert metrics.windows_scored.value() == 9
+    # each result is routed back to its own stream and matches scoring that window alone
+    for r in results:
+        out = np.empty(WINDOW_SAMPLES, dtype=np.float32)
+        assert r.window.stream.read_window(r.window, out)
+        np.testing.assert_allclose(r.probs, engine.infer(out[None])[0], atol=1e-6)
+    assert all(s.outstanding == 0 for s in streams)
+
+
+def test_scheduler_drops_stale_windows_and_bounds_its_queue(engine):
+    sched, col, metrics = make_scheduler(engine, max_batch=8, max_wait_s=0.0, stale_after_s=0.5, max_queue=8)
+    stream = Stream("s", "test", settings(), SR, 1, lambda w: None, LABELS)
+    stream.push(tone(seconds=7.0))
+    old = time.monotonic() - 2.0
+    for k in range(12):  # 12 due windows, 4 over the queue bound; the first 6 are stale
+        sched.submit(Window(stream, k, 16000 + 8000 * k, old if k < 6 else time.monotonic()))
+    sched.start()
+    results = col.wait(12)
+    sched.stop()
+    reasons = [r.dropped for r in sorted(results, key=lambda r: r.window.seq)]
+    assert reasons[:4] == ["queue_full"] * 4
+    assert reasons[4:6] == ["stale"] * 2
+    assert reasons[6:] == [None] * 6
+    assert metrics.windows_dropped.value("queue_full") == 4 and metrics.windows_dropped.value("stale") == 2
+
+
+def test_scheduler_drops_windows_whose_audio_was_overwritten(engine):
+    sched, col, _ = make_scheduler(engine, max_batch=4)
+    stream = Stream("s", "test", settings(**{"audio.buffer_s": 6.0}), SR, 1, lambda w: None, LABELS)
+    stream.push(tone(seconds=5.0))
+    w = Window(stream, 0, 5 * SR, time.monotonic(), droppable=False)
+    stream.push(tone(seconds=3.0))  # the ring (6 s) no longer holds 0..5 s
+    sched.submit(w)
+    sched.start()
+    (r,) = col.wait(1)
+    sched.stop()
+    assert r.dropped == "overwritten"
+
+
+def test_fast_streams_wait_for_the_engine_instead_of_dropping(engine):
+    sched, col, _ = make_scheduler(engine, max_batch=8, stale_after_s=0.001)
+    s = settings()
+    stream = Stream("f", "file", StreamSettings.from_config(compose("daemon"), WINDOW_SAMPLES, 8), SR, 1, sched.submit, LABELS, droppable=False)
+    sched.start()
+    audio = tone(seconds=30.0)
+    for i in range(0, len(audio), 800):
+        stream.push(audio[i : i + 800])
+        assert stream.wait_outstanding_below(8, timeout=5.0)
+    stream.finish()
+    results = col.wait(stream.seq)
+    sched.stop()
+    assert s.hop_samples == 8000
+    assert len(results) == stream.seq == 59 and all(r.dropped is None for r in results)
+
+
+# ------------------------------------------------------------------ protocol and metrics
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "bad_message"),
+        ("[1, 2]", "bad_message"),
+        ('{"type": "dance"}', "bad_message"),
+        ('{"streams": "*"}', "bad_message"),
+        ('{"type": "subscribe", "streams": 5}', "bad_message"),
+        ('{"type": "start", "sample_rate": 4000, "encoding": "pcm_s16le"}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000, "encoding": "mp3"}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 3}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000.5, "encoding": "pcm_s16le"}', "config_invalid"),
+        ('{"type": "start", "encoding": "pcm_s16le"}', "config_invalid"),
+    ],
+)
+def test_protocol_rejects_bad_messages_with_their_codes(text, code):
+    with pytest.raises(ProtocolError) as exc:
+        protocol.parse_client_message(text)
+    assert exc.value.code == code
+
+
+def test_protocol_accepts_good_messages():
+    assert protocol.parse_client_message('{"type": "subscribe", "streams": ["a", "a", "b"], "x": 1}') == {
+        "type": "subscribe",
+        "streams": ["a", "b"],
+    }
+    assert protocol.parse_client_message('{"type": "start", "sample_rate": 44100, "encoding": "pcm_f32le"}')["channels"] == 1
+
+
+def test_decode_pcm():
+    pcm = np.array([[0, 16384], [-32768, 32767]], dtype="<i2").tobytes()
+    np.testing.assert_allclose(protocol.decode_pcm(pcm, "pcm_s16le", 2), [[0, 0.5], [-1, 32767 / 32768]])
+    for frame, enc, ch in [(b"\x00" * 3, "pcm_s16le", 1), (b"\x00" * 6, "pcm_f32le", 1), (b"\x00" * 6, "pcm_s16le", 2), (b"", "pcm_s16le", 1)]:
+        with pytest.raises(ProtocolError) as exc:
+            protocol.decode_pcm(frame, enc, ch)
+        assert exc.value.code == "invalid_audio_frame"
+    with pytest.raises(ProtocolError):
+        protocol.decode_pcm(np.array([np.nan], dtype="<f4").tobytes(), "pcm_f32le", 1)
+
+
+def test_metrics_text_format():
+    m = DaemonMetrics()
+    m.windows_dropped.inc(2, "stale")
+    m.latency_seconds.observe(0.03)
+    m.latency_seconds.observe(7.0)
+    text = m.registry.render()
+    assert 'ser_windows_dropped_total{reason="stale"} 2' in text
+    assert 'ser_end_to_end_latency_seconds_bucket{le="0.05"} 1' in text
+    assert 'ser_end_to_end_latency_seconds_bucket{le="+Inf"} 2' in text
+    assert "ser_end_to_end_latency_seconds_count 2" in text
+    assert "# TYPE ser_batch_size histogram" in text
