@@ -120,7 +120,9 @@
   }
   function describeKind(info) {
     if (!info || typeof info !== "object") return "";
-    return String(info.kind || info.source || info.type || info.device || "");
+    const kind = String(info.kind || info.type || "");
+    const source = info.source !== undefined && info.source !== null ? String(info.source).split(/[\\/]/).pop() : "";
+    return [kind, source].filter(Boolean).join(" · ");
   }
   function argmax(values) {
     let best = -1;
@@ -206,9 +208,9 @@
     s.latency_ms = typeof msg.latency_ms === "number" ? msg.latency_ms : null;
     s.count += 1;
     const vec = vectorOf(s.smoothed);
+    // The server names the smoothed leader (null in silence); fall back to our own argmax.
     const best = argmax(vec);
-    s.top = best >= 0 ? state.labels[best] : msg.top || null;
-    s.serverTop = msg.top || null;
+    s.top = typeof msg.top === "string" && state.labels.includes(msg.top) ? msg.top : best >= 0 ? state.labels[best] : null;
     if (tEnd !== null) {
       s.history.push({ t: tEnd, v: vec, voiced: s.voiced !== false });
       const cutoff = tEnd - MAX_HISTORY_S;
@@ -298,9 +300,8 @@
         addError("closed", "The daemon closed the connection: " + event.reason);
       }
       if (state.mic.state === "streaming" || state.mic.state === "starting") {
-        state.mic.state = "waiting";
         state.mic.stream = null;
-        state.mic.message = "Connection lost; the microphone resumes when the daemon is back.";
+        setMic("waiting", "Connection lost; the microphone resumes when the daemon is back.");
       }
       scheduleReconnect();
     };
@@ -340,6 +341,7 @@
       case "started":
         onStarted(msg);
         break;
+      case "subscribed":
       case "stopped":
         break;
       case "error":
@@ -687,7 +689,13 @@
 
   function renderDetail() {
     const s = state.selected !== null ? state.streams[state.selected] : null;
-    el.detailH.textContent = s ? "Stream " + s.id + (s.kind ? " · " + s.kind : "") : "No stream selected";
+    el.detailH.textContent = s ? "Stream " + s.id : "No stream selected";
+    if (s && s.kind) {
+      const kind = document.createElement("span");
+      kind.className = "kind";
+      kind.textContent = s.kind + (s.ended ? " (ended)" : "");
+      el.detailH.appendChild(kind);
+    }
     const rows = el.bars.children;
     if (!s || s.count === 0) {
       el.topEmotion.textContent = s ? "Waiting for predictions on this stream…" : "Waiting for predictions…";
