@@ -103,6 +103,8 @@ class ServerSettings:
     hard_max_message_factor: int = 4
     max_messages_per_s: float = 200.0
     client_queue: int = 64
+    max_audio_realtime_factor: float = 1.5
+    max_audio_burst_s: float = 10.0
     close_timeout_s: float = 1.0
     drain_timeout_s: float = 0.5
     ping_interval_s: float = 20.0
@@ -119,6 +121,8 @@ class ServerSettings:
             hard_max_message_factor=int(s.hard_max_message_factor),
             max_messages_per_s=float(s.max_messages_per_s),
             client_queue=int(s.client_queue),
+            max_audio_realtime_factor=float(s.max_audio_realtime_factor),
+            max_audio_burst_s=float(s.max_audio_burst_s),
             close_timeout_s=float(s.close_timeout_s),
             drain_timeout_s=float(s.drain_timeout_s),
             ping_interval_s=float(s.ping_interval_s),
@@ -142,6 +146,14 @@ class Client:
     last_refill: float = field(default_factory=time.monotonic)
     dropped: int = 0
     closing: bool = False
+    audio_s: float = 0.0  # seconds of audio received on the current stream
+    stream_started: float = 0.0
+
+    def audio_allowed(self, seconds: float) -> bool:
+        """A remote stream may run ahead of real time only by a burst, so one client cannot starve the engine."""
+        self.audio_s += seconds
+        elapsed = time.monotonic() - self.stream_started
+        return self.audio_s <= elapsed * self.settings.max_audio_realtime_factor + self.settings.max_audio_burst_s
 
     def wants(self, stream_id: str) -> bool:
         return self.subscriptions is None or stream_id in self.subscriptions or (
@@ -358,7 +370,9 @@ class Server:
             return False
         try:
             if isinstance(message, bytes):
-                self._on_audio(client, message)
+                if not self._on_audio(client, message):
+                    await self._close(client, 1008, "audio faster than real time")
+                    return False
             else:
                 self._on_text(client, protocol.parse_client_message(message))
         except ProtocolError as exc:
@@ -376,6 +390,7 @@ class Server:
                 raise ProtocolError("config_invalid", f"stream {client.stream.id} is already started; send stop first")
             stream = self.daemon.open_remote_stream(msg["sample_rate"], msg["channels"], msg["encoding"])
             client.stream, client.encoding, client.channels = stream, msg["encoding"], msg["channels"]
+            client.audio_s, client.stream_started = 0.0, time.monotonic()
             self._enqueue(client, protocol.started(stream.id))
         elif kind == "stop":
             if client.stream is None:
@@ -387,10 +402,21 @@ class Server:
             self.daemon.close_remote_stream(stream)
             self._enqueue(client, protocol.stopped(stream.id))
 
-    def _on_audio(self, client: Client, frame: bytes) -> None:
+    def _on_audio(self, client: Client, frame: bytes) -> bool:
+        """Decode and feed one PCM frame; False when the client sends audio much faster than real time."""
         if client.stream is None:
             raise ProtocolError("invalid_audio_frame", "binary audio before start: send a start message first")
-        client.stream.push(protocol.decode_pcm(frame, client.encoding, client.channels))
+        frames = protocol.decode_pcm(frame, client.encoding, client.channels)
+        if not client.audio_allowed(len(frames) / client.stream.input_rate):
+            s = self.settings
+            self._error(
+                client,
+                "rate_limited",
+                f"audio arrives faster than {s.max_audio_realtime_factor:g}x real time (after a {s.max_audio_burst_s:g} s burst)",
+            )
+            return False
+        client.stream.push(frames)
+        return True
 
     # ------------------------------------------------------------ sending
 

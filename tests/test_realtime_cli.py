@@ -188,3 +188,15 @@ def test_token_from_environment(energy_model, procs):
         assert json.loads(ws.recv(timeout=10))["type"] == "hello"
     with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
         assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
+
+
+def test_reconnect_keeps_the_daemon_up_while_the_device_is_missing(energy_model, procs):
+    p = procs([*script("ser-listen"), "--device", "no-such-device-xyz", "--reconnect", "--model", str(energy_model),
+               "--port", "0", "source.reconnect_min_s=0.2"])
+    p.wait_url()
+    deadline = time.monotonic() + 10
+    while sum("reconnecting in" in line or "not available yet" in line for line in p.err) < 2:
+        assert time.monotonic() < deadline and p.p.poll() is None, "".join(p.err)
+        time.sleep(0.1)
+    p.p.send_signal(signal.SIGTERM)
+    assert p.p.wait(5) == 0

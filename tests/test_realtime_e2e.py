@@ -111,7 +111,9 @@ def test_virtual_microphone_through_portaudio(pulse, model_args, tmp_path):
         while not any("capturing from" in line for line in p.err):
             assert time.monotonic() < deadline and p.p.poll() is None, "".join(p.err)
             time.sleep(0.1)
-        time.sleep(2.0)  # silence first: the monitor of an idle sink
+        while len(p.out) < 2:  # silence first (the monitor of an idle sink) until two windows are scored
+            assert time.monotonic() < deadline and p.p.poll() is None, "".join(p.err)
+            time.sleep(0.05)
         play = subprocess.run(["paplay", "-d", "virt", str(clip)], env=pulse, capture_output=True, text=True, timeout=30)
         assert play.returncode == 0, play.stderr
         time.sleep(1.0)
@@ -125,7 +127,7 @@ def test_virtual_microphone_through_portaudio(pulse, model_args, tmp_path):
     assert preds, "no predictions:\n" + "".join(p.err)
     assert all(m["type"] == "prediction" and m["stream"] == "mic" for m in preds)
     assert [m["seq"] for m in preds] == list(range(len(preds))), "windows were dropped"
-    assert not preds[0]["voiced"], "the idle virtual microphone should be silent"
+    assert not preds[0]["voiced"], ("the idle virtual microphone should be silent", [(m["t_end"], m["voiced_fraction"]) for m in preds], "".join(p.err))
     voiced = [m for m in preds if m["voiced"]]
     assert len(voiced) >= 6, [(m["t_end"], m["voiced_fraction"]) for m in preds]
     assert max(m["voiced_fraction"] for m in preds) > 0.5

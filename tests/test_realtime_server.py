@@ -365,3 +365,16 @@ def test_slow_client_loses_its_oldest_predictions_not_others(engine, tmp_path):
             health = json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())
             assert health["clients"] == 2
         slow.close()
+
+
+def test_audio_much_faster_than_real_time_is_rate_limited(engine):
+    with Running(engine, ["server.max_audio_burst_s=2"]) as d, client(d.url) as ws:
+        ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le"}))
+        recv_until(ws, lambda m: m["type"] == "started")
+        with suppress(ConnectionClosed):
+            for _ in range(40):  # 4 s of audio in a few milliseconds
+                ws.send(s16(np.zeros(SR // 10)))
+        err = expect_error_and_close(ws, "rate_limited", 1008)
+        assert "real time" in err["message"]
+        with client(d.url):  # the daemon is fine
+            pass
