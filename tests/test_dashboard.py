@@ -573,3 +573,23 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
     finally:
         browser.close()
         watcher.close()
+
+
+def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(daemon_factory, playwright_instance, tmp_path):
+    clip = file_clip(tmp_path / "clip.wav", seconds=20)
+    daemon = daemon_factory(clip, "--token", "s3cret").start()
+    browser = launch(playwright_instance)
+    try:
+        page = open_page(browser, daemon.url)
+        page.wait_for_selector("#errors:not([hidden])", timeout=15_000)
+        text = page.text_content("#error-list")
+        assert "unauthorized" in text and "refused this page" in text and "token" in text, text
+        assert page.get_attribute("#conn", "data-state") != "open"
+        shot(page, "dashboard-unauthorized.png")
+
+        page.goto(daemon.url + "?token=s3cret")
+        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'open'", timeout=15_000)
+        wait_for_seq(page, 2)
+        assert page.get_attribute('a[href^="metrics"]', "href").endswith("token=s3cret")
+    finally:
+        browser.close()

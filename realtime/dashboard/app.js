@@ -39,7 +39,7 @@
     message_too_large: "A message from this page was larger than the daemon accepts.",
     rate_limited: "This page sent messages faster than the daemon accepts; some were dropped.",
     server_busy: "The daemon is busy (too many clients or streams); try again later.",
-    unauthorized: "The daemon needs a token: open the page with ?token=... in its address.",
+    unauthorized: "The daemon refused this page: it needs a token (open the page with ?token=... in its address) or does not allow this page's origin.",
   };
 
   const params = new URLSearchParams(location.search);
@@ -293,11 +293,12 @@
       if (ws !== sock) return;
       ws = null;
       state.lastClose = { code: event.code, reason: event.reason || "" };
-      if (event.code === 1008 || event.code === 4001 || event.code === 4003) {
-        // policy violation / unauthorized: say so, keep retrying slowly (the user may fix the token)
+      // A daemon going away (1001) is said in the connection state; any other reason is worth an error line.
+      // (Not when the reason only repeats the error message that came just before the close.)
+      const last = state.errors[state.errors.length - 1];
+      const repeated = last && event.reason && last.message.startsWith(event.reason);
+      if (event.code !== 1001 && event.code !== 1000 && !repeated && (event.reason || event.code === 1008)) {
         addError("closed", "The daemon closed the connection: " + (event.reason || "code " + event.code));
-      } else if (event.reason) {
-        addError("closed", "The daemon closed the connection: " + event.reason);
       }
       if (state.mic.state === "streaming" || state.mic.state === "starting") {
         state.mic.stream = null;
@@ -538,7 +539,15 @@
       text = "Connecting to the daemon…";
     } else if (state.connection === "reconnecting") {
       const secs = state.retryInMs !== null ? Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000)) : null;
-      text = (state.connects ? "Disconnected from the daemon" : "Cannot reach the daemon") + (secs !== null ? "; retrying in " + secs + " s (attempt " + state.attempt + ")" : "; retrying…");
+      const close = state.lastClose || {};
+      const why = close.reason ? " (" + close.reason + ")" : "";
+      const head =
+        close.code === 1008 || close.code === 1013
+          ? "The daemon refused the connection"
+          : state.connects
+            ? "Disconnected from the daemon" + why
+            : "Cannot reach the daemon";
+      text = head + (secs !== null ? "; retrying in " + secs + " s (attempt " + state.attempt + ")" : "; retrying…");
     } else {
       text = "Disconnected";
     }
@@ -562,8 +571,13 @@
     state.errors.slice(-MAX_ERRORS_SHOWN).forEach((e) => {
       const li = document.createElement("li");
       const time = e.at.toLocaleTimeString();
-      const words = e.words ? e.words + " " : "";
-      li.appendChild(document.createTextNode(time + " — " + words + (e.message ? e.message : "") + " "));
+      li.appendChild(document.createTextNode(time + " — " + (e.words || e.message) + " "));
+      if (e.words && e.message) {
+        const said = document.createElement("span");
+        said.className = "said";
+        said.textContent = "The daemon said: “" + e.message + "” ";
+        li.appendChild(said);
+      }
       const code = document.createElement("code");
       code.textContent = "(" + e.code + ")";
       li.appendChild(code);
@@ -946,6 +960,11 @@
   window.addEventListener("beforeunload", () => {
     if (state.mic.state === "streaming") send({ type: "stop" });
   });
+
+  if (params.get("token")) {
+    // Carry the token to the links that need it.
+    document.querySelectorAll('a[href="metrics"]').forEach((a) => (a.href = "metrics?token=" + encodeURIComponent(params.get("token"))));
+  }
 
   buildBars();
   render();
