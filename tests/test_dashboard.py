@@ -267,7 +267,13 @@ def open_page(browser, url: str, width: int = 1280, height: int = 900):
     page.set_default_timeout(PAGE_WAIT_MS)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    # Chromium logs every refused WebSocket attempt itself; those are expected while a daemon restarts.
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}")
+        if m.type == "error" and "ERR_CONNECTION_REFUSED" not in m.text
+        else None,
+    )
     page.problems = problems  # type: ignore[attr-defined]
     page.goto(url, wait_until="load")
     return page
