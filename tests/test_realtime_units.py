@@ -333,3 +333,17 @@ def test_metrics_text_format():
     assert 'ser_end_to_end_latency_seconds_bucket{le="+Inf"} 2' in text
     assert "ser_end_to_end_latency_seconds_count 2" in text
     assert "# TYPE ser_batch_size histogram" in text
+
+
+def test_realtime_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, realtime.cli, realtime.daemon, realtime.client, realtime.sources, realtime.server;"
+        "from engine.backends import ort;"
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
