@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0, help="streaming time per N")
     ap.add_argument("--frame-ms", type=int, default=100, help="audio per WebSocket frame")
     ap.add_argument("--modes", default="batched,single", help="batched (config max_batch) and/or single (max_batch=1)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="daemon config override (repeatable)")
     ap.add_argument("--keep-going", action="store_true", help="run every N even after one misses the budget")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "daemon.json"))
     args = ap.parse_args()
@@ -246,11 +247,12 @@ def main() -> None:
         "seconds_per_n": args.seconds,
         "frame_ms": args.frame_ms,
         "budget_ms": BUDGET_MS,
+        "daemon_overrides": args.set,
         "modes": {},
         "max_streams_within_budget": {},
     }
     for mode in args.modes.split(","):
-        overrides = [f"server.max_clients={max(ns) + 8}", f"server.max_remote_streams={max(ns) + 8}"]
+        overrides = [f"server.max_clients={max(ns) + 8}", f"server.max_remote_streams={max(ns) + 8}", *args.set]
         if mode == "single":
             overrides.append("scheduler.max_batch=1")
         d = DaemonProc(args.model, args.backend, overrides)

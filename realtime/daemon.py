@@ -300,8 +300,8 @@ class Daemon:
         query = "?token=…" if token else ""
         self.announce(f"ser-listen: dashboard at http://{shown}:{port}/{query}")
         self.announce(
-            f"ser-listen: model {self.engine.info.name} ({self.engine.describe()}), "
-            f"WebSocket ws://{shown}:{port}/ws, source {self.device_spec}"
+            f"ser-listen: model {self.engine.info.name}: {self.engine.describe()}; "
+            f"WebSocket ws://{shown}:{port}/ws; source: {self.device_spec}"
         )
 
     def _source_finished(self, src: Source) -> None:

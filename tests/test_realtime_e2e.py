@@ -17,6 +17,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,61 +36,80 @@ def _pactl(env: dict, *args: str, timeout: float = 5) -> subprocess.CompletedPro
     return subprocess.run(["pactl", *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def pulse(tmp_path_factory):
+class PulseServer:
+    """A private PulseAudio server: its own runtime dir and socket, a 16 kHz mono null sink ``virt``
+    whose monitor is the default source. It can be stopped and started again on the same socket,
+    which to its clients looks like a microphone unplugged and plugged back in."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.socket = root / "native"
+        self.env = dict(
+            os.environ,
+            XDG_RUNTIME_DIR=str(root),
+            PULSE_RUNTIME_PATH=str(root / "runtime"),
+            PULSE_STATE_PATH=str(root / "state"),
+            HOME=str(root),  # the cookie lands here, shared by server and clients
+            PULSE_SERVER=f"unix:{self.socket}",
+        )
+        self.proc: subprocess.Popen | None = None
+        self.log_path = root / "pulseaudio.log"
+
+    def start(self) -> bool:
+        base = [
+            "pulseaudio",
+            "--daemonize=no",
+            "--exit-idle-time=-1",
+            "-n",
+            "--use-pid-file=no",
+            "--log-target=stderr",
+            f"--load=module-native-protocol-unix socket={self.socket} auth-anonymous=1",
+            "--load=module-null-sink sink_name=virt rate=16000 channels=1",
+        ]
+        # As root PulseAudio warns but runs in user mode with a private runtime dir; --system is the fallback.
+        for extra in ([], ["--system", "--disallow-exit"]):
+            with open(self.log_path, "a") as log:
+                self.proc = subprocess.Popen(base + extra, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if _pactl(self.env, "info").returncode == 0:
+                    r = _pactl(self.env, "set-default-source", "virt.monitor")
+                    assert r.returncode == 0, r.stderr
+                    return True
+                time.sleep(0.2)
+            self.stop()
+        return False
+
+    def stop(self) -> None:
+        """Stop the server this object started (and only that one)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+def _need_pulse_tools() -> None:
     for tool in ("pulseaudio", "pactl", "paplay"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (apt-get install pulseaudio pulseaudio-utils)")
-    root = tmp_path_factory.mktemp("pulse")
-    socket_path = root / "native"
-    env = dict(
-        os.environ,
-        XDG_RUNTIME_DIR=str(root),
-        PULSE_RUNTIME_PATH=str(root / "runtime"),
-        PULSE_STATE_PATH=str(root / "state"),
-        HOME=str(root),  # the cookie lands here, shared by server and clients
-        PULSE_SERVER=f"unix:{socket_path}",
-    )
-    log = open(root / "pulseaudio.log", "w")  # noqa: SIM115 - held open for the server it logs
-    base = [
-        "pulseaudio",
-        "--daemonize=no",
-        "--exit-idle-time=-1",
-        "-n",
-        "--use-pid-file=no",
-        "--log-target=stderr",
-        f"--load=module-native-protocol-unix socket={socket_path} auth-anonymous=1",
-        "--load=module-null-sink sink_name=virt rate=16000 channels=1",
-    ]
-    # As root PulseAudio warns but runs in user mode with a private runtime dir; --system is the fallback.
-    proc = None
-    for extra in ([], ["--system", "--disallow-exit", "--disallow-module-loading=no"]):
-        proc = subprocess.Popen(base + extra, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _pactl(env, "info").returncode == 0:
-                break
-            time.sleep(0.2)
-        if proc.poll() is None and _pactl(env, "info").returncode == 0:
-            break
-        proc.terminate()
-        proc.wait(5)
-        proc = None
-    if proc is None:
-        log.close()
-        pytest.skip("PulseAudio cannot start here: " + (root / "pulseaudio.log").read_text()[-500:])
+
+
+@pytest.fixture(scope="module")
+def pulse(tmp_path_factory):
+    _need_pulse_tools()
+    server = PulseServer(tmp_path_factory.mktemp("pulse"))
+    if not server.start():
+        pytest.skip("PulseAudio cannot start here: " + server.log_path.read_text()[-500:])
     try:
-        r = _pactl(env, "set-default-source", "virt.monitor")
-        assert r.returncode == 0, r.stderr
-        yield env
+        yield server.env
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+        server.stop()
 
 
 @pytest.fixture(params=["energy", "default"])
@@ -147,3 +167,43 @@ def test_default_model_on_the_demo_clip():
     for m in preds:
         assert abs(sum(m["probs"].values()) - 1) < 1e-3 and set(m["probs"]) == set(LABELS)
     assert sum(m["voiced"] for m in preds) >= len(preds) // 2
+
+
+def _wait_for(cond, what: str, p: Proc, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline and p.p.poll() is None, f"waited for {what}:\n" + "".join(p.err)
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("reconnect", [True, False])
+def test_a_vanishing_microphone(tmp_path, energy_model, reconnect):
+    """The PulseAudio server goes away under a recording daemon: --reconnect resumes when it is back,
+    without it the daemon says so and exits non-zero."""
+    _need_pulse_tools()
+    server = PulseServer(tmp_path)
+    if not server.start():
+        pytest.skip("PulseAudio cannot start here: " + server.log_path.read_text()[-500:])
+    extra = ["--reconnect", "source.reconnect_min_s=0.2", "source.reconnect_max_s=0.5"] if reconnect else []
+    p = Proc([*script("ser-listen"), "--device", "pulse", "--jsonl", "--port", "0", "--model", str(energy_model), *extra],
+             env=server.env)
+    try:
+        p.wait_url(60)
+        _wait_for(lambda: len(p.out) >= 2, "first predictions", p)
+        server.stop()  # the microphone vanishes
+        if not reconnect:
+            assert p.p.wait(15) == 1
+            assert "stopped delivering audio" in "".join(p.err) and "Traceback" not in "".join(p.err)
+            return
+        _wait_for(lambda: any("reconnecting in" in line for line in p.err), "the reconnect message", p)
+        before = len(p.out)
+        assert server.start()  # ... and comes back
+        _wait_for(lambda: sum("capturing from" in line for line in p.err) >= 2, "capture to resume", p)
+        _wait_for(lambda: len(p.out) >= before + 3, "predictions after the reconnect", p)
+        p.p.send_signal(signal.SIGTERM)
+        assert p.p.wait(10) == 0
+    finally:
+        p.stop()
+        server.stop()
+    preds = [json.loads(x) for x in p.out if x.strip()]
+    assert [m["seq"] for m in preds] == list(range(len(preds)))
