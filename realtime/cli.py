@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import click
+from omegaconf import OmegaConf
 
 from engine import EngineError, load_engine
 from engine.base import BACKENDS
@@ -61,7 +62,7 @@ def check_config(cfg: Any) -> None:
         (int(srv.max_clients) >= 1 and int(srv.max_remote_streams) >= 0, "server.max_clients must be >= 1"),
         (int(srv.max_message_bytes) >= 1024, "server.max_message_bytes must be >= 1024"),
         (float(srv.max_messages_per_s) >= 1 and int(srv.client_queue) >= 1, "server rate and queue limits must be >= 1"),
-        (isinstance(srv.allowed_origins, (list, tuple)) or hasattr(srv.allowed_origins, "__iter__"), "server.allowed_origins must be a list"),
+        (OmegaConf.is_list(srv.allowed_origins), "server.allowed_origins must be a list, e.g. [https://example.org]"),
     ]
     for ok, message in rules:
         if not ok:
@@ -151,7 +152,9 @@ def main(**options: Any) -> None:
             "or --insecure to allow anyone on the network",
             2,
         )
-    if options["fast"] and str(cfg.source.device) in ("mic", "none") :
+    from realtime.daemon import Daemon, describe_device_spec
+
+    if options["fast"] and describe_device_spec(str(cfg.source.device)) not in ("file", "demo"):
         log.warning("--fast only applies to file sources; ignored")
 
     try:
@@ -164,8 +167,6 @@ def main(**options: Any) -> None:
         engine.warmup(tuple(int(b) for b in cfg.model.warmup_batches))
     except EngineError as exc:
         fail(str(exc))
-
-    from realtime.daemon import Daemon
 
     daemon = Daemon(
         cfg,

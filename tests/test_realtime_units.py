@@ -265,7 +265,6 @@ def test_scheduler_drops_windows_whose_audio_was_overwritten(engine):
 
 def test_fast_streams_wait_for_the_engine_instead_of_dropping(engine):
     sched, col, _ = make_scheduler(engine, max_batch=8, stale_after_s=0.001)
-    s = settings()
     stream = Stream("f", "file", StreamSettings.from_config(compose("daemon"), WINDOW_SAMPLES, 8), SR, 1, sched.submit, LABELS, droppable=False)
     sched.start()
     audio = tone(seconds=30.0)
@@ -275,8 +274,7 @@ def test_fast_streams_wait_for_the_engine_instead_of_dropping(engine):
     stream.finish()
     results = col.wait(stream.seq)
     sched.stop()
-    assert s.hop_samples == 8000
-    assert len(results) == stream.seq == 59 and all(r.dropped is None for r in results)
+    assert len(results) == stream.seq == 59 and all(r.dropped is None for r in results)  # 1.0, 1.5, ..., 30.0 s
 
 
 # ------------------------------------------------------------------ protocol and metrics
