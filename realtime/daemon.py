@@ -93,6 +93,7 @@ class Daemon:
             max_wait_s=float(cfg.scheduler.max_wait_ms) / 1000.0,
             stale_after_s=float(cfg.scheduler.stale_after_s),
             max_queue=int(cfg.scheduler.max_queue),
+            active_streams=lambda: len(self.streams),
         )
         self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
 

@@ -54,6 +54,7 @@ class Scheduler:
         max_wait_s: float = 0.005,
         stale_after_s: float = 1.0,
         max_queue: int = 256,
+        active_streams: Callable[[], int] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -64,6 +65,9 @@ class Scheduler:
         self.max_wait_s = max_wait_s
         self.stale_after_s = stale_after_s
         self.max_queue = max(max_queue, max_batch)
+        # How many streams could still add a window to this batch; when every one of them already
+        # has a window queued, waiting max_wait_s for more would only add latency.
+        self.active_streams = active_streams
         self._queue: deque[Window] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -127,7 +131,7 @@ class Scheduler:
             deadline = time.monotonic() + self.max_wait_s
             while len(self._queue) < self.max_batch and not self._stopping:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self._everyone_queued():
                     break
                 self._cond.wait(left)
             now = time.monotonic()
@@ -142,6 +146,11 @@ class Scheduler:
             self._busy = bool(batch)
             self.metrics.queue_depth.set(len(self._queue))
             return batch, stale
+
+    def _everyone_queued(self) -> bool:
+        if self.active_streams is None:
+            return False
+        return len({id(w.stream) for w in self._queue}) >= self.active_streams()
 
     def _run(self) -> None:
         while True:

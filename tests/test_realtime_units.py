@@ -345,3 +345,14 @@ def test_realtime_imports_no_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
+
+
+def test_scheduler_does_not_wait_for_streams_that_cannot_join(engine):
+    sched, col, _ = make_scheduler(engine, max_batch=8, max_wait_s=0.5, active_streams=lambda: 1)
+    stream = Stream("s", "test", settings(), SR, 1, sched.submit, LABELS)
+    sched.start()
+    t0 = time.monotonic()
+    stream.push(tone(seconds=1.0))
+    (r,) = col.wait(1)
+    sched.stop()
+    assert r.done_at - t0 < 0.25  # not the 0.5 s max_wait: the only stream is already in the batch
