@@ -785,7 +785,7 @@
     const gridColor = styles.getPropertyValue("--line").trim() || "#d0d7de";
     const silentColor = styles.getPropertyValue("--silent").trim() || "#8c959f";
     g.clearRect(0, 0, cssW, cssH);
-    const right = cssW < 420 ? 58 : 72; // room for the end-of-line labels
+    const right = cssW < 420 ? 62 : 74; // room for the end-of-line labels
     const left = 36;
     const top = 10;
     const bottom = 22;
@@ -886,10 +886,13 @@
       g.textAlign = "left";
       g.textBaseline = "middle";
       g.font = "bold 11px system-ui, sans-serif";
+      const nameColor = styles.getPropertyValue("--text").trim() || "#1b1f24";
       tags.forEach((t) => {
+        // A tick in the line's colour, the name in the text colour (readable on any background).
         g.fillStyle = colorOf(t.label, t.li);
-        g.fillRect(left + plotW + 3, t.y - 1, 6, 2);
-        g.fillText(t.label, left + plotW + 11, t.y);
+        g.fillRect(left + plotW + 3, t.y - 1.5, 8, 3);
+        g.fillStyle = nameColor;
+        g.fillText(t.label, left + plotW + 13, t.y);
       });
     } else {
       g.fillStyle = textColor;
