@@ -13,6 +13,7 @@ Every wait is bounded.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -32,11 +33,14 @@ from tests.conftest import write_wav
 pytestmark = pytest.mark.slow
 
 sync_api = pytest.importorskip(
-    "playwright.sync_api", reason="playwright is not installed (pip install 'ser[dev]'); browser tests need it"
+    "playwright.sync_api",
+    reason="playwright is not installed (pip install 'ser[dev]'); browser tests need it",
 )
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium); browser tests need it", allow_module_level=True)
+    pytest.skip(
+        f"{CHROMIUM} is absent (apt-get install chromium); browser tests need it", allow_module_level=True
+    )
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "tests" / "output"
@@ -57,7 +61,9 @@ PAGE_WAIT_MS = 30_000
 # ------------------------------------------------------------------ audio
 
 
-def speechlike(seconds: float, sr: int = SR, pitch: float = 140.0, amp: float = 0.3, seed: int = 0) -> np.ndarray:
+def speechlike(
+    seconds: float, sr: int = SR, pitch: float = 140.0, amp: float = 0.3, seed: int = 0
+) -> np.ndarray:
     """A voiced, speech-like buzz: glottal-pulse harmonics with a syllable-rate envelope.
 
     Good enough for a voice-activity detector to call it voice, and needs no TTS.
@@ -131,14 +137,13 @@ class Daemon:
     def start(self) -> Daemon:
         self.starts += 1
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log, "a")
-        out.write(f"\n==== start {self.starts}: {' '.join(self.args)}\n")
-        out.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            self.args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
-        )
-        out.close()
+        with open(self.log, "a") as out:
+            out.write(f"\n==== start {self.starts}: {' '.join(self.args)}\n")
+            out.flush()
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+            )
         self.wait_ready()
         return self
 
@@ -149,7 +154,9 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"ser-listen exited with {self.proc.returncode}:\n{self.output()[-4000:]}")
+                raise AssertionError(
+                    f"ser-listen exited with {self.proc.returncode}:\n{self.output()[-4000:]}"
+                )
             try:
                 with urllib.request.urlopen(self.url + "healthz", timeout=2) as r:
                     if r.status == 200:
@@ -158,7 +165,9 @@ class Daemon:
                 pass
             time.sleep(0.25)
         self.stop()
-        raise AssertionError(f"ser-listen did not answer /healthz within {timeout:.0f} s:\n{self.output()[-4000:]}")
+        raise AssertionError(
+            f"ser-listen did not answer /healthz within {timeout:.0f} s:\n{self.output()[-4000:]}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -181,7 +190,17 @@ def daemon_factory(energy_model: Path, tmp_path: Path, request: pytest.FixtureRe
 
     def make(clip: Path, *extra: str, port: int | None = None) -> Daemon:
         port = port or free_port()
-        args = [*ser_listen_cmd(), "--device", str(clip), "--fast", "--model", str(energy_model), "--port", str(port), *extra]
+        args = [
+            *ser_listen_cmd(),
+            "--device",
+            str(clip),
+            "--fast",
+            "--model",
+            str(energy_model),
+            "--port",
+            str(port),
+            *extra,
+        ]
         d = Daemon(args, port, OUTPUT / f"daemon-{request.node.name}.log")
         if d.log.exists():
             d.log.unlink()
@@ -238,6 +257,15 @@ class Watcher:
         with self._lock:
             return self.predictions.get((str(stream), int(seq)))
 
+    def wait_for(self, stream: str, seq: int, timeout: float = 1.0) -> dict | None:
+        """The prediction (stream, seq) once this client has it (it may be a few ms behind the page)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pred = self.get(stream, seq)
+            if pred is not None or time.monotonic() > deadline:
+                return pred
+            time.sleep(0.02)
+
     def count(self, stream: str | None = None) -> int:
         with self._lock:
             return sum(1 for (s, _) in self.predictions if stream is None or s == str(stream))
@@ -270,9 +298,11 @@ def open_page(browser, url: str, width: int = 1280, height: int = 900):
     # Chromium logs every refused WebSocket attempt itself; those are expected while a daemon restarts.
     page.on(
         "console",
-        lambda m: problems.append(f"console {m.type}: {m.text}")
-        if m.type == "error" and "ERR_CONNECTION_REFUSED" not in m.text
-        else None,
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and "ERR_CONNECTION_REFUSED" not in m.text
+            else None
+        ),
     )
     page.problems = problems  # type: ignore[attr-defined]
     page.goto(url, wait_until="load")
@@ -324,13 +354,18 @@ def wait_for_seq(page, minimum_count: int = 1, timeout_ms: int = PAGE_WAIT_MS) -
     )
 
 
+def js_round(x: float) -> int:
+    """JavaScript's Math.round (halves go up; Python's round() goes to even)."""
+    return math.floor(x + 0.5)
+
+
 def assert_matches(snap: dict, pred: dict, labels: list[str]) -> None:
     """The bars show exactly the prediction's smoothed probabilities, in numbers and in words."""
     smoothed = pred["smoothed"]
     for label in labels:
         shown = float(snap["values"][label])
         assert shown == pytest.approx(smoothed[label], abs=1e-9), (label, shown, smoothed[label])
-        assert snap["texts"][label] == f"{round(smoothed[label] * 100)}%", (label, snap["texts"][label])
+        assert snap["texts"][label] == f"{js_round(smoothed[label] * 100)}%", (label, snap["texts"][label])
         assert float(snap["widths"][label].rstrip("%")) == pytest.approx(100 * smoothed[label], abs=0.01)
     assert [n.split()[0] for n in snap["names"]] == labels  # every bar is named, not colour alone
     if pred["voiced"]:
@@ -342,7 +377,7 @@ def assert_matches(snap: dict, pred: dict, labels: list[str]) -> None:
         assert snap["topRow"] is None
         assert snap["topText"].startswith("Silence"), snap["topText"]
         assert snap["voiceText"] == "silent"
-    assert snap["latencyText"] == f"{round(pred['latency_ms'])} ms"
+    assert snap["latencyText"] == f"{js_round(pred['latency_ms'])} ms"
 
 
 def shot(page, name: str) -> Path:
@@ -358,7 +393,9 @@ def shot(page, name: str) -> Path:
 def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, playwright_instance, tmp_path):
     clip = file_clip(tmp_path / "clip.wav")
     daemon = daemon_factory(clip).start()
-    assert daemon.url in daemon.output() or f":{daemon.port}" in daemon.output(), "ser-listen should print its URL"
+    assert daemon.url in daemon.output() or f":{daemon.port}" in daemon.output(), (
+        "ser-listen should print its URL"
+    )
     watcher = Watcher(daemon.ws_url)
     browser = launch(playwright_instance)
     try:
@@ -384,24 +421,26 @@ def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, p
         # Bars: compare what is rendered with what the Python client got for the same (stream, seq),
         # several times, so we know they follow the stream rather than show one stale frame.
         matched: list[int] = []
+        missed = 0
         deadline = time.monotonic() + 40
         tl_first = page.evaluate(TIMELINE_JS)
         while len(matched) < 5 and time.monotonic() < deadline:
             snap = page_snapshot(page)
             if snap["seq"] and (not matched or int(snap["seq"]) != matched[-1]):
-                pred = None
-                for _ in range(20):  # the Python client may be a few ms behind the page
-                    pred = watcher.get(snap["stream"], int(snap["seq"]))
-                    if pred:
-                        break
-                    time.sleep(0.05)
-                assert pred is not None, f"the client never saw {snap['stream']}#{snap['seq']}"
-                assert_matches(snap, pred, labels)
-                matched.append(int(snap["seq"]))
-                if len(matched) == 2:
-                    shot(page, "dashboard-wide.png")
+                pred = watcher.wait_for(snap["stream"], int(snap["seq"]))
+                if pred is None:
+                    # Under --fast the daemon sends thousands a second and drops the oldest queued
+                    # predictions of whichever client lags (by design); this one never reached the client.
+                    missed += 1
+                else:
+                    assert_matches(snap, pred, labels)
+                    matched.append(int(snap["seq"]))
+                    if len(matched) == 2:
+                        shot(page, "dashboard-wide.png")
             time.sleep(0.3)
-        assert len(matched) >= 3, f"the bars updated only for seqs {matched} in 40 s; daemon:\n{daemon.output()[-2000:]}"
+        assert len(matched) >= 3, (
+            f"the bars matched the client only for seqs {matched} in 40 s ({missed} missed); daemon:\n{daemon.output()[-2000:]}"
+        )
 
         # Silence is shown as silence (no emotion named), in step with the daemon's voiced flag.
         seen = {True: False, False: False}
@@ -410,12 +449,7 @@ def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, p
         while not all(seen.values()) and time.monotonic() < deadline:
             snap = page_snapshot(page)
             if snap["seq"]:
-                pred = None
-                for _ in range(20):
-                    pred = watcher.get(snap["stream"], int(snap["seq"]))
-                    if pred:
-                        break
-                    time.sleep(0.05)
+                pred = watcher.wait_for(snap["stream"], int(snap["seq"]))
                 if pred is not None:
                     assert_matches(snap, pred, labels)
                     seen[bool(pred["voiced"])] = True
@@ -425,7 +459,9 @@ def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, p
                         silent_shot = True
             time.sleep(0.1)
         assert all(seen.values()), f"the page never showed both voice and silence: {seen}"
-        tl_silent = page.evaluate("() => window.serState.streams[window.serState.selected].history.some(h => !h.voiced)")
+        tl_silent = page.evaluate(
+            "() => window.serState.streams[window.serState.selected].history.some(h => !h.voiced)"
+        )
         assert tl_silent, "the timeline holds no silent windows to shade"
 
         # Timeline: its data points are the predictions' smoothed values at their t_end, and the canvas
@@ -434,6 +470,7 @@ def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, p
         assert len(tl["history"]) >= 3
         assert tl["painted"] > 0 and tl["fingerprint"] != tl_first["fingerprint"]
         stream = page.evaluate("() => window.serState.selected")
+        time.sleep(0.5)  # let the Python client catch up with the page
         with watcher._lock:
             by_t = {round(p["t_end"], 6): p for (s, _), p in watcher.predictions.items() if s == stream}
         checked = 0
@@ -443,7 +480,9 @@ def test_page_shows_the_same_predictions_as_a_websocket_client(daemon_factory, p
                 continue
             assert v == pytest.approx([pred["smoothed"][lab] for lab in labels], abs=1e-9)
             checked += 1
-        assert checked >= 3, "too few timeline points matched the client's predictions"
+        assert checked >= 3, (
+            f"only {checked} of {len(tl['history'])} timeline points were among the client's predictions"
+        )
         assert page_snapshot(page)["points"] >= 3
 
         # Phone-sized: no horizontal scrolling, controls still there.
@@ -483,7 +522,9 @@ def test_page_reconnects_after_the_daemon_restarts(daemon_factory, playwright_in
         assert page.text_content("#conn-text").startswith("Connected")
 
         daemon.kill()
-        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'reconnecting'", timeout=15_000)
+        page.wait_for_function(
+            "() => document.getElementById('conn').dataset.state === 'reconnecting'", timeout=15_000
+        )
         text = page.text_content("#conn-text")
         assert "Disconnected" in text and "retrying" in text, text
         shot(page, "dashboard-disconnected.png")
@@ -495,7 +536,9 @@ def test_page_reconnects_after_the_daemon_restarts(daemon_factory, playwright_in
         )
         assert "reconnected" in page.text_content("#conn-text")
         # Resumed: the page subscribed again by itself and predictions flow.
-        before = page.evaluate("() => Object.values(window.serState.streams).reduce((a, s) => a + s.count, 0)")
+        before = page.evaluate(
+            "() => Object.values(window.serState.streams).reduce((a, s) => a + s.count, 0)"
+        )
         page.wait_for_function(
             "(n) => Object.values(window.serState.streams).reduce((a, s) => a + s.count, 0) > n + 2",
             arg=before,
@@ -544,12 +587,7 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
         sent = page.evaluate("() => window.serState.mic")
         assert sent["framesSent"] > 0 and sent["dropped"] == 0, sent
         # The daemon broadcast the page's stream: a second client sees the same numbers.
-        pred = None
-        for _ in range(40):
-            pred = watcher.get(mic_stream, int(snap["seq"]))
-            if pred:
-                break
-            time.sleep(0.05)
+        pred = watcher.wait_for(mic_stream, int(snap["seq"]), 2.0)
         if pred is not None:  # under the --fast flood the daemon may drop this one for the slower client
             assert_matches(snap, pred, watcher.hello["model"]["labels"])
         deadline = time.monotonic() + 10
@@ -563,7 +601,9 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
         page.wait_for_function("() => window.serState.mic.state === 'waiting'", timeout=15_000)
         assert "resumes" in page.text_content("#mic-status")
         daemon.start()
-        page.wait_for_function("() => window.serState.mic.state === 'streaming' && window.serState.connects >= 2", timeout=30_000)
+        page.wait_for_function(
+            "() => window.serState.mic.state === 'streaming' && window.serState.connects >= 2", timeout=30_000
+        )
         again = page.evaluate("() => window.serState.mic.stream")
         page.wait_for_function(
             "(id) => { const s = window.serState.streams[id]; return s && s.count >= 2 && s.history.length >= 2 &&"
@@ -581,7 +621,9 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
         watcher.close()
 
 
-def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(daemon_factory, playwright_instance, tmp_path):
+def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(
+    daemon_factory, playwright_instance, tmp_path
+):
     clip = file_clip(tmp_path / "clip.wav", seconds=20)
     daemon = daemon_factory(clip, "--token", "s3cret").start()
     browser = launch(playwright_instance)
@@ -594,7 +636,9 @@ def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(daemon_fac
         shot(page, "dashboard-unauthorized.png")
 
         page.goto(daemon.url + "?token=s3cret")
-        page.wait_for_function("() => document.getElementById('conn').dataset.state === 'open'", timeout=15_000)
+        page.wait_for_function(
+            "() => document.getElementById('conn').dataset.state === 'open'", timeout=15_000
+        )
         wait_for_seq(page, 2)
         assert page.get_attribute('a[href^="metrics"]', "href").endswith("token=s3cret")
     finally:
