@@ -53,6 +53,7 @@ def check_config(cfg: Any) -> None:
         (1 <= a.max_channels <= 32, "audio.max_channels must be 1..32"),
         (str(a.resample_quality) in ("QQ", "LQ", "MQ", "HQ", "VHQ"), "audio.resample_quality must be QQ, LQ, MQ, HQ or VHQ"),
         (int(sch.max_batch) >= 1, "scheduler.max_batch must be >= 1"),
+        (sch.max_batch_cpu is None or int(sch.max_batch_cpu) >= 1, "scheduler.max_batch_cpu must be >= 1 or null"),
         (sch.max_wait_ms >= 0 and sch.stale_after_s > 0 and int(sch.max_queue) >= 1, "scheduler waits and queue must be positive"),
         (post.smoothing_tau_s >= 0, "post.smoothing_tau_s must be >= 0"),
         (int(post.vad_aggressiveness) in (0, 1, 2, 3), "post.vad_aggressiveness must be 0..3"),
@@ -87,6 +88,8 @@ def _overrides(options: dict[str, Any], extra: tuple[str, ...]) -> list[str]:
         v = options.get(opt)
         if v is not None:
             out.append(f"{key}={v}" if not isinstance(v, str) else f"{key}={_yaml_str(v)}")
+    if options.get("max_batch") is not None:  # an explicit --max-batch is meant as given, CPU or not
+        out.append(f"scheduler.max_batch_cpu={options['max_batch']}")
     if options.get("insecure"):
         out.append("server.insecure=true")
     return out

@@ -73,7 +73,7 @@ class Daemon:
         self.labels = tuple(engine.labels)
         self.settings = StreamSettings.from_config(cfg, engine.window_samples)
         self.fast_settings = StreamSettings.from_config(
-            cfg, engine.window_samples, extra_buffer_windows=int(cfg.scheduler.max_batch)
+            cfg, engine.window_samples, extra_buffer_windows=self.effective_max_batch()
         )
         self.streams: dict[str, Stream] = {}
         self._delivered: dict[str, int] = {}
@@ -89,13 +89,21 @@ class Daemon:
             engine,
             self._on_results_threadsafe,
             self.metrics,
-            max_batch=int(cfg.scheduler.max_batch),
+            max_batch=self.effective_max_batch(),
             max_wait_s=float(cfg.scheduler.max_wait_ms) / 1000.0,
             stale_after_s=float(cfg.scheduler.stale_after_s),
             max_queue=int(cfg.scheduler.max_queue),
             active_streams=lambda: len(self.streams),
         )
         self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
+
+    def effective_max_batch(self) -> int:
+        """``scheduler.max_batch``, capped by ``scheduler.max_batch_cpu`` when the engine runs on a CPU."""
+        n = int(self.cfg.scheduler.max_batch)
+        cap = self.cfg.scheduler.max_batch_cpu
+        if self.engine.device == "cpu" and cap is not None:
+            n = min(n, int(cap))
+        return max(1, n)
 
     # ------------------------------------------------------------ streams
 
@@ -142,7 +150,7 @@ class Daemon:
                 realtime=not self.fast,
                 loop=not self.once,
                 chunk_s=float(a.file_chunk_s),
-                fast_ahead_windows=int(self.cfg.scheduler.max_batch),
+                fast_ahead_windows=self.effective_max_batch(),
             )
 
         def make_dev(rate: int, channels: int) -> Stream:
@@ -188,6 +196,7 @@ class Daemon:
             "model": self.engine.info.name,
             "backend": self.engine.name,
             "device": self.engine.device,
+            "max_batch": self.scheduler.max_batch,
             "streams": self.stream_list(),
             "clients": len(self.server.clients),
         }

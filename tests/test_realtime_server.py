@@ -378,3 +378,10 @@ def test_audio_much_faster_than_real_time_is_rate_limited(engine):
         assert "real time" in err["message"]
         with client(d.url):  # the daemon is fine
             pass
+
+
+def test_batch_cap_on_a_cpu_engine(engine):
+    with Running(engine) as d:
+        assert json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())["max_batch"] == 8
+    with Running(engine, ["scheduler.max_batch_cpu=null"]) as d:
+        assert json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())["max_batch"] == 32
