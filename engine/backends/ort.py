@@ -67,6 +67,9 @@ class OrtEngine(Engine):
         opts.intra_op_num_threads = threads or int(os.environ.get("SER_ORT_THREADS", "0")) or (os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Idle intra-op threads sleep instead of spinning: the daemon calls the engine in bursts, and
+        # spinning workers burned ~40% of a 2-core CPU between batches that other streams' I/O needed.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = ["CPUExecutionProvider"]
         if want_cuda:
             providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
