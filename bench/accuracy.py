@@ -10,6 +10,11 @@ resumes from its last checkpoint.
 
     python bench/accuracy.py                      # 5 folds, default recipe
     python bench/accuracy.py --folds 5 trainer.max_epochs=30
+
+Each fold is scored with its ``last.ckpt`` (the end of the fixed schedule), the
+same rule that picks the shipped model's weights, so the figures measure the
+recipe that is shipped; ``--checkpoint best`` scores the best-on-validation
+checkpoint instead.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/cv"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
+    ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of each fold to score")
     ap.add_argument("--only", type=int, nargs="*", help="train only these folds (the table uses every finished one)")
     ap.add_argument("overrides", nargs="*", help="extra ser-train overrides (key=value)")
     args = ap.parse_args()
@@ -44,8 +50,8 @@ def main() -> int:
         run_dir = args.runs_dir / f"fold{fold}"
         if not (run_dir / "checkpoints" / "best_test.json").is_file():
             run([str(bindir / "ser-train"), "data=ravdess+tess", f"split.k={args.folds}", f"split.fold={fold}", f"run.dir={run_dir}", *args.overrides])
-        ckpt = run_dir / "checkpoints" / "best.ckpt"
-        robust = run_dir / "robustness"
+        ckpt = run_dir / "checkpoints" / f"{args.checkpoint}.ckpt"
+        robust = run_dir / f"robustness-{args.checkpoint}"
         for cond, extra in CONDITIONS.items():
             tag = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}[cond]
             if not (robust / f"eval_{tag}.json").is_file():
@@ -54,7 +60,7 @@ def main() -> int:
     rows = []
     for fold in range(args.folds):
         run_dir = args.runs_dir / f"fold{fold}"
-        robust = run_dir / "robustness"
+        robust = run_dir / f"robustness-{args.checkpoint}"
         files = {c: robust / f"eval_{t}.json" for c, t in
                  {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}.items()}
         if not files["clean"].is_file():
@@ -84,7 +90,9 @@ def main() -> int:
         return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
     print()
-    print(f"RAVDESS speaker-independent {args.folds}-fold CV (TESS in training only); clip-level, unseen actors")
+    done = "" if len(rows) == args.folds else f" ({len(rows)} of {args.folds} folds finished)"
+    print(f"RAVDESS speaker-independent {args.folds}-fold CV{done} (TESS in training only); "
+          f"clip-level, unseen actors, {args.checkpoint}.ckpt")
     print(f"{'fold':>4} {'actors':<28} {'n':>4} {'acc':>6} {'UA':>6} {'F1':>6} " + " ".join(f"{lab[:5]:>6}" for lab in LABELS))
     for r in rows:
         actors = ",".join(s.split(":")[1] for s in r["test_speakers"])
@@ -105,7 +113,7 @@ def main() -> int:
     for c in conds:
         print(f"{names[c]:<22} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
 
-    result = {"folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
+    result = {"checkpoint": args.checkpoint, "folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
               "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -122,15 +122,6 @@ def test_clean_errors(energy_model, args, code, words):
     assert r.stderr.count("ser-listen: error:") == 1
 
 
-def test_missing_default_model_is_a_clean_error():
-    from engine.base import default_model_path
-
-    if default_model_path().is_file():
-        pytest.skip("the default model is shipped; its absence cannot be tested here")
-    r = run([*script("ser-listen"), "--device", "demo", "--port", "0"])
-    assert r.returncode == 1 and "no default model" in r.stderr and "Traceback" not in r.stderr
-
-
 def test_port_in_use_is_a_clean_error(energy_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -200,3 +191,21 @@ def test_reconnect_keeps_the_daemon_up_while_the_device_is_missing(energy_model,
         time.sleep(0.1)
     p.p.send_signal(signal.SIGTERM)
     assert p.p.wait(5) == 0
+
+
+def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
+    """The README's short client, verbatim but for the file name and port: predictions, then it ends."""
+    text = (REPO / "README.md").read_text()
+    code = re.search(r"```python\n(import json, time, soundfile.*?)```", text, re.S).group(1)
+    assert code == re.search(r"```python\n(import json, time, soundfile.*?)```", (REPO / "realtime" / "README.md").read_text(), re.S).group(1)
+    p = procs([*script("ser-listen"), "--model", str(energy_model), "--port", "0"])
+    port = p.wait_url()
+    audio = load_audio(demo_clip_path())[: 3 * SR]
+    write_wav(tmp_path / "talk.wav", audio, sr=SR)
+    code = code.replace("127.0.0.1:8765", f"127.0.0.1:{port}")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(list(LABELS))
+    ends = [float(line.split()[0]) for line in lines[1:]]
+    assert ends == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0], abs=1e-6)
