@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.base import EngineError, default_model_path, load_engine
+from engine.base import EngineError, load_engine
 from engine.signals import speech_like
 from engine.tensorrt_build import tensorrt_available
 from training.audio import LABELS, WINDOW_SAMPLES
@@ -94,13 +94,6 @@ def test_checkpoint_needs_torch_backend(tmp_path: Path) -> None:
     ckpt.write_bytes(b"not really")
     with pytest.raises(EngineError, match="m.ckpt is a training checkpoint; backend 'onnxruntime' needs an ONNX"):
         load_engine(ckpt, backend="onnxruntime")
-
-
-def test_no_default_model_says_model_is_required() -> None:
-    if default_model_path().is_file():
-        pytest.skip("a default model is shipped")
-    with pytest.raises(EngineError, match="--model PATH is required"):
-        load_engine(None)
 
 
 # --- torch backend -------------------------------------------------------------------------------

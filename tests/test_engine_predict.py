@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.base import default_model_path, load_engine
+from engine.base import load_engine
 from engine.cli import predict_main
 from engine.predict import classify_files
 from engine.signals import speech_like
@@ -73,13 +73,6 @@ def test_model_errors_are_one_line_naming_the_file(tmp_path: Path, clips: dict[s
     junk.write_bytes(b"\x08\x01garbage")
     bad = runner.invoke(predict_main, [str(clips["short"]), "--model", str(junk)])
     assert bad.exit_code == 2 and "junk.onnx is not a valid ONNX model" in bad.stderr
-
-
-def test_without_model_requires_model_flag(clips: dict[str, Path]) -> None:
-    if default_model_path().is_file():
-        pytest.skip("a default model is shipped")
-    result = CliRunner().invoke(predict_main, [str(clips["short"])])
-    assert result.exit_code == 2 and "--model" in result.stderr
 
 
 def test_help_explains_options() -> None:
