@@ -26,6 +26,7 @@ import ipaddress
 import json
 import logging
 import mimetypes
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -103,6 +104,7 @@ class ServerSettings:
     hard_max_message_factor: int = 4
     max_messages_per_s: float = 200.0
     client_queue: int = 64
+    send_buffer_bytes: int = 65536
     max_audio_realtime_factor: float = 1.5
     max_audio_burst_s: float = 10.0
     close_timeout_s: float = 1.0
@@ -121,6 +123,7 @@ class ServerSettings:
             hard_max_message_factor=int(s.hard_max_message_factor),
             max_messages_per_s=float(s.max_messages_per_s),
             client_queue=int(s.client_queue),
+            send_buffer_bytes=int(s.send_buffer_bytes),
             max_audio_realtime_factor=float(s.max_audio_realtime_factor),
             max_audio_burst_s=float(s.max_audio_burst_s),
             close_timeout_s=float(s.close_timeout_s),
@@ -313,6 +316,20 @@ class Server:
         except ConnectionClosed:
             pass
 
+    def _bound_send_buffer(self, ws: ServerConnection) -> None:
+        """Cap the kernel's send buffer for this client (no autotuning up to megabytes).
+
+        Without it a client that stops reading soaks up thousands of predictions in socket
+        buffers, so its bounded queue never fills, it gets stale predictions minutes late, and
+        each such client can pin megabytes of kernel memory. With it, back-pressure reaches the
+        per-client queue quickly and the oldest predictions are dropped there (and counted).
+        """
+        n = self.settings.send_buffer_bytes
+        sock = ws.transport.get_extra_info("socket") if ws.transport is not None else None
+        if n > 0 and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, n)
+
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
@@ -326,6 +343,7 @@ class Server:
         if len(self.clients) >= self.settings.max_clients:
             await self._reject(ws, "server_busy", f"too many clients (server.max_clients={self.settings.max_clients})", 1013)
             return
+        self._bound_send_buffer(ws)
         client = Client(ws, self._next_id, self.settings, tokens=self.settings.max_messages_per_s)
         self._next_id += 1
         self.clients[client.id] = client
