@@ -116,7 +116,9 @@ def predict_main(files: tuple[Path, ...], model: Path | None, backend: str, devi
     Clips shorter than 5 s are zero-padded around the centre as in training;
     longer ones are cut into half-overlapping 5 s windows whose probabilities
     are averaged. A file that cannot be read prints an error line on stderr
-    and the others go on; the exit code is 1 if any file failed.
+    (with --json also {"path": ..., "error": ...} on stdout, so output lines
+    stay one per input file) and the others go on; the exit code is 1 if any
+    file failed.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
     from engine.predict import classify_files
@@ -131,6 +133,8 @@ def predict_main(files: tuple[Path, ...], model: Path | None, backend: str, devi
             if result.error is not None:
                 failed += 1
                 click.echo(f"error: {result.error}", err=True)
+                if as_json:
+                    click.echo(json.dumps(result.to_json()))
             elif as_json:
                 click.echo(json.dumps(result.to_json()))
             else:

@@ -39,7 +39,9 @@ def test_json_lines_and_broken_file(energy_model: Path, clips: dict[str, Path]) 
     result = CliRunner().invoke(predict_main, [*map(str, paths), "--model", str(energy_model), "--json", "--batch", "3"])
     assert result.exit_code == 1  # one file failed, the others were classified
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [d["path"] for d in lines] == [str(clips["short"]), str(clips["long"]), str(clips["stereo44k"])]
+    assert [d["path"] for d in lines] == list(map(str, paths))  # one line per file, in order
+    assert set(lines[1]) == {"path", "error"} and "broken.wav" in lines[1]["error"]
+    del lines[1]
     for d in lines:
         assert set(d) == {"path", "top", "probs", "windows"}
         assert list(d["probs"]) == ["anger", "disgust", "fear", "happy", "neutral", "sad"]
