@@ -133,11 +133,9 @@ def predict_main(files: tuple[Path, ...], model: Path | None, backend: str, devi
             if result.error is not None:
                 failed += 1
                 click.echo(f"error: {result.error}", err=True)
-                if as_json:
-                    click.echo(json.dumps(result.to_json()))
-            elif as_json:
+            if as_json:
                 click.echo(json.dumps(result.to_json()))
-            else:
+            elif result.error is None:
                 ranked = sorted(result.probs.items(), key=lambda kv: -kv[1])
                 detail = "  ".join(f"{k} {v:.2f}" for k, v in ranked)
                 click.echo(f"{result.path}: {result.top} ({result.probs[result.top]:.2f})  [{detail}]  windows={result.windows}")
