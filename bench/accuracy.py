@@ -28,6 +28,7 @@ from pathlib import Path
 
 LABELS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
 CONDITIONS = {"clean": [], "snr20": ["--snr", "20"], "snr10": ["--snr", "10"], "reverb": ["--reverb", "0.4"]}
+TAGS = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}  # ser-eval file names
 
 
 def run(cmd: list[str]) -> None:
@@ -53,16 +54,14 @@ def main() -> int:
         ckpt = run_dir / "checkpoints" / f"{args.checkpoint}.ckpt"
         robust = run_dir / f"robustness-{args.checkpoint}"
         for cond, extra in CONDITIONS.items():
-            tag = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}[cond]
-            if not (robust / f"eval_{tag}.json").is_file():
+            if not (robust / f"eval_{TAGS[cond]}.json").is_file():
                 run([str(bindir / "ser-eval"), str(ckpt), "--data", "ravdess", "--split-of", str(run_dir), "--out", str(robust), *extra])
 
     rows = []
     for fold in range(args.folds):
         run_dir = args.runs_dir / f"fold{fold}"
         robust = run_dir / f"robustness-{args.checkpoint}"
-        files = {c: robust / f"eval_{t}.json" for c, t in
-                 {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}.items()}
+        files = {c: robust / f"eval_{t}.json" for c, t in TAGS.items()}
         if not files["clean"].is_file():
             continue
         m = {c: json.loads(p.read_text()) for c, p in files.items() if p.is_file()}
