@@ -171,8 +171,8 @@ def test_qdq_graph_is_symmetric_int8_and_close(compact_onnx: Path, tmp_path: Pat
     assert {p.key for p in q.metadata_props} >= {"labels", "sample_rate", "window_s"}
     # INT8 runs (onnxruntime executes the Q/DQ graph) and stays near the float model. The bound is
     # loose on purpose: MinMax-calibrated int8 costs real accuracy on this architecture (on the
-    # trained default model about 0.8 top-1 agreement with float32 on RAVDESS windows, see the
-    # README), which is why fp16 is the recommended GPU precision.
+    # trained default model 0.84 top-1 agreement with float32 on RAVDESS windows: bench/int8.py),
+    # which is why fp16 is the recommended GPU precision.
     x = speech_like(4, WINDOW_SAMPLES, seed=22)
     probs = _run(out, x)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)

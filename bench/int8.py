@@ -1,0 +1,70 @@
+"""How much the INT8 (Q/DQ) build of a model departs from its float32 original, on real speech.
+
+Quantizes the model exactly as ``ser-build-engine --precision int8`` does
+(engine.precision.quantize_qdq, calibrated with engine.calibration on a folder
+of audio), runs both graphs with onnxruntime on CPU over every clip of the
+evaluation folder (windows as ser-predict cuts them), and prints the top-class
+agreement and the largest probability difference; writes JSON. No GPU needed:
+this measures the quantization, not TensorRT's kernels.
+
+    python bench/int8.py                                   # shipped model; calib actors 01, eval actor 12
+    python bench/int8.py --calib ../shared/data/ravdess/Actor_03 --eval ../shared/data/ravdess/Actor_14
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.base import default_model_path, load_engine  # noqa: E402
+from engine.calibration import audio_files, calibration_windows  # noqa: E402
+from engine.precision import quantize_qdq  # noqa: E402
+from engine.predict import file_windows  # noqa: E402
+
+SHARED = REPO.parent / "shared" / "data" / "ravdess"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=default_model_path())
+    ap.add_argument("--calib", type=Path, default=SHARED / "Actor_01", help="calibration audio folder")
+    ap.add_argument("--eval", type=Path, default=SHARED / "Actor_12", help="evaluation audio folder")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8.json")
+    args = ap.parse_args()
+
+    fp32 = load_engine(args.model, backend="onnxruntime", device="cpu")
+    windows = np.concatenate([file_windows(p, fp32.window_samples, fp32.sample_rate) for p in audio_files(args.eval)])
+    with tempfile.TemporaryDirectory() as tmp:
+        int8_path = Path(tmp) / "int8.onnx"
+        quantize_qdq(args.model, int8_path, calibration_windows(args.calib))
+        int8 = load_engine(int8_path, backend="onnxruntime", device="cpu")
+        p32, p8 = fp32.infer(windows), int8.infer(windows)
+    result = {
+        "model": str(args.model),
+        "calib": str(args.calib),
+        "eval": str(args.eval),
+        "windows": len(windows),
+        "top1_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
+        "max_abs_diff": float(np.abs(p32 - p8).max()),
+        "mean_abs_diff": float(np.abs(p32 - p8).mean()),
+    }
+    print("| model | calibration | evaluation | windows | top-1 agreement | max |dp| | mean |dp| |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| {args.model.name} | {args.calib.name} | {args.eval.name} | {result['windows']} | "
+          f"{result['top1_agreement']:.3f} | {result['max_abs_diff']:.3f} | {result['mean_abs_diff']:.4f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
