@@ -60,6 +60,20 @@ def test_train_then_eval_end_to_end(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "eval" / "eval_ravdess_snr10.json").read_text())
     assert report["n"] == 12 and report["snr_db"] == 10 and (tmp_path / "eval" / "eval_ravdess_snr10_confusion.png").is_file()
 
+    # Several checkpoints score as one ensemble (mean of softmax outputs); a checkpoint with itself equals itself.
+    from training.cli import evaluate_checkpoint
+
+    corpora = [{"name": "ravdess", "root": str(data)}]
+    single = evaluate_checkpoint(ckpt / "best.ckpt", corpora, set(splits["test"]), None, None)
+    twice = evaluate_checkpoint([ckpt / "best.ckpt", ckpt / "best.ckpt"], corpora, set(splits["test"]), None, None)
+    assert twice["confusion"] == single["confusion"] and twice["ua"] == pytest.approx(single["ua"])
+    ev = subprocess.run([str(BIN / "ser-eval"), str(ckpt / "best.ckpt"), str(ckpt / "last.ckpt"), "--data", "ravdess",
+                         "--data-root", str(data.parent), "--split-of", str(run_dir), "--out", str(tmp_path / "ens")],
+                        capture_output=True, text=True, timeout=120)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((tmp_path / "ens" / "eval_ravdess.json").read_text())
+    assert report["n"] == 12 and report["checkpoint"] == [str(ckpt / "best.ckpt"), str(ckpt / "last.ckpt")]
+
     # Resuming a finished run continues from last.ckpt instead of starting over.
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0 and "resuming from" in again.stderr

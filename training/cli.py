@@ -155,18 +155,20 @@ def compose_from_dict(cfg: dict):  # noqa: ANN201 - OmegaConf type
 
 
 EVAL_HELP = """Score CHECKPOINT (from ser-train) on a corpus: accuracy, UA, macro F1, per-class
-recall, confusion PNG, written as JSON.
+recall, confusion PNG, written as JSON. Several checkpoints score as one ensemble (their
+softmax outputs averaged), which is how to measure what averaging a few runs buys.
 
 \b
 Examples:
   ser-eval runs/x/checkpoints/best.ckpt --data ravdess --speakers ravdess:01,ravdess:02
+  ser-eval runs/a/checkpoints/last.ckpt runs/b/checkpoints/last.ckpt --split-of runs/a
   ser-eval best.ckpt --data cremad --data-root /data --snr 10
   ser-eval best.ckpt --data emodb --data-root /data --reverb 0.4
 """
 
 
 @click.command(help=EVAL_HELP, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--data", "data", default="ravdess", show_default=True, help="Corpus config(s), joined with + (ravdess, tess, cremad, emodb, folder).")
 @click.option("--data-root", default=None, help="Folder holding the corpora (default: config data_root).")
 @click.option("--speakers", default=None, help="Comma-separated speaker ids to score (e.g. ravdess:01,ravdess:02); default all.")
@@ -176,7 +178,7 @@ Examples:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Output folder (default: beside the checkpoint).")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("-v", "--verbose", is_flag=True)
-def eval_main(checkpoint: Path, data: str, data_root: str | None, speakers: str | None, split_of: Path | None,
+def eval_main(checkpoints: tuple[Path, ...], data: str, data_root: str | None, speakers: str | None, split_of: Path | None,
               snr: float | None, reverb: float | None, out: Path | None, batch_size: int, verbose: bool) -> None:
     _setup_logging(verbose)
     from training.metrics import summary_line, write_report
@@ -191,20 +193,26 @@ def eval_main(checkpoint: Path, data: str, data_root: str | None, speakers: str 
             if not split_file.is_file():
                 raise click.ClickException(f"{split_file} not found")
             chosen = set(json.loads(split_file.read_text())["test"])
-        m = evaluate_checkpoint(checkpoint, cfg["data"]["corpora"], chosen, snr, reverb, batch_size)
+        m = evaluate_checkpoint(list(checkpoints), cfg["data"]["corpora"], chosen, snr, reverb, batch_size)
     except (ConfigError, DataError, CheckpointError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     tag = data.replace("+", "-") + (f"_snr{snr:g}" if snr is not None else "") + (f"_reverb{reverb:g}" if reverb is not None else "")
-    out_dir = out or checkpoint.parent
-    m = {**m, "checkpoint": str(checkpoint), "data": data, "snr_db": snr, "reverb_rt60": reverb}
-    json_path, png = write_report(m, out_dir, f"eval_{tag}", title=f"{checkpoint.name} on {tag} ({m['n']} clips)")
+    out_dir = out or checkpoints[0].parent
+    name = checkpoints[0].name if len(checkpoints) == 1 else f"ensemble of {len(checkpoints)}"
+    m = {**m, "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints],
+         "data": data, "snr_db": snr, "reverb_rt60": reverb}
+    json_path, png = write_report(m, out_dir, f"eval_{tag}", title=f"{name} on {tag} ({m['n']} clips)")
     click.echo(f"ser-eval: {summary_line(m)}")
     click.echo(f"ser-eval: wrote {json_path} and {png}")
 
 
-def evaluate_checkpoint(checkpoint: Path, corpora: list[dict], speakers: set[str] | None, snr: float | None,
+def evaluate_checkpoint(checkpoint: Path | list[Path], corpora: list[dict], speakers: set[str] | None, snr: float | None,
                         reverb: float | None, batch_size: int = 16, seed: int = 0) -> dict:
-    """Clip-level metrics of a checkpoint on the given corpora (optionally some speakers, optionally corrupted)."""
+    """Clip-level metrics of a checkpoint on the given corpora (optionally some speakers, optionally corrupted).
+
+    A list of checkpoints is scored as an ensemble: the mean of their softmax outputs per window,
+    then the usual clip averaging. The first checkpoint's dataset settings (window hop) apply.
+    """
     import numpy as np
     import torch
 
@@ -214,7 +222,8 @@ def evaluate_checkpoint(checkpoint: Path, corpora: list[dict], speakers: set[str
     from training.model import load_checkpoint
     from training.module import ClipScores
 
-    model, ckpt_cfg = load_checkpoint(checkpoint)
+    loaded = [load_checkpoint(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
+    models, ckpt_cfg = [m for m, _ in loaded], loaded[0][1]
     records, _ = scan_corpora(corpora)
     if speakers:
         unknown = speakers - {r.speaker for r in records}
@@ -233,7 +242,7 @@ def evaluate_checkpoint(checkpoint: Path, corpora: list[dict], speakers: set[str
     scores = ClipScores()
     with torch.inference_mode():
         for wav, y, clip in torch.utils.data.DataLoader(ds, batch_size=batch_size):
-            scores.add(torch.softmax(model(wav), dim=-1), y, clip)
+            scores.add(torch.stack([torch.softmax(model(wav), dim=-1) for model in models]).mean(0), y, clip)
     return scores.metrics()
 
 
