@@ -11,17 +11,15 @@ enough for the timeline to fill, and saves the screenshot.
 from __future__ import annotations
 
 import argparse
-import re
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
+from realtime.testing import ListenProcess, launch_chromium, script
+
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 
 
 def main() -> int:
@@ -32,29 +30,17 @@ def main() -> int:
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
 
-    exe = Path(sys.executable).with_name("ser-listen")
-    daemon = subprocess.Popen([str(exe), "--device", "demo", "--port", "0"], stderr=subprocess.PIPE, text=True, cwd=REPO)
-    found: list[str] = []
-    ready = threading.Event()
-
-    def read_stderr() -> None:
-        for line in daemon.stderr:
-            sys.stderr.write(line)
-            m = re.search(r"dashboard at (http://\S+)", line)
-            if m:
-                found.append(m.group(1))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read_stderr, daemon=True).start()
+    daemon = ListenProcess([*script("ser-listen"), "--device", "demo", "--port", "0"], cwd=REPO, echo=sys.stderr.write)
     try:
-        if not ready.wait(60) or not found:
-            print("screenshot: ser-listen printed no dashboard URL", file=sys.stderr)
+        try:
+            daemon.wait_url(60)
+        except RuntimeError as exc:
+            print(f"screenshot: {exc}", file=sys.stderr)
             return 1
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(found[0])
+            page.goto(daemon.url)
             time.sleep(args.seconds)
             args.out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(args.out), full_page=True)
@@ -62,8 +48,7 @@ def main() -> int:
         print(f"wrote {args.out}")
         return 0
     finally:
-        daemon.terminate()
-        daemon.wait(10)
+        daemon.stop()
 
 
 if __name__ == "__main__":

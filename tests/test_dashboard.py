@@ -19,7 +19,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from realtime.testing import CHROMIUM, launch_chromium, script
 from tests.conftest import write_wav
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,6 @@ sync_api = pytest.importorskip(
     "playwright.sync_api",
     reason="playwright is not installed (pip install 'ser[dev]'); browser tests need it",
 )
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip(
         f"{CHROMIUM} is absent (apt-get install chromium); browser tests need it", allow_module_level=True
@@ -44,15 +43,6 @@ if not CHROMIUM.exists():
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = REPO / "tests" / "output"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-]
 SR = 16_000
 DAEMON_START_S = 60.0  # model load and warm-up on a busy 2-core machine
 PAGE_WAIT_MS = 30_000
@@ -111,9 +101,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ser_listen_cmd() -> list[str]:
-    exe = Path(sys.executable).with_name("ser-listen")
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime.cli"]
 
 
 class Daemon:
@@ -191,7 +178,7 @@ def daemon_factory(energy_model: Path, tmp_path: Path, request: pytest.FixtureRe
     def make(clip: Path, *extra: str, port: int | None = None) -> Daemon:
         port = port or free_port()
         args = [
-            *ser_listen_cmd(),
+            *script("ser-listen"),
             "--device",
             str(clip),
             "--fast",
@@ -285,9 +272,7 @@ def playwright_instance():
 
 
 def launch(pw, extra_args: list[str] | None = None):
-    return pw.chromium.launch(
-        executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + (extra_args or []), timeout=60_000
-    )
+    return launch_chromium(pw, extra_args or [], timeout=60_000)
 
 
 def open_page(browser, url: str, width: int = 1280, height: int = 900):

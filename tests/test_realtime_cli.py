@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -23,66 +22,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from realtime.sources import demo_clip_path
+from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
 from training.audio import LABELS, load_audio
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16_000
-URL_RE = re.compile(r"dashboard at (http://[^\s/]+:(\d+)/)")
-
-
-def script(name: str) -> list[str]:
-    exe = Path(sys.executable).with_name(name)
-    module = {"ser-listen": "realtime.cli", "ser-client": "realtime.client"}[name]
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", module]
 
 
 def run(args: list[str], timeout: float = 60, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)
 
 
-class Proc:
-    """A running ser-listen; collects stderr and finds the URL it prints."""
-
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
-        self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, start_new_session=True
-        )
-        self.err: list[str] = []
-        self.out: list[str] = []
-        self.port: int | None = None
-        self._found = threading.Event()
-        threading.Thread(target=self._read_err, daemon=True).start()
-        threading.Thread(target=self._read_out, daemon=True).start()
-
-    def _read_err(self) -> None:
-        for line in self.p.stderr:
-            self.err.append(line)
-            m = URL_RE.search(line)
-            if m:
-                self.port = int(m.group(2))
-                self._found.set()
-        self._found.set()
-
-    def _read_out(self) -> None:
-        for line in self.p.stdout:
-            self.out.append(line)
-
-    def wait_url(self, timeout: float = 30) -> int:
-        assert self._found.wait(timeout), "ser-listen printed no URL:\n" + "".join(self.err)
-        assert self.port is not None, "ser-listen exited:\n" + "".join(self.err)
-        return self.port
-
-    def stop(self) -> None:
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(10)
-
-
 @pytest.fixture
 def procs():
-    made: list[Proc] = []
-    yield lambda args, env=None: made.append(Proc(args, env)) or made[-1]
+    made: list[ListenProcess] = []
+    yield lambda args, env=None: made.append(ListenProcess(args, env, cwd=REPO)) or made[-1]
     for p in made:
         p.stop()
 
@@ -135,6 +90,14 @@ def test_list_devices_runs():
     r = run([*script("ser-listen"), "--list-devices"])
     assert r.returncode == 0, r.stderr
     assert "rate" in r.stdout or "no input devices" in r.stdout
+
+
+def test_listen_process_reports_a_daemon_that_dies_before_its_url(tmp_path, procs):
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx model")
+    p = procs([*script("ser-listen"), "--model", str(broken), "--port", "0"])
+    with pytest.raises(RuntimeError, match=r"exited with [1-9]\d* before printing a URL(.|\n)*broken\.onnx"):
+        p.wait_url(30)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
