@@ -48,7 +48,13 @@ def _take(speakers: list[str], fraction: float) -> int:
 
 
 def split_records(records: Sequence[Record], train_only: set[str], cfg: Any, seed: int = 0) -> Splits:
-    """Split by speaker as ``cfg`` (the ``split`` config section) says."""
+    """Split by speaker as ``cfg`` (the ``split`` config section) says.
+
+    ``cfg["seed"]``, when set, overrides ``seed`` (the run's seed) for the speaker shuffles, so that
+    runs with different training seeds can share one split.
+    """
+    if cfg.get("seed") is not None:
+        seed = int(cfg["seed"])
     main = [r for r in records if r.corpus not in train_only]
     extra = [r for r in records if r.corpus in train_only]
     speakers = sorted({r.speaker for r in main})
