@@ -5,9 +5,11 @@ Quantizes the model exactly as ``ser-build-engine --precision int8`` does
 of audio), runs both graphs with onnxruntime on CPU over every clip of the
 evaluation folder (windows as ser-predict cuts them), and prints the top-class
 agreement and the largest probability difference; writes JSON. No GPU needed:
-this measures the quantization, not TensorRT's kernels.
+this measures the quantization, not TensorRT's kernels. Two builds in the same
+run: every layer in int8 (the reference), and the one ser-build-engine makes,
+which keeps the first convolution in float.
 
-    python bench/int8.py                                   # shipped model; calib actors 01, eval actor 12
+    python bench/int8.py                                   # shipped model; calib actor 01, eval actors 12+14
     python bench/int8.py --calib ../shared/data/ravdess/Actor_03 --eval ../shared/data/ravdess/Actor_14
 """
 
@@ -36,30 +38,37 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, default=default_model_path())
     ap.add_argument("--calib", type=Path, default=SHARED / "Actor_01", help="calibration audio folder")
-    ap.add_argument("--eval", type=Path, default=SHARED / "Actor_12", help="evaluation audio folder")
+    ap.add_argument("--eval", type=Path, nargs="+", default=[SHARED / "Actor_12", SHARED / "Actor_14"],
+                    help="evaluation audio folder(s)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8.json")
     args = ap.parse_args()
 
     fp32 = load_engine(args.model, backend="onnxruntime", device="cpu")
-    windows = np.concatenate([file_windows(p, fp32.window_samples, fp32.sample_rate) for p in audio_files(args.eval)])
-    with tempfile.TemporaryDirectory() as tmp:
-        int8_path = Path(tmp) / "int8.onnx"
-        quantize_qdq(args.model, int8_path, calibration_windows(args.calib))
-        int8 = load_engine(int8_path, backend="onnxruntime", device="cpu")
-        p32, p8 = fp32.infer(windows), int8.infer(windows)
-    result = {
-        "model": str(args.model),
-        "calib": str(args.calib),
-        "eval": str(args.eval),
-        "windows": len(windows),
-        "top1_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
-        "max_abs_diff": float(np.abs(p32 - p8).max()),
-        "mean_abs_diff": float(np.abs(p32 - p8).mean()),
-    }
-    print("| model | calibration | evaluation | windows | top-1 agreement | max |dp| | mean |dp| |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| {args.model.name} | {args.calib.name} | {args.eval.name} | {result['windows']} | "
-          f"{result['top1_agreement']:.3f} | {result['max_abs_diff']:.3f} | {result['mean_abs_diff']:.4f} |")
+    windows = np.concatenate([file_windows(p, fp32.window_samples, fp32.sample_rate) for d in args.eval for p in audio_files(d)])
+    calib = calibration_windows(args.calib)
+    p32 = fp32.infer(windows)
+    rows = []
+    # Reference first: every Conv/MatMul/Gemm in int8; then the build ser-build-engine makes.
+    for name, float_first in (("all layers int8", False), ("first conv float (shipped)", True)):
+        with tempfile.TemporaryDirectory() as tmp:
+            int8_path = Path(tmp) / "int8.onnx"
+            quantize_qdq(args.model, int8_path, calib, float_first_layer=float_first)
+            p8 = load_engine(int8_path, backend="onnxruntime", device="cpu").infer(windows)
+        rows.append({
+            "variant": name,
+            "float_first_layer": float_first,
+            "top1_agreement": float(np.mean(p32.argmax(1) == p8.argmax(1))),
+            "max_abs_diff": float(np.abs(p32 - p8).max()),
+            "mean_abs_diff": float(np.abs(p32 - p8).mean()),
+        })
+    evals = "+".join(d.name for d in args.eval)
+    print(f"{args.model.name}: int8 Q/DQ vs float32, calibration {args.calib.name}, evaluation {evals} ({len(windows)} windows)")
+    print("| variant | top-1 agreement | max |dp| | mean |dp| |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']} | {r['top1_agreement']:.3f} | {r['max_abs_diff']:.3f} | {r['mean_abs_diff']:.4f} |")
+    result = {"model": str(args.model), "calib": str(args.calib), "eval": [str(d) for d in args.eval],
+              "windows": len(windows), "variants": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

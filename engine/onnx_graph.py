@@ -100,3 +100,14 @@ def ensure_node_names(model: onnx.ModelProto) -> None:
                 name += "_"
             node.name = name
             used.add(name)
+
+
+def first_layer_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the network's first compute nodes: the Conv/MatMul/Gemm that read the log-mel itself.
+
+    Int8 keeps them in float: their input is the normalised log-mel, whose range
+    (silence far below speech) int8 resolves poorly, and measured on the default
+    model this one layer causes nearly all of the int8 error (bench/int8.py).
+    """
+    spec = spectrogram_tensor(model)
+    return {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and spec in n.input}
