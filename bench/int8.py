@@ -11,6 +11,7 @@ which keeps the first convolution in float.
 
     python bench/int8.py                                   # shipped model; calib actor 01, eval actors 12+14
     python bench/int8.py --calib ../shared/data/ravdess/Actor_03 --eval ../shared/data/ravdess/Actor_14
+    python bench/int8.py --per-layer --out bench/results/int8-per-layer.json   # each layer alone in int8
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from engine.base import default_model_path, load_engine  # noqa: E402
 from engine.calibration import audio_files, calibration_windows  # noqa: E402
-from engine.precision import quantize_qdq  # noqa: E402
+from engine.precision import quantizable_nodes, quantize_qdq  # noqa: E402
 from engine.predict import file_windows  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data" / "ravdess"
@@ -41,18 +43,24 @@ def main() -> int:
     ap.add_argument("--eval", type=Path, nargs="+", default=[SHARED / "Actor_12", SHARED / "Actor_14"],
                     help="evaluation audio folder(s)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8.json")
+    ap.add_argument("--per-layer", action="store_true", help="also quantize each layer alone (sensitivity)")
     args = ap.parse_args()
 
     fp32 = load_engine(args.model, backend="onnxruntime", device="cpu")
     windows = np.concatenate([file_windows(p, fp32.window_samples, fp32.sample_rate) for d in args.eval for p in audio_files(d)])
     calib = calibration_windows(args.calib)
     p32 = fp32.infer(windows)
+    # Reference first: every Conv/MatMul/Gemm in int8; then the build ser-build-engine makes;
+    # with --per-layer, each layer alone in int8 (all others float).
+    variants: list[tuple[str, bool, list[str]]] = [("all layers int8", False, []), ("first conv float (shipped)", True, [])]
+    if args.per_layer:
+        layers = quantizable_nodes(onnx.load(str(args.model)))
+        variants += [(f"only {name}", False, [x for x in layers if x != name]) for name in layers]
     rows = []
-    # Reference first: every Conv/MatMul/Gemm in int8; then the build ser-build-engine makes.
-    for name, float_first in (("all layers int8", False), ("first conv float (shipped)", True)):
+    for name, float_first, keep_float in variants:
         with tempfile.TemporaryDirectory() as tmp:
             int8_path = Path(tmp) / "int8.onnx"
-            quantize_qdq(args.model, int8_path, calib, float_first_layer=float_first)
+            quantize_qdq(args.model, int8_path, calib, float_first_layer=float_first, keep_float=keep_float)
             p8 = load_engine(int8_path, backend="onnxruntime", device="cpu").infer(windows)
         rows.append({
             "variant": name,

@@ -134,8 +134,15 @@ def _retype_attributes(node: onnx.NodeProto) -> None:
             attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
 
 
+def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes :func:`quantize_qdq` may put in int8 (Conv, MatMul, Gemm outside the fp32 region)."""
+    ensure_node_names(model)
+    keep = fp32_region(model)
+    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.name not in keep]
+
+
 def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int = 8,
-                 float_first_layer: bool = True) -> onnx.ModelProto:
+                 float_first_layer: bool = True, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
     """Insert symmetric int8 Q/DQ nodes calibrated on ``windows`` ``[n, samples]``; frontend excluded.
 
     Symmetric scales (zero point 0) because TensorRT only takes those; weights
@@ -145,6 +152,7 @@ def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int
     is False: quantizing it alone costs more than all other layers together
     (on the default model top-1 agreement with float32 0.83 with it, 0.97 without;
     ``python bench/int8.py``), and it is a small share of the arithmetic.
+    ``keep_float`` names more nodes to leave in float (see :func:`quantizable_nodes`).
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -164,7 +172,7 @@ def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int
 
     model = onnx.load(str(model_path))
     ensure_node_names(model)
-    exclude = sorted(fp32_region(model) | (first_layer_nodes(model) if float_first_layer else set()))
+    exclude = sorted(fp32_region(model) | (first_layer_nodes(model) if float_first_layer else set()) | set(keep_float))
     with tempfile.TemporaryDirectory() as tmp:
         named = Path(tmp) / "named.onnx"
         onnx.save(model, str(named))
