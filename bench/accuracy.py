@@ -41,6 +41,8 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/cv"))
     ap.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
+    ap.add_argument("--markdown", type=Path, default=Path("bench/results/accuracy.md"),
+                    help="the same figures as Markdown tables (what the READMEs show)")
     ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of each fold to score")
     ap.add_argument("--only", type=int, nargs="*", help="train only these folds (the table uses every finished one)")
     ap.add_argument("overrides", nargs="*", help="extra ser-train overrides (key=value)")
@@ -116,8 +118,31 @@ def main() -> int:
               "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {args.out}")
+    args.markdown.parent.mkdir(parents=True, exist_ok=True)
+    args.markdown.write_text(markdown(rows, summary, recall_mean, rob, names))
+    print(f"\nwrote {args.out} and {args.markdown}")
     return 0
+
+
+def markdown(rows: list[dict], summary: dict, recall_mean: dict, rob: dict, names: dict) -> str:
+    """Per-fold table with mean ± sd, summed confusion matrix, robustness: as pasted into the READMEs."""
+    out = ["| fold | test actors | clips | accuracy | UA | macro F1 | " + " | ".join(LABELS) + " |",
+           "|---" * (6 + len(LABELS)) + "|"]
+    for r in rows:
+        actors = ", ".join(s.split(":")[1] for s in r["test_speakers"])
+        out.append(f"| {r['fold']} | {actors} | {r['n']} | {r['accuracy']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} | "
+                   + " | ".join(f"{r['recall'][lab]:.2f}" for lab in LABELS) + " |")
+    (acc, acc_sd), (ua, ua_sd), (f1, f1_sd) = (summary[k] for k in ("accuracy", "ua", "macro_f1"))
+    out.append(f"| **mean** | | {sum(r['n'] for r in rows)} | **{acc:.3f}** ± {acc_sd:.3f} | **{ua:.3f}** ± {ua_sd:.3f} | "
+               f"**{f1:.3f}** ± {f1_sd:.3f} | " + " | ".join(f"{recall_mean[lab]:.2f}" for lab in LABELS) + " |")
+    total = [[sum(r["confusion"][i][j] for r in rows) for j in range(len(LABELS))] for i in range(len(LABELS))]
+    out += ["", "Confusion matrix summed over the folds (rows: true, columns: predicted):", "",
+            "| true \\ predicted | " + " | ".join(LABELS) + " |", "|---" * (1 + len(LABELS)) + "|"]
+    out += [f"| {lab} | " + " | ".join(str(v) for v in total[i]) + " |" for i, lab in enumerate(LABELS)]
+    out += ["", "Robustness: the same test clips, degraded, mean UA over the folds:", "",
+            "| condition | UA | drop |", "|---|---|---|"]
+    out += [f"| {names[c]} | {rob[c]:.3f} | {rob[c] - rob['clean']:+.3f} |" for c in rob]
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":
