@@ -24,8 +24,9 @@ import pytest
 
 from engine.base import default_model_path
 from realtime.sources import demo_clip_path
+from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
-from tests.test_realtime_cli import Proc, run, script
+from tests.test_realtime_cli import REPO, run
 from training.audio import LABELS, load_audio
 
 pytestmark = pytest.mark.slow
@@ -124,7 +125,7 @@ def model_args(request, energy_model) -> list[str]:
 def test_virtual_microphone_through_portaudio(pulse, model_args, tmp_path):
     speech = load_audio(demo_clip_path())[: 6 * SR]
     clip = write_wav(tmp_path / "speech.wav", speech)
-    p = Proc([*script("ser-listen"), "--device", "pulse", "--jsonl", "--port", "0", "-v", *model_args], env=pulse)
+    p = ListenProcess([*script("ser-listen"), "--device", "pulse", "--jsonl", "--port", "0", "-v", *model_args], env=pulse, cwd=REPO)
     try:
         port = p.wait_url(60)
         deadline = time.monotonic() + 20
@@ -169,7 +170,7 @@ def test_default_model_on_the_demo_clip():
     assert sum(m["voiced"] for m in preds) >= len(preds) // 2
 
 
-def _wait_for(cond, what: str, p: Proc, timeout: float = 20.0) -> None:
+def _wait_for(cond, what: str, p: ListenProcess, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         assert time.monotonic() < deadline and p.p.poll() is None, f"waited for {what}:\n" + "".join(p.err)
@@ -185,8 +186,8 @@ def test_a_vanishing_microphone(tmp_path, energy_model, reconnect):
     if not server.start():
         pytest.skip("PulseAudio cannot start here: " + server.log_path.read_text()[-500:])
     extra = ["--reconnect", "source.reconnect_min_s=0.2", "source.reconnect_max_s=0.5"] if reconnect else []
-    p = Proc([*script("ser-listen"), "--device", "pulse", "--jsonl", "--port", "0", "--model", str(energy_model), *extra],
-             env=server.env)
+    p = ListenProcess([*script("ser-listen"), "--device", "pulse", "--jsonl", "--port", "0", "--model", str(energy_model), *extra],
+                      env=server.env, cwd=REPO)
     try:
         p.wait_url(60)
         _wait_for(lambda: len(p.out) >= 2, "first predictions", p)
