@@ -25,7 +25,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import threading
@@ -39,9 +38,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from realtime.sources import demo_clip_path  # noqa: E402
+from realtime.testing import ListenProcess, script  # noqa: E402
 from training.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
-URL_RE = re.compile(r"dashboard at http://[^\s/]+:(\d+)/")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -50,32 +49,18 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 class DaemonProc:
     def __init__(self, model: str | None, backend: str | None, overrides: list[str]) -> None:
-        exe = Path(sys.executable).with_name("ser-listen")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "realtime.cli"]
-        cmd += ["--device", "none", "--port", "0", *overrides]
+        cmd = [*script("ser-listen"), "--device", "none", "--port", "0", *overrides]
         if model:
             cmd += ["--model", model]
         if backend:
             cmd += ["--backend", backend]
         self.cmd = cmd
-        self.p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO)
-        self.err: list[str] = []
-        self.port: int | None = None
-        found = threading.Event()
-
-        def read() -> None:
-            for line in self.p.stderr:
-                self.err.append(line)
-                m = URL_RE.search(line)
-                if m:
-                    self.port = int(m.group(1))
-                    found.set()
-            found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        found.wait(120)
-        if self.port is None:
-            raise SystemExit("ser-listen did not start:\n" + "".join(self.err))
+        self.proc = ListenProcess(cmd, cwd=REPO)
+        self.p = self.proc.p
+        try:
+            self.port: int = self.proc.wait_url(120)
+        except RuntimeError as exc:
+            raise SystemExit(f"ser-listen did not start: {exc}") from None
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
