@@ -218,18 +218,23 @@ def parse_onnx(trt: Any, builder: Any, onnx_path: Path, strongly_typed: bool) ->
     return network, parser
 
 
-def pin_frontend_fp32(trt: Any, network: Any, onnx_path: Path) -> int:
+def pin_frontend_fp32(trt: Any, network: Any, onnx_path: Path, first_layer: bool = False) -> int:
     """Constrain the layers that came from frontend nodes to fp32 (weakly typed builds only).
 
+    With ``first_layer`` (int8 builds) the first convolution is pinned too, as
+    :func:`engine.precision.quantize_qdq` keeps it float in the strongly typed
+    route: in int8 it causes nearly all of the quantization error.
     TensorRT names a parsed layer after its ONNX node (sometimes with a
     suffix) and, from 10.x on, records the node in ``layer.metadata``; both
     are matched. Returns how many layers were pinned.
     """
     import onnx
 
+    from engine.onnx_graph import first_layer_nodes
     from engine.precision import fp32_region
 
-    region = fp32_region(onnx.load(str(onnx_path), load_external_data=False))
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    region = fp32_region(model) | (first_layer_nodes(model) if first_layer else set())
     pinned = 0
     for i in range(network.num_layers):
         layer = network.get_layer(i)
@@ -282,9 +287,9 @@ def build_serialized(
             config.set_calibration_profile(calib_profile)
             calibrator = make_calibrator(trt, windows, onnx_path.with_suffix(".int8-calibration.cache"))
             config.int8_calibrator = calibrator
-        pinned = pin_frontend_fp32(trt, network, onnx_path)
+        pinned = pin_frontend_fp32(trt, network, onnx_path, first_layer=precision == "int8")
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        log(f"tensorrt: {pinned} frontend layers pinned to fp32")
+        log(f"tensorrt: {pinned} frontend{' and first-conv' if precision == 'int8' else ''} layers pinned to fp32")
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise EngineError(f"TensorRT failed to build a {precision} plan from {onnx_path} (see the TensorRT log above)")
