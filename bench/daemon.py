@@ -54,7 +54,6 @@ class DaemonProc:
             cmd += ["--model", model]
         if backend:
             cmd += ["--backend", backend]
-        self.cmd = cmd
         self.proc = ListenProcess(cmd, cwd=REPO)
         self.p = self.proc.p
         try:

@@ -31,6 +31,10 @@ TENSORRT_OPS: frozenset[str] = frozenset(
 )
 
 
+# The ops that carry a network's arithmetic: what int8 quantizes, and what "a layer" means below.
+COMPUTE_OPS: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+
+
 def op_counts(model: onnx.ModelProto) -> Counter[str]:
     """How often each op type occurs in the main graph."""
     return Counter(node.op_type for node in model.graph.node)
@@ -110,4 +114,4 @@ def first_layer_nodes(model: onnx.ModelProto) -> set[str]:
     model this one layer causes nearly all of the int8 error (bench/int8.py).
     """
     spec = spectrogram_tensor(model)
-    return {n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and spec in n.input}
+    return {n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and spec in n.input}

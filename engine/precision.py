@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engine.base import INPUT_NAME
-from engine.onnx_graph import ensure_node_names, first_layer_nodes, frontend_nodes
+from engine.onnx_graph import COMPUTE_OPS, ensure_node_names, first_layer_nodes, frontend_nodes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
 # Ops that read only the shape of their input: they take either type, so they never need a Cast.
@@ -138,7 +138,7 @@ def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes :func:`quantize_qdq` may put in int8 (Conv, MatMul, Gemm outside the fp32 region)."""
     ensure_node_names(model)
     keep = fp32_region(model)
-    return [n.name for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm") and n.name not in keep]
+    return [n.name for n in model.graph.node if n.op_type in COMPUTE_OPS and n.name not in keep]
 
 
 def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int = 8,
@@ -184,7 +184,7 @@ def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+            op_types_to_quantize=list(COMPUTE_OPS),
             nodes_to_exclude=exclude,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
