@@ -108,11 +108,12 @@ def main() -> int:
     conds = [c for c in CONDITIONS if all(c in r["ua_by_condition"] for r in rows)]
     rob = {c: mean([r["ua_by_condition"][c] for r in rows]) for c in conds}
     print()
-    print("Robustness (same test clips, mean UA over folds)")
-    print(f"{'condition':<22} {'UA':>6} {'drop':>7}")
+    print("Robustness (same test clips, UA per fold and mean over folds)")
+    print(f"{'condition':<22} " + " ".join(f"{'fold' + str(r['fold']):>6}" for r in rows) + f" {'UA':>6} {'drop':>7}")
     names = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR", "reverb": "reverb RT60 0.4 s"}
     for c in conds:
-        print(f"{names[c]:<22} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
+        per_fold = " ".join(f"{r['ua_by_condition'][c]:6.3f}" for r in rows)
+        print(f"{names[c]:<22} {per_fold} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
 
     result = {"checkpoint": args.checkpoint, "folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
               "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
