@@ -22,7 +22,10 @@ def test_auto_picks_onnxruntime_cpu_and_logs_it(energy_model: Path, caplog: pyte
     with caplog.at_level(logging.INFO, logger="engine.base"):
         eng = load_engine(energy_model)
     assert eng.name == "onnxruntime"
-    assert eng.device in ("cpu", "cuda")
+    import onnxruntime as ort
+
+    want = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+    assert eng.device == want and eng.session.get_providers()[0] == ("CUDAExecutionProvider" if want == "cuda" else "CPUExecutionProvider")
     assert "onnxruntime" in caplog.text
     assert eng.labels == LABELS and eng.sample_rate == 16_000 and eng.window_samples == WINDOW_SAMPLES
     eng.warmup((1, 4))

@@ -86,10 +86,23 @@ def test_port_in_use_is_a_clean_error(energy_model):
     assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_list_devices_runs():
+def test_list_devices_prints_the_table_of_this_machines_inputs():
+    from realtime.sources import format_device_table, list_input_devices
+
     r = run([*script("ser-listen"), "--list-devices"])
     assert r.returncode == 0, r.stderr
-    assert "rate" in r.stdout or "no input devices" in r.stdout
+    assert r.stdout.rstrip("\n") == format_device_table(list_input_devices())
+
+
+def test_device_table_lists_every_input_and_marks_the_default():
+    from realtime.sources import DeviceInfo, format_device_table
+
+    devices = [DeviceInfo(0, "Built-in Mic", "ALSA", 2, 48000, False), DeviceInfo(7, "USB headset", "ALSA", 1, 16000, True)]
+    lines = format_device_table(devices).splitlines()
+    assert lines[0].split() == ["index", "name", "host", "API", "channels", "rate", "(Hz)"]
+    assert lines[1].split() == ["0", "Built-in", "Mic", "ALSA", "2", "48000"]
+    assert lines[2].split() == ["*", "7", "USB", "headset", "ALSA", "1", "16000"]
+    assert format_device_table([]).startswith("no input devices found")
 
 
 def test_listen_process_reports_a_daemon_that_dies_before_its_url(tmp_path, procs):
