@@ -1,0 +1,322 @@
+"""One bounded queue type for everything the daemon holds on behalf of someone: client outboxes and due windows.
+
+Owns the rules of holding things under pressure, so the server and the scheduler
+share one tested implementation instead of two ad-hoc deques. Imports the
+standard library only.
+
+:class:`BoundedQueue` holds items, each filed under a ``key`` (a stream, a
+message kind) inside a ``group`` (a client; the key itself by default):
+
+- **Hard cap.** Never more than ``capacity`` items, whatever is put. When full,
+  a droppable item leaves: the oldest of the key with the most items, in the
+  lowest priority class present. If the newcomer is itself the least valuable
+  (droppable and of a lower class than every droppable item held) it is the one
+  turned away. When nothing held is droppable, a droppable newcomer is turned
+  away (``"rejected"``) and an undroppable one is refused as ``"overflow"``:
+  the caller must act (a client that never reads is closed; a ``--fast``
+  stream waits for the engine before it submits).
+- **Coalescing.** ``put(..., coalesce=c)`` replaces the pending item that was
+  put with the same ``c`` (the latest wins, in the old one's place), so a
+  stream-list update never queues twice for one client.
+- **Priority classes.** ``priority`` 0 is served first and dropped last; a
+  client's own predictions and control messages go in class 0, other streams'
+  predictions in class 1, so under pressure the client keeps its own results.
+- **Order.** ``order="fifo"`` serves each class in arrival order (an outbox,
+  where a ``stopped`` must not overtake the predictions before it);
+  ``order="fair"`` serves each class round-robin across groups, then across
+  the keys of a group, oldest first within a key (the scheduler: one stream,
+  or one client's many streams, cannot starve the rest).
+- **Drop accounting.** ``put`` returns what left and why (``coalesced``,
+  ``evicted``, ``rejected``, ``overflow``); ``remove_key`` returns what it
+  discarded (``removed``); ``drops`` counts every reason for the queue's life.
+
+Thread-safe: every method takes one re-entrant lock; ``wait_for`` blocks a
+consumer thread on the same condition that ``put`` notifies (the scheduler is
+fed from the event loop and capture threads and drained by one inference
+thread). Asyncio users call the non-blocking methods and keep their own wake-up
+event. Per-key bookkeeping is deleted as soon as a key has nothing pending.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+T = TypeVar("T")
+
+DROP_REASONS = ("coalesced", "evicted", "rejected", "overflow", "removed")
+ORDERS = ("fifo", "fair")
+
+
+@dataclass(eq=False, slots=True)
+class _Entry(Generic[T]):
+    item: T
+    key: Hashable
+    group: Hashable
+    priority: int
+    droppable: bool
+    coalesce: Hashable | None
+    alive: bool = True
+
+
+@dataclass
+class PutResult(Generic[T]):
+    """What ``put`` did: whether the new item is held, and each item that left (with its reason)."""
+
+    accepted: bool
+    dropped: list[tuple[T, str]] = field(default_factory=list)
+
+    @property
+    def overflow(self) -> bool:
+        """The newcomer was undroppable and nothing held could make room: the caller must act."""
+        return any(reason == "overflow" for _, reason in self.dropped)
+
+
+class _Class(Generic[T]):
+    """The items of one priority class: arrival order, and per group -> key -> FIFO for fairness."""
+
+    __slots__ = ("arrival", "dead", "groups", "size")
+
+    def __init__(self) -> None:
+        self.arrival: deque[_Entry[T]] = deque()  # lazy deletion: entries taken elsewhere are marked dead
+        self.dead = 0
+        self.groups: OrderedDict[Hashable, OrderedDict[Hashable, deque[_Entry[T]]]] = OrderedDict()
+        self.size = 0
+
+    def add(self, e: _Entry[T]) -> None:
+        self.arrival.append(e)
+        keys = self.groups.get(e.group)
+        if keys is None:
+            keys = self.groups[e.group] = OrderedDict()
+        fifo = keys.get(e.key)
+        if fifo is None:
+            fifo = keys[e.key] = deque()
+        fifo.append(e)
+        self.size += 1
+
+    def _forget(self, e: _Entry[T]) -> None:
+        """Mark taken; compact the arrival deque before dead entries outnumber live ones (bounded memory)."""
+        e.alive = False
+        self.size -= 1
+        self.dead += 1
+        if self.dead > 32 and self.dead > self.size:
+            self.arrival = deque(x for x in self.arrival if x.alive)
+            self.dead = 0
+
+    def _drop_from_key(self, e: _Entry[T], head: bool) -> None:
+        keys = self.groups[e.group]
+        fifo = keys[e.key]
+        if head:
+            fifo.popleft()
+        else:
+            fifo.remove(e)
+        if not fifo:
+            del keys[e.key]
+            if not keys:
+                del self.groups[e.group]
+
+    def pop_fifo(self) -> _Entry[T]:
+        while True:
+            e = self.arrival.popleft()
+            if e.alive:
+                break
+            self.dead -= 1
+        self._drop_from_key(e, head=True)  # within a key, arrival order is key order
+        e.alive = False
+        self.size -= 1
+        return e
+
+    def pop_fair(self) -> _Entry[T]:
+        group, keys = next(iter(self.groups.items()))
+        key, fifo = next(iter(keys.items()))
+        e = fifo.popleft()
+        if fifo:
+            keys.move_to_end(key)
+        else:
+            del keys[key]
+        if keys:
+            self.groups.move_to_end(group)
+        else:
+            del self.groups[group]
+        self._forget(e)
+        return e
+
+    def victim(self) -> _Entry[T] | None:
+        """The oldest droppable item of the key holding the most items (ties: the first such key)."""
+        best: deque[_Entry[T]] | None = None
+        for keys in self.groups.values():
+            for fifo in keys.values():
+                if (best is None or len(fifo) > len(best)) and any(x.droppable for x in fifo):
+                    best = fifo
+        if best is None:
+            return None
+        return next(x for x in best if x.droppable)
+
+    def take(self, e: _Entry[T]) -> None:
+        self._drop_from_key(e, head=False)
+        self._forget(e)
+
+
+class BoundedQueue(Generic[T]):
+    """A capped, coalescing, prioritised queue with fair or FIFO service; see the module docstring."""
+
+    def __init__(self, capacity: int, order: Literal["fifo", "fair"] = "fifo", priorities: int = 2) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if priorities < 1:
+            raise ValueError(f"priorities must be >= 1, got {priorities}")
+        self.capacity = capacity
+        self.order = order
+        self._classes: list[_Class[T]] = [_Class() for _ in range(priorities)]
+        self._coalesce: dict[Hashable, _Entry[T]] = {}
+        self._size = 0
+        self._cond = threading.Condition(threading.RLock())
+        self.drops: Counter[str] = Counter()
+
+    # ------------------------------------------------------------ producers
+
+    def put(
+        self,
+        item: T,
+        key: Hashable,
+        *,
+        group: Hashable | None = None,
+        priority: int = 0,
+        droppable: bool = True,
+        coalesce: Hashable | None = None,
+    ) -> PutResult[T]:
+        """Hold ``item`` under ``key`` (and ``group``, default the key); never blocks, never exceeds the cap."""
+        if not 0 <= priority < len(self._classes):
+            raise ValueError(f"priority must be 0..{len(self._classes) - 1}, got {priority}")
+        with self._cond:
+            if coalesce is not None:
+                old = self._coalesce.get(coalesce)
+                if old is not None:
+                    previous, old.item = old.item, item
+                    self.drops["coalesced"] += 1
+                    self._cond.notify_all()
+                    return PutResult(True, [(previous, "coalesced")])
+            result: PutResult[T] = PutResult(True)
+            if self._size >= self.capacity:
+                victim = self._victim()
+                if victim is None or (droppable and priority > victim.priority):
+                    reason = "rejected" if droppable else "overflow"
+                    self.drops[reason] += 1
+                    return PutResult(False, [(item, reason)])
+                self._classes[victim.priority].take(victim)
+                self._unindex(victim)
+                self._size -= 1
+                self.drops["evicted"] += 1
+                result.dropped.append((victim.item, "evicted"))
+            e = _Entry(item, key, key if group is None else group, priority, droppable, coalesce)
+            self._classes[priority].add(e)
+            if coalesce is not None:
+                self._coalesce[coalesce] = e
+            self._size += 1
+            self._cond.notify_all()
+            return result
+
+    def _victim(self) -> _Entry[T] | None:
+        for cls in reversed(self._classes):  # lowest priority class first
+            v = cls.victim()
+            if v is not None:
+                return v
+        return None
+
+    def _unindex(self, e: _Entry[T]) -> None:
+        if e.coalesce is not None and self._coalesce.get(e.coalesce) is e:
+            del self._coalesce[e.coalesce]
+
+    # ------------------------------------------------------------ consumers
+
+    def get_nowait(self) -> T | None:
+        """The next item (highest class first; FIFO or fair within it), or None when empty."""
+        with self._cond:
+            for cls in self._classes:
+                if cls.size:
+                    e = cls.pop_fifo() if self.order == "fifo" else cls.pop_fair()
+                    self._unindex(e)
+                    self._size -= 1
+                    self._cond.notify_all()
+                    return e.item
+            return None
+
+    def take(self, n: int) -> list[T]:
+        """Up to ``n`` items in service order, without waiting."""
+        with self._cond:
+            out: list[T] = []
+            while len(out) < n:
+                item = self.get_nowait()
+                if item is None:
+                    break
+                out.append(item)
+            return out
+
+    def wait_for(self, predicate: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
+        """Block until ``predicate()`` (default: not empty) holds or ``timeout`` passes; returns the predicate.
+
+        The predicate runs under the queue's lock and may call its methods; ``put``,
+        ``get_nowait`` and ``notify`` wake waiters.
+        """
+        pred = predicate if predicate is not None else (lambda: self._size > 0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not pred():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def notify(self) -> None:
+        """Wake every ``wait_for`` (to re-check an outside condition such as stopping)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ housekeeping
+
+    def remove_key(self, key: Hashable, group: Hashable | None = None) -> list[T]:
+        """Discard every pending item of ``key`` (a stream that left); returns them, counted as ``removed``."""
+        g = key if group is None else group
+        with self._cond:
+            out: list[T] = []
+            for cls in self._classes:
+                fifo = cls.groups.get(g, {}).get(key)
+                for e in list(fifo or ()):
+                    cls.take(e)
+                    self._unindex(e)
+                    self._size -= 1
+                    out.append(e.item)
+            self.drops["removed"] += len(out)
+            if out:
+                self._cond.notify_all()
+            return out
+
+    def clear(self) -> list[T]:
+        """Empty the queue (not counted as drops); returns what was held, in service order."""
+        with self._cond:
+            return self.take(self._size)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bool__(self) -> bool:
+        return self._size > 0
+
+    def key_count(self) -> int:
+        """How many distinct keys have something pending (the scheduler: have all streams a window queued?)."""
+        with self._cond:
+            keys = {(g, k) for cls in self._classes for g, ks in cls.groups.items() for k in ks}
+            return len(keys)
+
+    def snapshot(self) -> Iterator[T]:
+        """The held items, highest class first and in arrival order within a class, without taking them."""
+        with self._cond:
+            entries = [e for cls in self._classes for e in cls.arrival if e.alive]
+        return iter([e.item for e in entries])

@@ -1,0 +1,230 @@
+"""realtime/queues.py: the one bounded queue of the daemon (client outboxes, due windows).
+
+Each rule of the module docstring is exercised directly, then checked as a property over
+arbitrary sequences of puts, gets and removals (hypothesis): the cap always holds, every
+item put is accounted for exactly once (served, dropped with a reason, or still held), and
+fair order lets no key starve.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from realtime.queues import DROP_REASONS, BoundedQueue
+
+
+def test_fifo_order_and_cap_drops_the_oldest_of_the_biggest_key():
+    q: BoundedQueue[str] = BoundedQueue(4)
+    for i in range(3):
+        q.put(f"a{i}", "a")
+    q.put("b0", "b")
+    r = q.put("b1", "b")  # full: "a" holds the most, its oldest leaves
+    assert r.accepted and r.dropped == [("a0", "evicted")]
+    assert len(q) == 4
+    assert q.take(10) == ["a1", "a2", "b0", "b1"]
+    assert q.drops["evicted"] == 1
+
+
+def test_undroppable_items_are_kept_and_overflow_is_reported():
+    q: BoundedQueue[str] = BoundedQueue(3)
+    q.put("hello", "ctl", droppable=False)
+    q.put("p0", "s")
+    q.put("started", "ctl", droppable=False)
+    r = q.put("stopped", "ctl", droppable=False)  # the prediction makes room
+    assert r.accepted and r.dropped == [("p0", "evicted")]
+    r = q.put("p1", "s")  # nothing droppable held: the newcomer is turned away
+    assert not r.accepted and r.dropped == [("p1", "rejected")] and not r.overflow
+    r = q.put("error", "ctl", droppable=False)
+    assert not r.accepted and r.overflow
+    assert q.take(5) == ["hello", "started", "stopped"]
+
+
+def test_coalescing_keeps_one_pending_update_and_the_latest_wins():
+    q: BoundedQueue[str] = BoundedQueue(8)
+    q.put("streams v1", "streams", coalesce="streams", droppable=False)
+    q.put("p0", "s")
+    for v in range(2, 50):
+        r = q.put(f"streams v{v}", "streams", coalesce="streams", droppable=False)
+        assert r.accepted and r.dropped == [(f"streams v{v - 1}", "coalesced")]
+    assert len(q) == 2
+    assert q.take(5) == ["streams v49", "p0"]  # in the first update's place, with the last content
+    q.put("streams v50", "streams", coalesce="streams")  # taken: the next one queues afresh
+    assert q.take(5) == ["streams v50"]
+
+
+def test_lower_class_is_dropped_first_and_served_last():
+    q: BoundedQueue[str] = BoundedQueue(3)
+    q.put("other0", "x", priority=1)
+    q.put("own0", "mine", priority=0)
+    q.put("other1", "x", priority=1)
+    r = q.put("own1", "mine", priority=0)
+    assert r.dropped == [("other0", "evicted")]
+    r = q.put("own2", "mine", priority=0)
+    assert r.dropped == [("other1", "evicted")]
+    r = q.put("other2", "x", priority=1)  # the newcomer is the least valuable: it goes
+    assert not r.accepted and r.dropped == [("other2", "rejected")]
+    q2: BoundedQueue[str] = BoundedQueue(4)
+    q2.put("other", "x", priority=1)
+    q2.put("own", "mine", priority=0)
+    assert q2.take(2) == ["own", "other"]
+
+
+def test_fair_order_round_robins_groups_then_keys():
+    q: BoundedQueue[str] = BoundedQueue(100, order="fair")
+    for i in range(10):
+        q.put(f"hog{i}", "hog")
+    q.put("a0", "a")
+    q.put("a1", "a")
+    # One client ("c") with two streams counts as one group: it gets a turn, not two.
+    q.put("c1-0", "c1", group="c")
+    q.put("c2-0", "c2", group="c")
+    q.put("c1-1", "c1", group="c")
+    got = q.take(7)
+    assert got == ["hog0", "a0", "c1-0", "hog1", "a1", "c2-0", "hog2"]
+
+
+def test_fair_eviction_takes_from_the_hog():
+    q: BoundedQueue[str] = BoundedQueue(5, order="fair")
+    for i in range(4):
+        q.put(f"hog{i}", "hog")
+    q.put("a0", "a")
+    for i in range(4, 20):
+        q.put(f"hog{i}", "hog")
+    q.put("a1", "a")
+    held = list(q.snapshot())
+    assert "a0" in held and "a1" in held and len(held) == 5
+
+
+def test_remove_key_forgets_the_key():
+    q: BoundedQueue[str] = BoundedQueue(10, order="fair")
+    q.put("s0", "s", coalesce="c")
+    q.put("s1", "s")
+    q.put("t0", "t")
+    assert q.key_count() == 2
+    assert q.remove_key("s") == ["s0", "s1"]
+    assert q.key_count() == 1 and q.drops["removed"] == 2
+    q.put("s2", "s", coalesce="c")  # the coalescing slot was freed with the item
+    assert q.take(5) == ["t0", "s2"]
+
+
+def test_bookkeeping_does_not_grow_with_streams_that_came_and_went():
+    q: BoundedQueue[int] = BoundedQueue(4, order="fair")
+    for i in range(5000):
+        q.put(i, f"stream-{i}", group=f"client-{i % 7}")
+        if i % 3 == 0:
+            q.get_nowait()
+    assert len(q) == 4
+    groups = sum(len(c.groups) for c in q._classes)
+    arrival = sum(len(c.arrival) for c in q._classes)
+    assert groups <= 4 and arrival <= 4 + 33  # dead entries are compacted away
+
+
+def test_an_unread_outbox_with_an_old_undroppable_head_stays_bounded():
+    """The head never leaves (nobody reads) while predictions are evicted behind it: memory stays bounded."""
+    q: BoundedQueue[str] = BoundedQueue(8)
+    q.put("hello", "ctl", droppable=False)
+    for i in range(10_000):
+        q.put(f"p{i}", "s")
+    assert len(q) == 8
+    assert sum(len(c.arrival) for c in q._classes) <= 8 + 33
+
+
+def test_wait_for_wakes_a_consumer_thread():
+    q: BoundedQueue[int] = BoundedQueue(4, order="fair")
+    got: list[int] = []
+
+    def consume() -> None:
+        while len(got) < 100:
+            if q.wait_for(timeout=5):
+                item = q.get_nowait()
+                if item is not None:
+                    got.append(item)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(100):  # the producer waits for room, so nothing is ever evicted
+        assert q.wait_for(lambda: len(q) < 4, timeout=5)
+        assert q.put(i, "k").accepted
+    t.join(10)
+    assert not t.is_alive()
+    assert got == list(range(100))
+    assert not q.wait_for(timeout=0.01)  # empty: the wait times out
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError):
+        BoundedQueue(0)
+    with pytest.raises(ValueError):
+        BoundedQueue(4, order="lifo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        BoundedQueue(4).put("x", "k", priority=2)
+
+
+# ------------------------------------------------------------------ properties
+
+op = st.one_of(
+    st.tuples(
+        st.just("put"),
+        st.integers(0, 4),  # key
+        st.integers(0, 2),  # group
+        st.integers(0, 1),  # priority
+        st.booleans(),  # droppable
+        st.sampled_from([None, "streams", "other"]),  # coalesce
+    ),
+    st.tuples(st.just("get")),
+    st.tuples(st.just("take"), st.integers(0, 5)),
+    st.tuples(st.just("remove"), st.integers(0, 4), st.integers(0, 2)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 6), order=st.sampled_from(["fifo", "fair"]), ops=st.lists(op, max_size=120))
+def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops):
+    q: BoundedQueue[int] = BoundedQueue(capacity, order=order)
+    put: list[int] = []
+    served: list[int] = []
+    dropped: dict[int, str] = {}
+    for n, o in enumerate(ops):
+        if o[0] == "put":
+            _, key, group, prio, droppable, coalesce = o
+            r = q.put(n, key, group=group, priority=prio, droppable=droppable, coalesce=coalesce)
+            put.append(n)
+            for item, reason in r.dropped:
+                assert reason in DROP_REASONS
+                assert item not in dropped
+                dropped[item] = reason
+            assert r.accepted == (n not in dropped)
+        elif o[0] == "get":
+            item = q.get_nowait()
+            if item is not None:
+                served.append(item)
+        elif o[0] == "take":
+            served.extend(q.take(o[1]))
+        else:
+            for item in q.remove_key(o[1], group=o[2]):
+                dropped[item] = "removed"
+        assert 0 <= len(q) <= capacity
+    held = q.clear()
+    assert len(q) == 0 and q.key_count() == 0
+    assert sorted(served + held + list(dropped)) == sorted(put)  # each exactly once
+    assert sum(q.drops.values()) == len(dropped)
+
+
+@settings(max_examples=200, deadline=None)
+@given(loads=st.lists(st.integers(1, 30), min_size=2, max_size=6))
+def test_fair_service_reaches_every_key_within_one_round(loads):
+    """Whatever each key has queued, the k-th round of service serves every key that still has items."""
+    q: BoundedQueue[tuple[int, int]] = BoundedQueue(sum(loads), order="fair")
+    for key, n in enumerate(loads):
+        for i in range(n):
+            q.put((key, i), key)
+    served = q.take(sum(loads))
+    keys = len(loads)
+    first_round = [k for k, _ in served[:keys]]
+    assert sorted(first_round) == list(range(keys))
+    for key in range(keys):  # each key's items come out in its own order
+        assert [i for k, i in served if k == key] == list(range(loads[key]))
