@@ -1,8 +1,15 @@
 """The one interface every inference backend implements, and ``load_engine`` that picks one.
 
 An engine maps a batch of 16 kHz waveforms ``[batch, samples]`` (float32) to
-probabilities ``[batch, len(labels)]``. The daemon and ``ser-predict`` see only
-this interface, so a backend can be swapped without touching them.
+probabilities ``[batch, len(labels)]`` (``infer``), and offers the same model
+as two streaming halves: ``encode_chunks`` (``[N, chunk_samples]`` ->
+embeddings ``[N, D]``) and ``classify`` (the K embeddings covering a window,
+``[B, K, D]`` -> probabilities). A chunked model (the Whisper encoder) encodes
+each chunk of a stream once; a whole-window model is the same interface with
+K = 1 (one chunk = the window, embedding = its probabilities), so the daemon
+has one path for both. Every output is checked (shape, finite) here, once,
+for every backend. The daemon and ``ser-predict`` see only this interface, so
+a backend can be swapped without touching them.
 """
 
 from __future__ import annotations
@@ -24,10 +31,47 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 INPUT_NAME = "waveform"
 OUTPUT_NAME = "probs"
+# A chunked model's two sub-graphs: chunks -> embeddings, window_embeddings -> probs.
+CHUNKS_INPUT = "chunks"
+EMBEDDINGS_OUTPUT = "embeddings"
+WINDOW_EMBEDDINGS_INPUT = "window_embeddings"
+CHUNK_METADATA_KEYS = ("chunk_samples", "chunk_hop_samples", "chunks_per_window", "embedding_dim")
 
 
 class EngineError(Exception):
     """A model that cannot be loaded or run; the message names the file and the cause."""
+
+
+class NonFiniteOutput(EngineError):
+    """An engine call returned NaN or inf in some rows; ``rows`` says which, ``output`` holds the rest.
+
+    Raised instead of returning poison, so one bad window cannot spread into a
+    stream's smoothing; a caller that batches several streams keeps the finite
+    rows (``output[i]`` for ``i`` not in ``rows``).
+    """
+
+    def __init__(self, message: str, rows: list[int], output: np.ndarray) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.output = output
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a chunked model cuts a window: K chunks of ``chunk_samples``, ``hop_samples`` apart.
+
+    ``hop_samples`` 0 means a whole-window model (K = 1), whose single chunk
+    follows whatever hop the caller uses.
+    """
+
+    chunk_samples: int
+    hop_samples: int
+    chunks_per_window: int
+    embedding_dim: int
+
+    def chunk_starts(self) -> list[int]:
+        """Offsets of the K chunks inside a window."""
+        return [i * self.hop_samples for i in range(self.chunks_per_window)]
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,13 @@ class ModelInfo:
     @property
     def window_samples(self) -> int:
         return int(round(self.sample_rate * self.window_s))
+
+    @property
+    def chunking(self) -> Chunking:
+        """The chunk geometry from the metadata; a model without it is whole-window (K = 1)."""
+        if not any(k in self.extra for k in CHUNK_METADATA_KEYS):
+            return Chunking(self.window_samples, 0, 1, len(self.labels))
+        return parse_chunking(self.extra, self.window_samples, self.name)
 
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
@@ -69,8 +120,31 @@ class ModelInfo:
         )
 
 
+def parse_chunking(meta: dict[str, Any], window_samples: int, where: object) -> Chunking:
+    """Chunk geometry from metadata, checked: all four keys, positive, and K chunks that tile the window."""
+    try:
+        c = Chunking(*(int(meta[k]) for k in CHUNK_METADATA_KEYS))
+    except KeyError as exc:
+        raise EngineError(f"{where}: chunked model metadata lacks {exc.args[0]!r} (needs {', '.join(CHUNK_METADATA_KEYS)})") from exc
+    except (TypeError, ValueError) as exc:
+        raise EngineError(f"{where}: chunked model metadata is malformed: {exc}") from exc
+    if min(c.chunk_samples, c.hop_samples, c.chunks_per_window, c.embedding_dim) < 1:
+        raise EngineError(f"{where}: chunk metadata must be positive, got {c}")
+    if (c.chunks_per_window - 1) * c.hop_samples + c.chunk_samples != window_samples:
+        raise EngineError(
+            f"{where}: {c.chunks_per_window} chunks of {c.chunk_samples} samples, {c.hop_samples} apart, "
+            f"do not tile a window of {window_samples} samples"
+        )
+    return c
+
+
 class Engine(ABC):
-    """Load once, warm up, then ``infer`` batches; ``name`` and ``device`` say what runs where."""
+    """Load once, warm up, then ``infer`` batches (or ``encode_chunks`` + ``classify`` them, streaming).
+
+    Backends implement ``_run`` (whole-window models) or ``_encode`` and
+    ``_classify`` (chunked models); the public calls here validate inputs,
+    check outputs and make both kinds look the same.
+    """
 
     name: str = "abstract"
     device: str = "cpu"
@@ -78,6 +152,7 @@ class Engine(ABC):
     def __init__(self, path: Path, info: ModelInfo) -> None:
         self.path = path
         self.info = info
+        self.geometry = info.chunking
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -91,26 +166,119 @@ class Engine(ABC):
     def window_samples(self) -> int:
         return self.info.window_samples
 
+    @property
+    def chunked(self) -> bool:
+        """True when the model encodes chunks and pools K of them (False: one whole-window graph)."""
+        return self.geometry.hop_samples > 0
+
+    @property
+    def chunk_samples(self) -> int:
+        return self.geometry.chunk_samples
+
+    @property
+    def chunk_hop_samples(self) -> int:
+        """Samples between a window's chunks; 0 for a whole-window model (its chunk follows the caller's hop)."""
+        return self.geometry.hop_samples
+
+    @property
+    def chunks_per_window(self) -> int:
+        return self.geometry.chunks_per_window
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.geometry.embedding_dim
+
+    # ------------------------------------------------------------ what backends implement
+
     @abstractmethod
     def _run(self, waveforms: np.ndarray) -> np.ndarray:
-        """Run the model on a validated float32 C-contiguous ``[batch, samples]`` array."""
+        """Whole-window model: probabilities for a validated float32 C-contiguous ``[batch, samples]`` array."""
+
+    def _encode(self, chunks: np.ndarray) -> np.ndarray:
+        """Chunked model: embeddings ``[N, D]`` for validated ``[N, chunk_samples]`` (N >= 1)."""
+        raise EngineError(f"{self.path.name}: the {self.name} backend cannot run the chunk encoder of this model")
+
+    def _classify(self, window_embeddings: np.ndarray) -> np.ndarray:
+        """Chunked model: probabilities ``[B, labels]`` for validated ``[B, K, D]`` (B >= 1)."""
+        raise EngineError(f"{self.path.name}: the {self.name} backend cannot run the head of this model")
+
+    # ------------------------------------------------------------ the interface
 
     def infer(self, waveforms: np.ndarray) -> np.ndarray:
-        """Probabilities ``[batch, labels]`` for waveforms ``[batch, samples]`` (or one ``[samples]``)."""
+        """Probabilities ``[batch, labels]`` for waveforms ``[batch, samples]`` (or one ``[samples]``).
+
+        A chunked model frames each window into its K chunks, encodes all
+        ``batch * K`` in one call and classifies: exactly what streaming does.
+        """
         x = np.asarray(waveforms, dtype=np.float32)
         if x.ndim == 1:
             x = x[None, :]
         if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"expected waveforms of shape [batch, samples], got {x.shape}")
-        return self._run(np.ascontiguousarray(x))
+        if not self.chunked:
+            return self._checked(self._run(np.ascontiguousarray(x)), (x.shape[0], len(self.labels)), "infer")
+        if x.shape[1] != self.window_samples:
+            raise ValueError(f"this chunked model takes windows of {self.window_samples} samples, got {x.shape[1]}")
+        emb = self.encode_chunks(frame_chunks(x, self.geometry))
+        return self.classify(emb.reshape(x.shape[0], self.chunks_per_window, self.embedding_dim))
+
+    def encode_chunks(self, chunks: np.ndarray) -> np.ndarray:
+        """Embeddings ``[N, embedding_dim]`` for chunks ``[N, chunk_samples]`` (N may be 0).
+
+        For a whole-window model a chunk is a window and its embedding its probabilities.
+        """
+        x = np.ascontiguousarray(chunks, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.chunk_samples:
+            raise ValueError(f"expected chunks of shape [N, {self.chunk_samples}], got {x.shape}")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
+        out = self._encode(x) if self.chunked else self._run(x)
+        return self._checked(out, (x.shape[0], self.embedding_dim), "encode_chunks")
+
+    def classify(self, window_embeddings: np.ndarray) -> np.ndarray:
+        """Probabilities ``[B, labels]`` from the K chunk embeddings ``[B, K, D]`` of each window."""
+        e = np.ascontiguousarray(window_embeddings, dtype=np.float32)
+        want = (self.chunks_per_window, self.embedding_dim)
+        if e.ndim != 3 or e.shape[1:] != want:
+            raise ValueError(f"expected window embeddings of shape [B, {want[0]}, {want[1]}], got {e.shape}")
+        if e.shape[0] == 0:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = self._classify(e) if self.chunked else e[:, -1, :].copy()
+        return self._checked(out, (e.shape[0], len(self.labels)), "classify")
+
+    def _checked(self, out: Any, shape: tuple[int, ...], call: str) -> np.ndarray:
+        """The output as float32, or EngineError for a wrong shape and NonFiniteOutput for NaN/inf rows."""
+        arr = np.asarray(out)
+        if arr.shape != shape:
+            raise EngineError(f"{self.path.name}: {call} returned shape {arr.shape}, expected {shape} ({self.name} backend)")
+        arr = arr.astype(np.float32, copy=False)
+        finite = np.isfinite(arr).reshape(shape[0], -1).all(axis=1)
+        if not finite.all():
+            rows = [int(i) for i in np.flatnonzero(~finite)]
+            raise NonFiniteOutput(
+                f"{self.path.name}: {call} returned NaN/inf in {len(rows)} of {shape[0]} rows ({self.name} backend)", rows, arr
+            )
+        return arr
 
     def warmup(self, batch_sizes: tuple[int, ...] = (1,)) -> None:
-        """Run silent windows once so the first real window does not pay for lazy initialisation."""
+        """Run silent windows once so the first real window does not pay for lazy initialisation.
+
+        ``infer`` goes through both halves of a chunked model; the chunk
+        encoder is warmed at the one-chunk batch streaming uses most too.
+        """
         for b in batch_sizes:
             self.infer(np.zeros((b, self.window_samples), dtype=np.float32))
+        if self.chunked:
+            self.encode_chunks(np.zeros((1, self.chunk_samples), dtype=np.float32))
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.path.name}, {self.info.variant})"
+
+
+def frame_chunks(windows: np.ndarray, geometry: Chunking) -> np.ndarray:
+    """The ``[B * K, chunk_samples]`` chunks of windows ``[B, window_samples]``, window by window."""
+    starts = geometry.chunk_starts()
+    return np.stack([w[s : s + geometry.chunk_samples] for w in windows for s in starts]).astype(np.float32, copy=False)
 
 
 def default_model_path() -> Path:

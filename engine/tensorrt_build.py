@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import INPUT_NAME, EngineError
+from engine.base import CHUNKS_INPUT, INPUT_NAME, WINDOW_EMBEDDINGS_INPUT, EngineError, parse_chunking
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 32
@@ -272,9 +272,8 @@ def build_serialized(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     profile = builder.create_optimization_profile()
-    # Windows are always exactly `samples` long (5 s); only the batch varies, 1..max_batch.
-    opt = min(max_batch, 8)
-    profile.set_shape(INPUT_NAME, (1, samples), (opt, samples), (max_batch, samples))
+    for name, shapes in profile_shapes(network, samples, max_batch, onnx_path).items():
+        profile.set_shape(name, *shapes)
     config.add_optimization_profile(profile)
     calibrator = None
     if not strongly_typed and precision != "fp32":
@@ -282,6 +281,8 @@ def build_serialized(
         if precision == "int8":
             config.set_flag(trt.BuilderFlag.FP16)  # layers int8 cannot take fall back to fp16, not fp32
             assert windows is not None
+            if network.get_input(0).name != INPUT_NAME or network.num_inputs != 1:
+                raise EngineError(f"{onnx_path}: the TensorRT 10 int8 calibrator feeds whole windows; a chunked model needs TensorRT 11 (Q/DQ)")
             calib_profile = builder.create_optimization_profile()
             calib_profile.set_shape(INPUT_NAME, *[(CALIBRATION_BATCH, samples)] * 3)
             config.set_calibration_profile(calib_profile)
@@ -294,6 +295,30 @@ def build_serialized(
     if blob is None:
         raise EngineError(f"TensorRT failed to build a {precision} plan from {onnx_path} (see the TensorRT log above)")
     return bytes(blob)
+
+
+def profile_shapes(network: Any, samples: int, max_batch: int, onnx_path: Path) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """(min, opt, max) shape of every network input.
+
+    A whole-window model: windows are always exactly ``samples`` long (5 s);
+    only the batch varies, 1..max_batch. A chunked model has two independent
+    inputs in one profile, each batch from 0 (TensorRT runs empty tensors, so
+    one half runs while the other input is empty): up to ``max_batch * K``
+    chunks and ``max_batch`` windows of K embeddings.
+    """
+    opt = min(max_batch, 8)
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if CHUNKS_INPUT not in names:
+        return {INPUT_NAME: ((1, samples), (opt, samples), (max_batch, samples))}
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    g = parse_chunking(meta, samples, onnx_path)
+    k, c, d = g.chunks_per_window, g.chunk_samples, g.embedding_dim
+    return {
+        CHUNKS_INPUT: ((0, c), (opt, c), (max_batch * k, c)),
+        WINDOW_EMBEDDINGS_INPUT: ((0, k, d), (opt, k, d), (max_batch, k, d)),
+    }
 
 
 def make_calibrator(trt: Any, windows: np.ndarray, cache_path: Path) -> Any:

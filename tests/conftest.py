@@ -79,6 +79,145 @@ def make_energy_onnx(path: Path) -> Path:
     return path
 
 
+CHUNK_SAMPLES = SAMPLE_RATE  # the toy chunked model's geometry, as the Whisper model's: 1 s chunks ...
+CHUNK_HOP_SAMPLES = SAMPLE_RATE // 2  # ... 0.5 s apart ...
+CHUNKS_PER_WINDOW = 9  # ... 9 of them tile the 5 s window
+CHUNK_EMBEDDING_DIM = 4
+
+
+def make_chunked_onnx(path: Path) -> Path:
+    """A tiny but real *chunked* ONNX model: two independent sub-graphs, as the Whisper model exports.
+
+    ``chunks [N, 16000]`` -> ``embeddings [N, 4]`` (log energy, mean magnitude,
+    zero-crossing rate, DC offset of each chunk) and ``window_embeddings [B, 9, 4]``
+    -> ``probs [B, 6]`` (mean over the 9 chunks, a linear layer, softmax), with
+    the chunk metadata. The features are order-sensitive enough that a chunk
+    encoded from the wrong samples changes the probabilities.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    d = CHUNK_EMBEDDING_DIM
+    w = np.array(
+        [[0.8, -0.2, 0.1, 0.5, -0.4, -0.6], [3.0, 0.0, 1.0, 1.0, -1.0, -2.0], [-2.0, 4.0, 1.0, -3.0, 0.5, 2.0], [5.0, -5.0, 2.0, 0.0, 1.0, -1.0]],
+        dtype=np.float32,
+    )
+    b = np.array([0.0, 0.1, 0.2, 0.3, 1.0, 0.4], dtype=np.float32)
+    n = CHUNK_SAMPLES
+    nodes = [
+        # encoder: per-chunk features
+        helper.make_node("Mul", ["chunks", "chunks"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq", "ax1"], ["power"], keepdims=1),
+        helper.make_node("Add", ["power", "eps"], ["power_e"]),
+        helper.make_node("Log", ["power_e"], ["logpow"]),
+        helper.make_node("Abs", ["chunks"], ["absx"]),
+        helper.make_node("ReduceMean", ["absx", "ax1"], ["mag"], keepdims=1),
+        helper.make_node("Slice", ["chunks", "s0", "e0", "ax1"], ["head"]),
+        helper.make_node("Slice", ["chunks", "s1", "e1", "ax1"], ["tail"]),
+        helper.make_node("Mul", ["head", "tail"], ["prod"]),
+        helper.make_node("Less", ["prod", "zero"], ["crosses"]),
+        helper.make_node("Cast", ["crosses"], ["crosses_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["crosses_f", "ax1"], ["zcr"], keepdims=1),
+        helper.make_node("ReduceMean", ["chunks", "ax1"], ["dc"], keepdims=1),
+        helper.make_node("Concat", ["logpow", "mag", "zcr", "dc"], ["embeddings"], axis=1),
+        # head: pool the window's chunks, linear, softmax
+        helper.make_node("ReduceMean", ["window_embeddings", "ax1"], ["pooled"], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "W"], ["lin"]),
+        helper.make_node("Add", ["lin", "B"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "chunked-energy",
+        [
+            helper.make_tensor_value_info("chunks", TensorProto.FLOAT, ["n", n]),
+            helper.make_tensor_value_info("window_embeddings", TensorProto.FLOAT, ["batch", CHUNKS_PER_WINDOW, d]),
+        ],
+        [
+            helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["n", d]),
+            helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(LABELS)]),
+        ],
+        initializer=[
+            helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("s0", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("e0", TensorProto.INT64, [1], [n - 1]),
+            helper.make_tensor("s1", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("e1", TensorProto.INT64, [1], [n]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("eps", TensorProto.FLOAT, [], [1e-6]),
+            helper.make_tensor("W", TensorProto.FLOAT, w.shape, w.flatten()),
+            helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = {
+        "labels": json.dumps(list(LABELS)),
+        "sample_rate": str(SAMPLE_RATE),
+        "window_s": str(WINDOW_S),
+        "variant": "chunked-test",
+        "name": "chunked-test",
+        "chunk_samples": str(CHUNK_SAMPLES),
+        "chunk_hop_samples": str(CHUNK_HOP_SAMPLES),
+        "chunks_per_window": str(CHUNKS_PER_WINDOW),
+        "embedding_dim": str(d),
+    }
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_nan_onnx(path: Path) -> Path:
+    """A real whole-window model whose output is NaN for windows with a negative mean (a sqrt of it).
+
+    Stands for a model that goes non-finite on some inputs; windows with a
+    mean >= 0 get ordinary probabilities.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["waveform", "axes"], ["mean"], keepdims=1),
+        helper.make_node("Sqrt", ["mean"], ["root"]),
+        helper.make_node("Mul", ["root", "W"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "nan-on-negative-mean",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", len(LABELS)])],
+        initializer=[
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("W", TensorProto.FLOAT, [1, len(LABELS)], [1.0, 2.0, 3.0, 0.0, -1.0, 0.5]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    for k, v in {"labels": json.dumps(list(LABELS)), "sample_rate": str(SAMPLE_RATE), "window_s": str(WINDOW_S),
+                 "variant": "nan-test", "name": "nan-test"}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def chunked_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx", reason="onnx is needed to build the test model (pip install 'ser[train]')")
+    return make_chunked_onnx(tmp_path_factory.mktemp("models") / "chunked.onnx")
+
+
+@pytest.fixture(scope="session")
+def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnx", reason="onnx is needed to build the test model (pip install 'ser[train]')")
+    return make_nan_onnx(tmp_path_factory.mktemp("models") / "nan.onnx")
+
+
 @pytest.fixture(scope="session")
 def energy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnx", reason="onnx is needed to build the test model (pip install 'ser[train]')")

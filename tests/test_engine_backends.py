@@ -136,3 +136,141 @@ def test_torch_backend_matches_exported_onnx(tmp_path_factory: pytest.TempPathFa
     assert torch_eng.labels == ort_eng.labels and torch_eng.window_samples == ort_eng.window_samples
     x = speech_like(5, WINDOW_SAMPLES, seed=11)
     np.testing.assert_allclose(torch_eng.infer(x), ort_eng.infer(x), atol=1e-4)
+
+
+# --- the streaming interface: encode_chunks + classify, for both model kinds -----------------------
+
+
+def _windows(n: int, seed: int = 3) -> np.ndarray:
+    return speech_like(n, WINDOW_SAMPLES, seed=seed)
+
+
+def test_chunked_model_describes_its_geometry(chunked_model: Path) -> None:
+    eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    assert eng.chunked
+    assert (eng.chunk_samples, eng.chunk_hop_samples, eng.chunks_per_window, eng.embedding_dim) == (16_000, 8_000, 9, 4)
+    assert (eng.chunks_per_window - 1) * eng.chunk_hop_samples + eng.chunk_samples == eng.window_samples
+
+
+def test_chunked_infer_is_encode_then_classify_by_hand(chunked_model: Path) -> None:
+    eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    eng.warmup((1, 3))
+    x = _windows(3)
+    chunks = np.stack([w[i * 8000 : i * 8000 + 16000] for w in x for i in range(9)])
+    emb = eng.encode_chunks(chunks)
+    assert emb.shape == (27, 4) and emb.dtype == np.float32
+    probs = eng.classify(emb.reshape(3, 9, 4))
+    assert probs.shape == (3, 6) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(eng.infer(x), probs, atol=1e-6)
+    # each chunk is encoded on its own: encoding them one by one gives the same embeddings
+    np.testing.assert_allclose(np.concatenate([eng.encode_chunks(c[None]) for c in chunks]), emb, atol=1e-5)
+    # and the head depends on which chunks it gets: a window of shifted chunks scores differently
+    assert np.abs(eng.classify(np.roll(emb, 4, axis=0).reshape(3, 9, 4)) - probs).max() > 1e-4
+
+
+def test_whole_window_model_is_the_k1_case(energy_model: Path) -> None:
+    eng = load_engine(energy_model, backend="onnxruntime", device="cpu")
+    assert not eng.chunked
+    assert (eng.chunk_samples, eng.chunk_hop_samples, eng.chunks_per_window, eng.embedding_dim) == (WINDOW_SAMPLES, 0, 1, 6)
+    x = _windows(2)
+    emb = eng.encode_chunks(x)  # a chunk is the window, its embedding the probabilities
+    np.testing.assert_allclose(emb, eng.infer(x), atol=1e-7)
+    np.testing.assert_allclose(eng.classify(emb[:, None, :]), emb)
+
+
+@pytest.mark.parametrize("model", ["energy_model", "chunked_model"])
+def test_streaming_calls_check_their_inputs(model: str, request: pytest.FixtureRequest) -> None:
+    eng = load_engine(request.getfixturevalue(model), backend="onnxruntime", device="cpu")
+    assert eng.encode_chunks(np.zeros((0, eng.chunk_samples), np.float32)).shape == (0, eng.embedding_dim)
+    assert eng.classify(np.zeros((0, eng.chunks_per_window, eng.embedding_dim), np.float32)).shape == (0, 6)
+    with pytest.raises(ValueError, match="chunks of shape"):
+        eng.encode_chunks(np.zeros((2, eng.chunk_samples + 1), np.float32))
+    with pytest.raises(ValueError, match="window embeddings of shape"):
+        eng.classify(np.zeros((2, eng.chunks_per_window + 1, eng.embedding_dim), np.float32))
+
+
+def test_non_finite_output_is_an_engine_error_naming_the_rows(nan_model: Path) -> None:
+    """Finding 5: a NaN output is caught in the engine, for the rows that hold it, not passed on."""
+    from engine.base import NonFiniteOutput
+
+    eng = load_engine(nan_model, backend="onnxruntime", device="cpu")
+    good, bad = np.full(WINDOW_SAMPLES, 0.1, np.float32), np.full(WINDOW_SAMPLES, -0.1, np.float32)
+    assert np.isfinite(eng.infer(np.stack([good, good]))).all()
+    for call in (eng.infer, eng.encode_chunks):
+        with pytest.raises(NonFiniteOutput, match="NaN/inf in 2 of 3 rows") as exc:
+            call(np.stack([bad, good, bad]))
+        assert exc.value.rows == [0, 2] and np.isfinite(exc.value.output[1]).all()
+        assert isinstance(exc.value, EngineError)
+    with pytest.raises(NonFiniteOutput):
+        eng.classify(np.full((1, 1, 6), np.nan, np.float32))
+
+
+def test_wrong_output_shape_is_an_engine_error(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_energy_onnx
+
+    model = onnx.load(str(make_energy_onnx(tmp_path / "e.onnx")))
+    model.graph.node.append(helper.make_node("Slice", ["probs_full", "s", "e", "ax"], ["probs"]))
+    for node in model.graph.node:
+        if node.op_type == "Softmax":
+            node.output[0] = "probs_full"
+    model.graph.initializer.extend([helper.make_tensor(n, TensorProto.INT64, [1], [v]) for n, v in (("s", 0), ("e", 5), ("ax", 1))])
+    path = tmp_path / "five.onnx"
+    onnx.save(model, str(path))
+    eng = load_engine(path, backend="onnxruntime", device="cpu")
+    with pytest.raises(EngineError, match=r"five.onnx: infer returned shape \(2, 5\), expected \(2, 6\)"):
+        eng.infer(_windows(2))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [({"chunks_per_window": "8"}, "do not tile a window"), ({"embedding_dim": None}, "lacks 'embedding_dim'"),
+     ({"chunk_hop_samples": "x"}, "malformed")],
+)
+def test_bad_chunk_metadata_is_rejected_at_load(chunked_model: Path, tmp_path: Path, change: dict, words: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(chunked_model))
+    meta = {p.key: p.value for p in model.metadata_props}
+    for k, v in change.items():
+        meta.pop(k) if v is None else meta.__setitem__(k, v)
+    del model.metadata_props[:]
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    path = tmp_path / "bad-chunks.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(EngineError, match=words):
+        load_engine(path, backend="onnxruntime")
+
+
+def test_torch_backend_runs_a_chunked_module_like_onnxruntime(chunked_model: Path) -> None:
+    """The torch backend's two halves, on a module with the lead's interface (chunking, encode_chunks,
+    classify returning logits), computing what the toy ONNX computes."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from engine.backends.torch_backend import TorchEngine
+
+    graph = onnx.load(str(chunked_model)).graph
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+
+    class Chunked(torch.nn.Module):
+        chunking = {"chunk_samples": 16000, "chunk_hop_samples": 8000, "chunks_per_window": 9, "embedding_dim": 4}
+
+        def encode_chunks(self, x):
+            logpow = torch.log((x * x).mean(1, keepdim=True) + 1e-6)
+            zcr = ((x[:, :-1] * x[:, 1:]) < 0).float().mean(1, keepdim=True)
+            return torch.cat([logpow, x.abs().mean(1, keepdim=True), zcr, x.mean(1, keepdim=True)], 1)
+
+        def classify(self, e):
+            return e.mean(1) @ weights["W"] + weights["B"]
+
+    ort_eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    eng = TorchEngine(chunked_model, ort_eng.info, Chunked(), "cpu", False)
+    assert eng.chunked and eng.chunks_per_window == 9
+    x = _windows(2, seed=8)
+    np.testing.assert_allclose(eng.infer(x), ort_eng.infer(x), atol=1e-5)
+    chunks = x[:, :16000]
+    np.testing.assert_allclose(eng.encode_chunks(chunks), ort_eng.encode_chunks(chunks), atol=1e-4)

@@ -249,3 +249,22 @@ def test_tensorrt_plan_matches_onnxruntime_and_is_cached(compact_onnx: Path, tmp
     mtime = plans[0].stat().st_mtime_ns
     again = load_engine(model, backend="tensorrt", precision=precision, max_batch=8)
     assert again.plan == plans[0] and plans[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_tensorrt_chunked_plan_runs_both_halves_like_onnxruntime(chunked_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from engine.base import load_engine
+
+    model = Path(shutil.copy(chunked_model, tmp_path / "chunked.onnx"))
+    eng = load_engine(model, backend="tensorrt", precision="fp32", max_batch=4)
+    ref = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    assert eng.chunked and eng.chunks_per_window == ref.chunks_per_window
+    x = speech_like(6, WINDOW_SAMPLES, seed=9)  # > max_batch windows, > max_batch * K chunks: split calls
+    np.testing.assert_allclose(eng.infer(x), ref.infer(x), atol=1e-4)
+    chunks = x[:, : eng.chunk_samples]
+    np.testing.assert_allclose(eng.encode_chunks(chunks), ref.encode_chunks(chunks), atol=1e-4)
+    emb = ref.encode_chunks(np.stack([w[i * 8000 : i * 8000 + 16000] for w in x[:2] for i in range(9)])).reshape(2, 9, -1)
+    np.testing.assert_allclose(eng.classify(emb), ref.classify(emb), atol=1e-5)

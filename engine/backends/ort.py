@@ -1,4 +1,11 @@
-"""onnxruntime backend: CPU provider with tuned threads, CUDA provider with I/O binding where present."""
+"""onnxruntime backend: CPU provider with tuned threads, CUDA provider with I/O binding where present.
+
+Runs both model kinds: whole-window (``waveform -> probs``) and chunked (two
+independent sub-graphs in one graph, ``chunks -> embeddings`` and
+``window_embeddings -> probs``). onnxruntime wants every graph input fed on
+every run, so one half runs with a zero-size array for the other's input and
+only its own output requested (measured to cost nothing).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import INPUT_NAME, OUTPUT_NAME, Engine, EngineError, ModelInfo
+from engine.base import (
+    CHUNKS_INPUT,
+    EMBEDDINGS_OUTPUT,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    WINDOW_EMBEDDINGS_INPUT,
+    Engine,
+    EngineError,
+    ModelInfo,
+)
 
 
 def _import_ort():
@@ -30,17 +46,29 @@ def read_model_info(path: Path) -> ModelInfo:
 
 
 def _check_session(sess: Any, path: Path) -> ModelInfo:
+    """The model's info, once its inputs and outputs are those of a whole-window or a chunked model."""
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = {o.name: o for o in sess.get_outputs()}
-    if INPUT_NAME not in inputs or OUTPUT_NAME not in outputs:
+    meta = sess.get_modelmeta().custom_metadata_map
+    if CHUNKS_INPUT in inputs:
+        want_in, want_out = {CHUNKS_INPUT: 2, WINDOW_EMBEDDINGS_INPUT: 3}, (EMBEDDINGS_OUTPUT, OUTPUT_NAME)
+    else:
+        want_in, want_out = {INPUT_NAME: 2}, (OUTPUT_NAME,)
+    if set(inputs) != set(want_in) or not set(want_out) <= set(outputs):
         raise EngineError(
-            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (or inputs {CHUNKS_INPUT!r}, "
+            f"{WINDOW_EMBEDDINGS_INPUT!r} and outputs {EMBEDDINGS_OUTPUT!r}, {OUTPUT_NAME!r}), "
             f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}"
         )
-    if len(inputs[INPUT_NAME].shape) != 2:
-        raise EngineError(f"{path}: input {INPUT_NAME!r} must be [batch, samples], is {inputs[INPUT_NAME].shape}")
-    meta = sess.get_modelmeta().custom_metadata_map
-    return ModelInfo.from_metadata(dict(meta), path)
+    for name, rank in want_in.items():
+        if len(inputs[name].shape) != rank:
+            raise EngineError(f"{path}: input {name!r} must have {rank} dimensions, is {inputs[name].shape}")
+    info = ModelInfo.from_metadata(dict(meta), path)
+    if CHUNKS_INPUT in inputs and info.chunking.hop_samples == 0:
+        raise EngineError(f"{path}: a chunked graph needs chunk_samples, chunk_hop_samples, chunks_per_window, embedding_dim metadata")
+    if CHUNKS_INPUT not in inputs and info.chunking.hop_samples > 0:
+        raise EngineError(f"{path}: metadata describes chunks but the graph takes whole windows ({INPUT_NAME!r})")
+    return info
 
 
 class OrtEngine(Engine):
@@ -82,10 +110,24 @@ class OrtEngine(Engine):
         return cls(path, info, sess, "cuda" if on_cuda else "cpu")
 
     def _run(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._session_run(OUTPUT_NAME, {INPUT_NAME: waveforms})
+
+    def _encode(self, chunks: np.ndarray) -> np.ndarray:
+        g = self.geometry
+        empty = np.zeros((0, g.chunks_per_window, g.embedding_dim), dtype=np.float32)
+        return self._session_run(EMBEDDINGS_OUTPUT, {CHUNKS_INPUT: chunks, WINDOW_EMBEDDINGS_INPUT: empty})
+
+    def _classify(self, window_embeddings: np.ndarray) -> np.ndarray:
+        empty = np.zeros((0, self.chunk_samples), dtype=np.float32)
+        return self._session_run(OUTPUT_NAME, {CHUNKS_INPUT: empty, WINDOW_EMBEDDINGS_INPUT: window_embeddings})
+
+    def _session_run(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One output for these feeds; on CUDA through I/O binding, so each array crosses PCIe once."""
         if self.device == "cuda":
             binding = self.session.io_binding()
-            binding.bind_cpu_input(INPUT_NAME, waveforms)
-            binding.bind_output(OUTPUT_NAME, "cpu")
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            binding.bind_output(output, "cpu")
             self.session.run_with_iobinding(binding)
             return binding.copy_outputs_to_cpu()[0]
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: waveforms})[0]
+        return self.session.run([output], feeds)[0]

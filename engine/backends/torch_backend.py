@@ -3,7 +3,9 @@
 Imports torch and ``training.model`` (the ``train`` extra). It takes
 checkpoints only: an ONNX file is the other backends' input, and running it
 through torch would test nothing the parity check has not. Softmax is applied
-here, as the exporter appends it to the served graph.
+here, as the exporter appends it to the served graph. A chunked model
+(``model.chunking``, ``model.encode_chunks``, ``model.classify``) runs its two
+halves; a whole-window model runs ``forward``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import Engine, EngineError, ModelInfo
+from engine.base import CHUNK_METADATA_KEYS, Engine, EngineError, ModelInfo
 from engine.metadata import model_metadata
 
 
@@ -53,19 +55,42 @@ class TorchEngine(Engine):
             model, cfg, extras = open_checkpoint(path)
         except CheckpointError as exc:
             raise EngineError(str(exc)) from exc
-        info = ModelInfo.from_metadata(model_metadata(cfg, extras, name=path.stem), path)
+        meta = model_metadata(cfg, extras, name=path.stem)
+        chunking = getattr(model, "chunking", None)
+        if chunking is not None:
+            try:
+                meta.update({k: str(int(chunking[k])) for k in CHUNK_METADATA_KEYS})
+            except (KeyError, TypeError, ValueError) as exc:
+                raise EngineError(f"{path}: model.chunking must give {', '.join(CHUNK_METADATA_KEYS)}: {exc!r}") from exc
+            if not (callable(getattr(model, "encode_chunks", None)) and callable(getattr(model, "classify", None))):
+                raise EngineError(f"{path}: a chunked model needs encode_chunks() and classify()")
+        info = ModelInfo.from_metadata(meta, path)
         model = model.to(device).eval()
         if compile:
             model = torch.compile(model, dynamic=True)
         return cls(path, info, model, device, compile)
 
     def _run(self, waveforms: np.ndarray) -> np.ndarray:
+        return self._call(self.model, waveforms, softmax=True)
+
+    def _encode(self, chunks: np.ndarray) -> np.ndarray:
+        return self._call(self._module().encode_chunks, chunks, softmax=False)
+
+    def _classify(self, window_embeddings: np.ndarray) -> np.ndarray:
+        return self._call(self._module().classify, window_embeddings, softmax=True)
+
+    def _module(self) -> Any:
+        """The model's own module (``torch.compile`` wraps it; the two halves are methods of the original)."""
+        return getattr(self.model, "_orig_mod", self.model)
+
+    def _call(self, fn: Any, x: np.ndarray, softmax: bool) -> np.ndarray:
         import torch
 
         with torch.inference_mode():
-            x = torch.from_numpy(waveforms).to(self.device, non_blocking=True)
-            probs = torch.softmax(self.model(x), dim=-1)
-            return probs.float().cpu().numpy()
+            out = fn(torch.from_numpy(x).to(self.device, non_blocking=True))
+            if softmax:
+                out = torch.softmax(out, dim=-1)
+            return out.float().cpu().numpy()
 
     def describe(self) -> str:
         extra = ", torch.compile" if self.compiled else ""
