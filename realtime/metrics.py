@@ -154,5 +154,11 @@ class DaemonMetrics:
             r, "ser_client_messages_dropped_total", "Predictions dropped for clients that read too slowly."
         )
         self.errors_sent = Counter(r, "ser_protocol_errors_total", "Error messages sent to clients, by code.", ("code",))
+        self.connections_refused = Counter(
+            r, "ser_connections_refused_total", "Requests and connections turned away, by reason.", ("reason",)
+        )
+        self.clients_closed = Counter(
+            r, "ser_clients_closed_total", "Connections the daemon closed for breaking a rule, by reason.", ("reason",)
+        )
         self.engine_failures = Counter(r, "ser_engine_failures_total", "Engine calls that raised (their windows are lost).")
         self.uptime = Gauge(r, "ser_uptime_seconds", "Seconds since the daemon started.")

@@ -1,10 +1,19 @@
-"""WebSocket protocol version 1, as data: message schemas, error codes, PCM decoding.
+"""WebSocket protocol version 1, as data and as a state machine without I/O: schemas, error codes, budgets.
 
 Owns the edge between the network and the daemon. Every client message is
 parsed and validated here, against the schemas below, before any other module
 sees it; what comes out is plain, well-typed data or a :class:`ProtocolError`
 carrying one of the error codes of ARCHITECTURE.md. Server messages are built
 here too, so their field names live in one place. Imports numpy only.
+
+:class:`Session` is one client connection as python-websockets' sans-I/O
+protocols are: the server feeds it each message with a clock reading and gets
+back an :class:`Outcome` (replies to queue, a close to perform, a stream to
+start or stop, decoded audio to push). Every rule a client can break lives
+here and is unit-tested without sockets: message size in bytes, messages per
+second, text bytes per second, stream starts per second, and audio seconds
+per connection (all its streams together, so start/stop cycling cannot reset
+it). The server is only the I/O shell around it.
 
 Client → server: ``subscribe`` {streams: list | "*"}, ``start`` {sample_rate,
 encoding, channels} followed by binary PCM frames, ``stop``.
@@ -16,8 +25,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from typing import Any
 
 import numpy as np
@@ -33,6 +44,12 @@ ERROR_CODES = (
     "server_busy",
     "unauthorized",
 )
+
+# WebSocket close codes the daemon uses (RFC 6455 section 7.4.1).
+CLOSE_GOING_AWAY = 1001  # the daemon is shutting down
+CLOSE_POLICY = 1008  # unauthorized, rate_limited, or a client that never reads its messages
+CLOSE_TOO_BIG = 1009  # message_too_large
+CLOSE_TRY_AGAIN = 1013  # server_busy: too many clients
 
 # encoding -> (numpy dtype, bytes per sample, scale to [-1, 1])
 ENCODINGS: dict[str, tuple[np.dtype, int, float]] = {
@@ -231,3 +248,220 @@ def prediction(
         "voiced_fraction": round(float(voiced_fraction), 3),
         "latency_ms": round(float(latency_ms), 2),
     }
+
+
+# ---------------------------------------------------------------- the session (no I/O)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A connection's budgets (``server.*`` in conf/daemon.yaml); the ``hello`` message advertises them."""
+
+    max_message_bytes: int = 1 << 20
+    max_messages_per_s: float = 200.0
+    max_text_bytes_per_s: float = 65536.0
+    max_starts_per_s: float = 1.0
+    max_start_burst: int = 4
+    max_audio_realtime_factor: float = 1.5
+    max_audio_burst_s: float = 10.0
+
+    def advertised(self) -> dict[str, Any]:
+        """What a client needs to stay within the budgets (``ser-client --fast`` paces itself by these)."""
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "max_messages_per_s": self.max_messages_per_s,
+            "max_text_bytes_per_s": self.max_text_bytes_per_s,
+            "max_starts_per_s": self.max_starts_per_s,
+            "max_start_burst": self.max_start_burst,
+            "max_audio_realtime_factor": self.max_audio_realtime_factor,
+            "max_audio_burst_s": self.max_audio_burst_s,
+        }
+
+
+class TokenBucket:
+    """``rate`` per second with a burst of ``burst``; starts full. Time comes from the caller (testable)."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.last = now
+
+    def take(self, amount: float, now: float) -> bool:
+        """Spend ``amount`` if the bucket holds it; a refused take spends nothing."""
+        if now > self.last:
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+        if amount > self.tokens:
+            return False
+        self.tokens -= amount
+        return True
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the connection with this code and reason (after the replies before it have gone out)."""
+
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class StartRequest:
+    """A validated ``start``: the server asks the daemon for a stream, then calls ``stream_opened`` or ``start_refused``."""
+
+    sample_rate: int
+    encoding: str
+    channels: int
+
+
+@dataclass
+class Outcome:
+    """What the server must do after one input: queue ``replies``, then start / stop / push audio, then close."""
+
+    replies: list[dict[str, Any]] = dc_field(default_factory=list)
+    close: Close | None = None
+    start: StartRequest | None = None
+    stop: str | None = None  # id of this connection's stream to stop
+    audio: np.ndarray | None = None  # decoded frames [n, channels] for this connection's stream
+
+
+def refusal(code: str, message: str) -> Outcome:
+    """An ``error`` and the close its code implies, for a connection turned away before its session starts."""
+    close_code = {"unauthorized": CLOSE_POLICY, "server_busy": CLOSE_TRY_AGAIN}[code]
+    return Outcome([error(code, message)], Close(close_code, message[:120]))
+
+
+NOT_READING = Close(CLOSE_POLICY, "client does not read its messages")
+SHUTTING_DOWN = Close(CLOSE_GOING_AWAY, "ser-listen is shutting down")
+
+
+def utf8_length(text: str) -> int:
+    """Bytes of ``text`` on the wire (the budgets count bytes, not characters)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class Session:
+    """One client connection's protocol state: subscriptions, its stream, its budgets. Never raises on input.
+
+    Feed every message to :meth:`receive` with ``now`` (seconds, monotonic); act on
+    the :class:`Outcome`. After a start outcome, report the daemon's answer with
+    :meth:`stream_opened` or :meth:`start_refused`. Once an outcome carried a
+    close, the session is closed and ignores further input.
+    """
+
+    RECENT_STREAMS = 4  # stopped streams whose final predictions still count as this client's own
+
+    def __init__(self, limits: Limits, now: float) -> None:
+        self.limits = limits
+        self.subscriptions: set[str] | None = set()  # None: every stream
+        self.stream_id: str | None = None
+        self.encoding = ""
+        self.channels = 1
+        self.sample_rate = 0
+        self.pending_start: StartRequest | None = None
+        self.closed: Close | None = None
+        self._recent: deque[str] = deque(maxlen=self.RECENT_STREAMS)
+        self._messages = TokenBucket(limits.max_messages_per_s, limits.max_messages_per_s, now)
+        self._text_bytes = TokenBucket(limits.max_text_bytes_per_s, limits.max_text_bytes_per_s, now)
+        self._starts = TokenBucket(limits.max_starts_per_s, limits.max_start_burst, now)
+        # One audio budget for the whole connection: a new start does not refill it.
+        self._audio = TokenBucket(limits.max_audio_realtime_factor, limits.max_audio_burst_s, now)
+
+    # ------------------------------------------------------------ queries
+
+    def owns(self, stream_id: str) -> bool:
+        """This connection's stream, or one it stopped recently (its final predictions are on their way)."""
+        return stream_id == self.stream_id or stream_id in self._recent
+
+    def wants(self, stream_id: str) -> bool:
+        return self.owns(stream_id) or self.subscriptions is None or stream_id in self.subscriptions
+
+    # ------------------------------------------------------------ input
+
+    def receive(self, message: str | bytes, now: float) -> Outcome:
+        """One text or binary message -> what to do. Every rule a client can break is checked here."""
+        if self.closed is not None:
+            return Outcome()
+        is_text = isinstance(message, str)
+        size = utf8_length(message) if is_text else len(message)  # type: ignore[arg-type]
+        lim = self.limits
+        if size > lim.max_message_bytes:
+            return self._close("message_too_large", f"{size} bytes exceeds the limit of {lim.max_message_bytes}",
+                               CLOSE_TOO_BIG, "message too large")
+        if not self._messages.take(1, now):
+            return self._close("rate_limited", f"more than {lim.max_messages_per_s:g} messages per second",
+                               CLOSE_POLICY, "rate limit exceeded")
+        if is_text and not self._text_bytes.take(size, now):
+            return self._close("rate_limited", f"more than {lim.max_text_bytes_per_s:g} bytes of text per second",
+                               CLOSE_POLICY, "rate limit exceeded")
+        try:
+            if is_text:
+                return self._on_text(parse_client_message(message), now)  # type: ignore[arg-type]
+            return self._on_audio(message, now)  # type: ignore[arg-type]
+        except ProtocolError as exc:
+            return Outcome([error(exc.code, exc.message)])
+
+    def _on_text(self, msg: dict[str, Any], now: float) -> Outcome:
+        kind = msg["type"]
+        if kind == "subscribe":
+            sel = msg["streams"]
+            self.subscriptions = None if sel == "*" else set(sel)
+            return Outcome([subscribed(sel)])
+        if kind == "start":
+            if self.stream_id is not None or self.pending_start is not None:
+                raise ProtocolError("config_invalid", f"stream {self.stream_id} is already started; send stop first")
+            if not self._starts.take(1, now):
+                lim = self.limits
+                return self._close(
+                    "rate_limited",
+                    f"more than {lim.max_starts_per_s:g} stream starts per second (after a burst of {lim.max_start_burst})",
+                    CLOSE_POLICY,
+                    "too many stream starts",
+                )
+            req = StartRequest(msg["sample_rate"], msg["encoding"], msg["channels"])
+            self.pending_start = req
+            return Outcome(start=req)
+        # stop
+        if self.stream_id is None:
+            raise ProtocolError("bad_message", "stop: no stream is started on this connection")
+        sid, self.stream_id = self.stream_id, None
+        self._recent.append(sid)
+        return Outcome([stopped(sid)], stop=sid)
+
+    def _on_audio(self, frame: bytes, now: float) -> Outcome:
+        if self.stream_id is None:
+            raise ProtocolError("invalid_audio_frame", "binary audio before start: send a start message first")
+        frames = decode_pcm(frame, self.encoding, self.channels)
+        if not self._audio.take(len(frames) / self.sample_rate, now):
+            lim = self.limits
+            return self._close(
+                "rate_limited",
+                f"audio arrives faster than {lim.max_audio_realtime_factor:g}x real time "
+                f"(after a {lim.max_audio_burst_s:g} s burst; the budget is per connection)",
+                CLOSE_POLICY,
+                "audio faster than real time",
+            )
+        return Outcome(audio=frames)
+
+    # ------------------------------------------------------------ the daemon's answer to a start
+
+    def stream_opened(self, stream_id: str) -> Outcome:
+        req = self.pending_start
+        if req is None or self.closed is not None:
+            return Outcome()
+        self.pending_start = None
+        self.stream_id = stream_id
+        self.sample_rate, self.encoding, self.channels = req.sample_rate, req.encoding, req.channels
+        return Outcome([started(stream_id)])
+
+    def start_refused(self, exc: ProtocolError) -> Outcome:
+        """The daemon could not open a stream (``server_busy``): an error, and the connection goes on."""
+        self.pending_start = None
+        if self.closed is not None:
+            return Outcome()
+        return Outcome([error(exc.code, exc.message)])
+
+    def _close(self, code: str, message: str, close_code: int, reason: str) -> Outcome:
+        self.closed = Close(close_code, reason)
+        return Outcome([error(code, message)], self.closed)

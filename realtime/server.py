@@ -5,12 +5,20 @@ anything: the Host header (a loopback-bound daemon answers only to loopback
 names, which defeats DNS rebinding), the Origin (the served page's own origin
 or ``server.allowed_origins``; clients that send no Origin are not browsers),
 the token when one is set (``?token=`` or an ``Authorization: Bearer`` header),
-and the client limit. Each client then has a bounded send queue drained by its
-own task: a client that reads too slowly loses its oldest predictions
-(counted), never anyone else's. Limits on message size and message rate end a
-misbehaving connection with an ``error`` and a clean close; malformed messages
-and audio frames only earn an ``error``. Nothing a client sends can raise out
-of its handler.
+and the client limit; a request whose headers cannot be read unambiguously
+(a duplicate Host, Authorization or Origin, an unparsable Host) gets 400.
+``/healthz`` and ``/metrics`` need the token too, and ``/healthz`` names no
+file or device.
+
+Every protocol rule lives in :class:`realtime.protocol.Session` (no I/O); this
+module only moves bytes: it feeds each message to the client's session and
+carries out the :class:`~realtime.protocol.Outcome`. Each client has one
+:class:`~realtime.queues.BoundedQueue` as its outbox, drained by its own task:
+its own stream's predictions and control messages are served and kept ahead
+of other streams', ``streams`` updates are coalesced (the latest wins), a
+client that reads too slowly loses its oldest predictions (counted), and one
+whose queue fills with messages that cannot be dropped is closed. Nothing a
+client sends can raise out of its handler.
 
 Built on ``websockets.asyncio.server.serve`` with ``process_request`` for the
 HTTP routes, so one port serves both.
@@ -28,7 +36,6 @@ import logging
 import mimetypes
 import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -45,7 +52,8 @@ from websockets.http11 import Request, Response
 
 from realtime import protocol
 from realtime.metrics import DaemonMetrics
-from realtime.protocol import ProtocolError
+from realtime.protocol import Close, Limits, Outcome, ProtocolError, Session
+from realtime.queues import BoundedQueue
 
 log = logging.getLogger("ser-listen")
 
@@ -103,6 +111,9 @@ class ServerSettings:
     max_message_bytes: int = 1 << 20
     hard_max_message_factor: int = 4
     max_messages_per_s: float = 200.0
+    max_text_bytes_per_s: float = 65536.0
+    max_starts_per_s: float = 1.0
+    max_start_burst: int = 4
     client_queue: int = 64
     send_buffer_bytes: int = 65536
     max_audio_realtime_factor: float = 1.5
@@ -122,6 +133,9 @@ class ServerSettings:
             max_message_bytes=int(s.max_message_bytes),
             hard_max_message_factor=int(s.hard_max_message_factor),
             max_messages_per_s=float(s.max_messages_per_s),
+            max_text_bytes_per_s=float(s.max_text_bytes_per_s),
+            max_starts_per_s=float(s.max_starts_per_s),
+            max_start_burst=int(s.max_start_burst),
             client_queue=int(s.client_queue),
             send_buffer_bytes=int(s.send_buffer_bytes),
             max_audio_realtime_factor=float(s.max_audio_realtime_factor),
@@ -131,48 +145,114 @@ class ServerSettings:
             ping_interval_s=float(s.ping_interval_s),
         )
 
+    def limits(self) -> Limits:
+        return Limits(
+            max_message_bytes=self.max_message_bytes,
+            max_messages_per_s=self.max_messages_per_s,
+            max_text_bytes_per_s=self.max_text_bytes_per_s,
+            max_starts_per_s=self.max_starts_per_s,
+            max_start_burst=self.max_start_burst,
+            max_audio_realtime_factor=self.max_audio_realtime_factor,
+            max_audio_burst_s=self.max_audio_burst_s,
+        )
+
+
+# ---------------------------------------------------------------- HTTP requests, read once
+
+
+class BadRequest(Exception):
+    """Headers that cannot be read unambiguously: answered 400, never 500 or a traceback."""
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What the checks need from a request, parsed once: any ambiguity was a :class:`BadRequest`."""
+
+    path: str
+    host: str  # the Host header as sent ("" when absent)
+    host_name: str  # its name, without port or IPv6 brackets
+    origin: str | None
+    token: str | None  # from ?token=, Authorization: Bearer, or X-Ser-Token
+
+
+def _one_header(request: Request, name: str) -> str | None:
+    values = request.headers.get_all(name)
+    if len(values) > 1:
+        raise BadRequest(f"more than one {name} header")
+    return values[0] if values else None
+
+
+def inspect_request(request: Request) -> RequestInfo:
+    """Parse the path, Host, Origin and token of a request; BadRequest when any is duplicated or malformed."""
+    try:
+        target = urlsplit(request.path)
+        query = parse_qs(target.query, max_num_fields=64)
+    except ValueError as exc:
+        raise BadRequest(f"bad request target: {exc}") from None
+    host = _one_header(request, "Host") or ""
+    try:
+        parts = urlsplit("//" + host)
+        host_name = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise BadRequest("malformed Host header") from None
+    if parts.path or parts.query or parts.fragment or parts.username is not None:
+        raise BadRequest("malformed Host header")
+    origin = _one_header(request, "Origin")
+    tokens = query.get("token", [])
+    if len(tokens) > 1:
+        raise BadRequest("more than one token parameter")
+    token = tokens[0] if tokens else None
+    auth = _one_header(request, "Authorization")
+    if token is None and auth is not None and auth.lower().startswith("bearer "):
+        token = auth[7:].strip()
+    header_token = _one_header(request, "X-Ser-Token")
+    return RequestInfo(target.path, host, host_name, origin, token or header_token)
+
+
+STREAM_FIELDS_PUBLIC = ("id", "kind", "sample_rate", "channels")
+REDACTED_KEYS = frozenset({"source", "path", "file", "device", "device_name"})
+
+
+def public_health(state: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's state as /healthz shows it: streams by id and kind only; no file paths or device names.
+
+    ``engine``/``model`` keys describe the model and backend, which clients see in ``hello`` anyway;
+    anything under a key that may name a file or a device (``source``, ``path``, ...) is left out,
+    at any depth, except the engine's ``device`` (``cpu``/``cuda``) at the top level.
+    """
+
+    def scrub(v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: scrub(x) for k, x in v.items() if k not in REDACTED_KEYS}
+        if isinstance(v, list):
+            return [scrub(x) for x in v]
+        return v
+
+    out = {k: (v if k == "device" else scrub(v)) for k, v in state.items() if k != "streams"}
+    if "streams" in state:
+        out["streams"] = [{k: s[k] for k in STREAM_FIELDS_PUBLIC if k in s} for s in state["streams"]]
+    return out
+
+
+# ---------------------------------------------------------------- clients
+
+CONTROL_KEY = "control"  # outbox key of replies, errors and stream-list updates
+OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control first, others' predictions after
+
 
 @dataclass
 class Client:
-    """One connection: its subscriptions, its stream, its bounded outbox and its rate bucket."""
+    """One connection: its protocol session (every rule), its stream object and its bounded outbox."""
 
     ws: ServerConnection
     id: int
-    settings: ServerSettings
-    subscriptions: set[str] | None = field(default_factory=set)  # None: every stream
+    session: Session
+    outbox: BoundedQueue[str]
     stream: Any = None
-    encoding: str = ""
-    channels: int = 1
-    outbox: deque[tuple[bool, str]] = field(default_factory=deque)  # (droppable, text)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    tokens: float = 0.0
-    last_refill: float = field(default_factory=time.monotonic)
     dropped: int = 0
     closing: bool = False
-    audio_s: float = 0.0  # seconds of audio received on the current stream
-    stream_started: float = 0.0
-
-    def audio_allowed(self, seconds: float) -> bool:
-        """A remote stream may run ahead of real time only by a burst, so one client cannot starve the engine."""
-        self.audio_s += seconds
-        elapsed = time.monotonic() - self.stream_started
-        return self.audio_s <= elapsed * self.settings.max_audio_realtime_factor + self.settings.max_audio_burst_s
-
-    def wants(self, stream_id: str) -> bool:
-        return self.subscriptions is None or stream_id in self.subscriptions or (
-            self.stream is not None and self.stream.id == stream_id
-        )
-
-    def take_token(self) -> bool:
-        """Token bucket: ``max_messages_per_s`` per second with a one-second burst."""
-        rate = self.settings.max_messages_per_s
-        now = time.monotonic()
-        self.tokens = min(rate, self.tokens + (now - self.last_refill) * rate)
-        self.last_refill = now
-        if self.tokens < 1.0:
-            return False
-        self.tokens -= 1.0
-        return True
 
 
 class Server:
@@ -180,12 +260,14 @@ class Server:
 
     def __init__(self, settings: ServerSettings, daemon: DaemonAPI, metrics: DaemonMetrics, static_dir: Path | None = None) -> None:
         self.settings = settings
+        self.limits = settings.limits()
         self.daemon = daemon
         self.metrics = metrics
         self.static_dir = static_dir if static_dir is not None else dashboard_dir()
         self.clients: dict[int, Client] = {}
         self._next_id = 1
         self._ws_server: WsServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.port = settings.port
         self.started_at = time.monotonic()
         self.on_client_count: Callable[[int], None] | None = None
@@ -219,7 +301,7 @@ class Server:
         clients = list(self.clients.values())
         if clients:
             await asyncio.wait(
-                [asyncio.create_task(self._close(c, 1001, "ser-listen is shutting down")) for c in clients],
+                [asyncio.create_task(self._close(c, protocol.SHUTTING_DOWN)) for c in clients],
                 timeout=self.settings.drain_timeout_s + self.settings.close_timeout_s + 0.5,
             )
         self._ws_server.close(close_connections=True)
@@ -230,33 +312,25 @@ class Server:
 
     # ------------------------------------------------------------ HTTP
 
-    def _host_ok(self, request: Request) -> bool:
+    def _host_ok(self, info: RequestInfo) -> bool:
         """A loopback-bound daemon answers only to loopback Host names (DNS-rebinding defence)."""
         if not is_loopback_host(self.settings.host):
             return True
-        host = request.headers.get("Host", "")
-        name = urlsplit("//" + host).hostname or ""
+        name = info.host_name
         return is_loopback_host(name) or any(urlsplit(o).hostname == name for o in self.settings.allowed_origins)
 
-    def _token_ok(self, request: Request) -> bool:
+    def _token_ok(self, info: RequestInfo) -> bool:
         want = self.settings.token
         if want is None:
             return True
-        given = parse_qs(urlsplit(request.path).query).get("token", [None])[0]
-        auth = request.headers.get("Authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        given = given or request.headers.get("X-Ser-Token")
-        return given is not None and hmac.compare_digest(given.encode(), want.encode())
+        return info.token is not None and hmac.compare_digest(info.token.encode(), want.encode())
 
-    def origin_ok(self, request: Request) -> bool:
+    def origin_ok(self, info: RequestInfo) -> bool:
         """No Origin (not a browser), the page's own origin, or one listed in server.allowed_origins."""
-        origin = request.headers.get("Origin")
-        if origin is None:
+        if info.origin is None:
             return True
-        origin = origin.rstrip("/")
-        host = request.headers.get("Host", "")
-        if origin in (f"http://{host}", f"https://{host}"):
+        origin = info.origin.rstrip("/")
+        if origin in (f"http://{info.host}", f"https://{info.host}"):
             return True
         return origin in self.settings.allowed_origins
 
@@ -275,22 +349,37 @@ class Server:
         )
         return Response(status.value, status.phrase, headers, body)
 
+    def _text(self, conn: ServerConnection, status: int, text: str) -> Response:
+        return self._response(conn, status, text.encode(), CONTENT_TYPES[".txt"])
+
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
-        path = urlsplit(request.path).path
-        if not self._host_ok(request):
-            return self._response(conn, HTTPStatus.FORBIDDEN, b"forbidden Host header\n", CONTENT_TYPES[".txt"])
+        try:
+            info = inspect_request(request)
+        except BadRequest as exc:
+            self.metrics.connections_refused.inc(1, "bad_request")
+            return self._text(conn, HTTPStatus.BAD_REQUEST, f"bad request: {exc}\n")
+        if not self._host_ok(info):
+            self.metrics.connections_refused.inc(1, "forbidden_host")
+            return self._text(conn, HTTPStatus.FORBIDDEN, "forbidden Host header\n")
+        path = info.path
         if path == "/ws":
             return None  # the WebSocket handshake; origin and token are checked in _handle, with an error message
+        if path in ("/healthz", "/metrics") and not self._token_ok(info):
+            self.metrics.connections_refused.inc(1, "unauthorized")
+            return self._text(conn, HTTPStatus.UNAUTHORIZED, "token required\n")
         if path == "/healthz":
-            body = json.dumps(self.daemon.health()).encode()
-            return self._response(conn, HTTPStatus.OK, body, "application/json")
+            return self._health(conn)
         if path == "/metrics":
-            if not self._token_ok(request):
-                return self._response(conn, HTTPStatus.UNAUTHORIZED, b"token required\n", CONTENT_TYPES[".txt"])
             self.metrics.uptime.set(time.monotonic() - self.started_at)
             return self._response(conn, HTTPStatus.OK, self.metrics.registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
         name = "index.html" if path == "/" else path[1:]
         return self._static(conn, name)
+
+    def _health(self, conn: ServerConnection) -> Response:
+        """The daemon's own account of its state (200 when ``status`` is ``ok``, else 503), redacted."""
+        state = self.daemon.health()
+        status = HTTPStatus.OK if state.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
+        return self._response(conn, status, json.dumps(public_health(state)).encode(), "application/json")
 
     def _static(self, conn: ServerConnection, name: str) -> Response:
         """A file directly inside the dashboard folder, by exact name (no paths, so no traversal)."""
@@ -304,15 +393,20 @@ class Server:
             return self._response(conn, HTTPStatus.OK, path.read_bytes(), ctype)
         if name == "index.html":
             return self._response(conn, HTTPStatus.OK, PLACEHOLDER_PAGE.encode(), CONTENT_TYPES[".html"])
-        return self._response(conn, HTTPStatus.NOT_FOUND, b"not found\n", CONTENT_TYPES[".txt"])
+        return self._text(conn, HTTPStatus.NOT_FOUND, "not found\n")
 
     # ------------------------------------------------------------ WebSocket
 
-    async def _reject(self, ws: ServerConnection, code: str, message: str, close_code: int) -> None:
-        self.metrics.errors_sent.inc(1, code)
+    async def _reject(self, ws: ServerConnection, refusal: Outcome, reason: str) -> None:
+        """Turn a connection away before it gets a session: its error, then the close."""
+        self.metrics.connections_refused.inc(1, reason)
+        for msg in refusal.replies:
+            self.metrics.errors_sent.inc(1, msg["code"])
         try:
-            await ws.send(protocol.dumps(protocol.error(code, message)))
-            await ws.close(close_code, message[:120])
+            for msg in refusal.replies:
+                await ws.send(protocol.dumps(msg))
+            assert refusal.close is not None
+            await ws.close(refusal.close.code, refusal.close.reason)
         except ConnectionClosed:
             pass
 
@@ -333,24 +427,29 @@ class Server:
     async def _handle(self, ws: ServerConnection) -> None:
         request = ws.request
         assert request is not None
-        if not self.origin_ok(request):
-            origin = request.headers.get("Origin")
-            await self._reject(ws, "unauthorized", f"origin {origin} is not allowed (server.allowed_origins)", 1008)
+        info = inspect_request(request)  # already read once by _process_request: cannot fail here
+        if not self.origin_ok(info):
+            refusal = protocol.refusal("unauthorized", f"origin {info.origin} is not allowed (server.allowed_origins)")
+            await self._reject(ws, refusal, "unauthorized")
             return
-        if not self._token_ok(request):
-            await self._reject(ws, "unauthorized", "a valid token is required (?token=... or Authorization: Bearer)", 1008)
+        if not self._token_ok(info):
+            refusal = protocol.refusal("unauthorized", "a valid token is required (?token=... or Authorization: Bearer)")
+            await self._reject(ws, refusal, "unauthorized")
             return
         if len(self.clients) >= self.settings.max_clients:
-            await self._reject(ws, "server_busy", f"too many clients (server.max_clients={self.settings.max_clients})", 1013)
+            refusal = protocol.refusal("server_busy", f"too many clients (server.max_clients={self.settings.max_clients})")
+            await self._reject(ws, refusal, "server_busy")
             return
         self._bound_send_buffer(ws)
-        client = Client(ws, self._next_id, self.settings, tokens=self.settings.max_messages_per_s)
+        session = Session(self.limits, time.monotonic())
+        client = Client(ws, self._next_id, session, BoundedQueue(self.settings.client_queue, order="fifo"))
         self._next_id += 1
         self.clients[client.id] = client
         self.metrics.clients.set(len(self.clients))
         sender = asyncio.create_task(self._sender(client))
         try:
-            self._enqueue(client, protocol.hello(self.daemon.model_info(), self.daemon.stream_list(), self._limits()))
+            hello = protocol.hello(self.daemon.model_info(), self.daemon.stream_list(), self._limits())
+            self._enqueue_control(client, protocol.dumps(hello))
             async for message in ws:
                 if client.closing:
                     break
@@ -369,116 +468,88 @@ class Server:
             sender.cancel()
 
     def _limits(self) -> dict[str, Any]:
-        s = self.settings
-        return {
-            "max_message_bytes": s.max_message_bytes,
-            "max_messages_per_s": s.max_messages_per_s,
-            "max_clients": s.max_clients,
-        }
+        return {**self.limits.advertised(), "max_clients": self.settings.max_clients}
 
     async def _on_message(self, client: Client, message: str | bytes) -> bool:
-        """Handle one message; False ends the connection (after a clean close)."""
-        if not client.take_token():
-            self._error(client, "rate_limited", f"more than {self.settings.max_messages_per_s:g} messages per second")
-            await self._close(client, 1008, "rate limit exceeded")
-            return False
-        if len(message) > self.settings.max_message_bytes:
-            self._error(client, "message_too_large", f"{len(message)} bytes exceeds the limit of {self.settings.max_message_bytes}")
-            await self._close(client, 1009, "message too large")
-            return False
-        try:
-            if isinstance(message, bytes):
-                if not self._on_audio(client, message):
-                    await self._close(client, 1008, "audio faster than real time")
-                    return False
+        """Feed one message to the session and carry out its outcome; False ends the connection."""
+        outcome = client.session.receive(message, time.monotonic())
+        if outcome.start is not None:
+            req = outcome.start
+            self._send_replies(client, outcome)
+            try:
+                client.stream = self.daemon.open_remote_stream(req.sample_rate, req.channels, req.encoding)
+            except ProtocolError as exc:
+                outcome = client.session.start_refused(exc)
             else:
-                self._on_text(client, protocol.parse_client_message(message))
-        except ProtocolError as exc:
-            self._error(client, exc.code, exc.message)
-        return True
-
-    def _on_text(self, client: Client, msg: dict[str, Any]) -> None:
-        kind = msg["type"]
-        if kind == "subscribe":
-            sel = msg["streams"]
-            client.subscriptions = None if sel == "*" else set(sel)
-            self._enqueue(client, protocol.subscribed(sel))
-        elif kind == "start":
-            if client.stream is not None:
-                raise ProtocolError("config_invalid", f"stream {client.stream.id} is already started; send stop first")
-            stream = self.daemon.open_remote_stream(msg["sample_rate"], msg["channels"], msg["encoding"])
-            client.stream, client.encoding, client.channels = stream, msg["encoding"], msg["channels"]
-            client.audio_s, client.stream_started = 0.0, time.monotonic()
-            self._enqueue(client, protocol.started(stream.id))
-        elif kind == "stop":
-            if client.stream is None:
-                raise ProtocolError("bad_message", "stop: no stream is started on this connection")
+                outcome = client.session.stream_opened(client.stream.id)
+        elif outcome.stop is not None:
             stream, client.stream = client.stream, None
-            # Keep receiving this stream's final predictions, which arrive after the stop.
-            if client.subscriptions is not None:
-                client.subscriptions.add(stream.id)
-            self.daemon.close_remote_stream(stream)
-            self._enqueue(client, protocol.stopped(stream.id))
-
-    def _on_audio(self, client: Client, frame: bytes) -> bool:
-        """Decode and feed one PCM frame; False when the client sends audio much faster than real time."""
-        if client.stream is None:
-            raise ProtocolError("invalid_audio_frame", "binary audio before start: send a start message first")
-        frames = protocol.decode_pcm(frame, client.encoding, client.channels)
-        if not client.audio_allowed(len(frames) / client.stream.input_rate):
-            s = self.settings
-            self._error(
-                client,
-                "rate_limited",
-                f"audio arrives faster than {s.max_audio_realtime_factor:g}x real time (after a {s.max_audio_burst_s:g} s burst)",
-            )
+            if stream is not None:
+                self.daemon.close_remote_stream(stream)
+        elif outcome.audio is not None and client.stream is not None:
+            client.stream.push(outcome.audio)
+        self._send_replies(client, outcome)
+        if outcome.close is not None:
+            self.metrics.clients_closed.inc(1, outcome.replies[-1]["code"] if outcome.replies else "closed")
+            await self._close(client, outcome.close)
             return False
-        client.stream.push(frames)
-        return True
+        return not client.closing
 
     # ------------------------------------------------------------ sending
 
-    def _error(self, client: Client, code: str, message: str) -> None:
-        self.metrics.errors_sent.inc(1, code)
-        self._enqueue(client, protocol.error(code, message))
+    def _send_replies(self, client: Client, outcome: Outcome) -> None:
+        replies, outcome.replies = outcome.replies, []
+        for msg in replies:
+            if msg["type"] == "error":
+                self.metrics.errors_sent.inc(1, msg["code"])
+            self._enqueue_control(client, protocol.dumps(msg))
 
-    def _enqueue(self, client: Client, msg: dict[str, Any] | str, droppable: bool = False) -> None:
-        text = msg if isinstance(msg, str) else protocol.dumps(msg)
-        box = client.outbox
-        if len(box) >= self.settings.client_queue:
-            for i, (can_drop, _) in enumerate(box):
-                if can_drop:
-                    del box[i]
-                    client.dropped += 1
-                    self.metrics.client_dropped.inc()
-                    break
-            else:
-                if droppable:  # nothing droppable queued: drop the newcomer instead
-                    client.dropped += 1
-                    self.metrics.client_dropped.inc()
-                    return
-        box.append((droppable, text))
+    def _enqueue_control(self, client: Client, text: str, coalesce: str | None = None) -> None:
+        """A message that cannot be dropped; when the outbox is full of them, the client is not reading: close it."""
+        r = client.outbox.put(text, CONTROL_KEY, priority=OWN, droppable=False, coalesce=coalesce)
+        self._count_drops(client, r.dropped)
+        if r.overflow and not client.closing:
+            self.metrics.clients_closed.inc(1, "not_reading")
+            self._spawn(self._close(client, protocol.NOT_READING, drain=False))
+            return
         client.wakeup.set()
+
+    def _count_drops(self, client: Client, dropped: list[tuple[str, str]]) -> None:
+        n = sum(1 for _, reason in dropped if reason in ("evicted", "rejected"))
+        if n:
+            client.dropped += n
+            self.metrics.client_dropped.inc(n)
 
     def publish(self, stream_id: str, text: str) -> None:
         """Send one prediction (already serialised) to every client that wants this stream."""
-        for client in self.clients.values():
-            if not client.closing and client.wants(stream_id):
-                self._enqueue(client, text, droppable=True)
+        for client in list(self.clients.values()):
+            if client.closing or not client.session.wants(stream_id):
+                continue
+            prio = OWN if client.session.owns(stream_id) else OTHERS
+            r = client.outbox.put(text, stream_id, priority=prio, droppable=True)
+            self._count_drops(client, r.dropped)
+            if r.accepted:
+                client.wakeup.set()
 
     def broadcast(self, msg: dict[str, Any]) -> None:
+        """A control message to every client; ``streams`` updates coalesce (at most one pending per client)."""
         text = protocol.dumps(msg)
-        for client in self.clients.values():
+        coalesce = "streams" if msg.get("type") == "streams" else None
+        for client in list(self.clients.values()):
             if not client.closing:
-                self._enqueue(client, text)
+                self._enqueue_control(client, text, coalesce=coalesce)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _sender(self, client: Client) -> None:
         try:
             while True:
                 await client.wakeup.wait()
                 client.wakeup.clear()
-                while client.outbox:
-                    _, text = client.outbox.popleft()
+                while (text := client.outbox.get_nowait()) is not None:
                     await client.ws.send(text)
         except (ConnectionClosed, asyncio.CancelledError):
             pass
@@ -488,8 +559,10 @@ class Server:
         while client.outbox and time.monotonic() < deadline and client.ws.state.name == "OPEN":
             await asyncio.sleep(0.01)
 
-    async def _close(self, client: Client, code: int, reason: str) -> None:
+    async def _close(self, client: Client, close: Close, drain: bool = True) -> None:
+        """Let the queued messages go out (bounded), then close; a client that does not read is closed at once."""
         client.closing = True
-        await self._drain(client, self.settings.drain_timeout_s)
+        if drain:
+            await self._drain(client, self.settings.drain_timeout_s)
         with contextlib.suppress(ConnectionClosed):
-            await client.ws.close(code, reason)
+            await client.ws.close(close.code, close.reason)
