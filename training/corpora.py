@@ -8,6 +8,7 @@ surprise, boredom) are dropped and counted. Torch-free.
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 from collections import Counter
@@ -126,6 +127,11 @@ READERS: dict[str, Callable[[Path], Parsed]] = {
     "folder": parse_folder,
 }
 
+# Corpora listed by a ``labels.csv`` (``path,speaker,label``; paths relative to the corpus folder), as
+# ``../shared/data`` stores the multilingual ones. Any other name can use the same reader as ``csv``.
+CSV_CORPORA = ("nemo", "ased", "turev", "emotiontts", "banglaser_ext", "csv")
+LABELS_CSV = "labels.csv"
+
 
 def audio_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
@@ -133,12 +139,22 @@ def audio_files(root: Path) -> list[Path]:
 
 def scan_corpus(name: str, root: str | Path) -> Scan:
     """Records of one corpus under ``root``; raises :class:`DataError` for a bad path or nothing usable."""
-    if name not in READERS:
-        raise DataError(f"unknown corpus {name!r}; readers exist for {', '.join(READERS)}")
+    if name not in READERS and name not in CSV_CORPORA:
+        raise DataError(f"unknown corpus {name!r}; readers exist for {', '.join((*READERS, *CSV_CORPORA))}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data path for {name} does not exist: {root}")
-    parse = READERS[name]
+    scan = _scan_labels_csv(name, root) if name in CSV_CORPORA else _scan_names(name, root, READERS[name])
+    if scan.unparsed:
+        log.warning("%s: %d files do not follow the %s naming and were skipped, e.g. %s", name, len(scan.unparsed), name, scan.unparsed[0])
+    if scan.dropped:
+        log.info("%s: dropped %d clips of other emotions: %s", name, sum(scan.dropped.values()), dict(scan.dropped))
+    if not scan.records:
+        raise DataError(f"no usable {name} audio files under {root} (found {len(scan.unparsed)} unparsable, {sum(scan.dropped.values())} of other emotions)")
+    return scan
+
+
+def _scan_names(name: str, root: Path, parse: Callable[[Path], Parsed]) -> Scan:
     scan = Scan()
     for path in audio_files(root):
         try:
@@ -150,12 +166,30 @@ def scan_corpus(name: str, root: str | Path) -> Scan:
             scan.dropped[raw] += 1
             continue
         scan.records.append(Record(path=path, label=label, speaker=f"{name}:{speaker}", corpus=name))
-    if scan.unparsed:
-        log.warning("%s: %d files do not follow the %s naming and were skipped, e.g. %s", name, len(scan.unparsed), name, scan.unparsed[0])
-    if scan.dropped:
-        log.info("%s: dropped %d clips of other emotions: %s", name, sum(scan.dropped.values()), dict(scan.dropped))
-    if not scan.records:
-        raise DataError(f"no usable {name} audio files under {root} (found {len(scan.unparsed)} unparsable, {sum(scan.dropped.values())} of other emotions)")
+    return scan
+
+
+def _scan_labels_csv(name: str, root: Path) -> Scan:
+    """Rows of ``root/labels.csv``; a row naming a missing file or lacking a field counts as unparsed."""
+    listing = root / LABELS_CSV
+    if not listing.is_file():
+        raise DataError(f"{name}: {listing} is missing (expected path,speaker,label rows)")
+    scan = Scan()
+    with open(listing, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"path", "speaker", "label"} <= set(reader.fieldnames):
+            raise DataError(f"{listing}: header must name path, speaker and label, found {reader.fieldnames}")
+        for row in reader:
+            rel, speaker, raw = ((row.get(k) or "").strip() for k in ("path", "speaker", "label"))
+            path = root / rel
+            if not rel or not speaker or not raw or not path.is_file():
+                scan.unparsed.append(path)
+                continue
+            label = _SYNONYMS.get(raw.lower())
+            if label is None:
+                scan.dropped[raw.lower()] += 1
+                continue
+            scan.records.append(Record(path=path, label=label, speaker=f"{name}:{speaker}", corpus=name))
     return scan
 
 
