@@ -171,15 +171,20 @@ def main(**options: Any) -> None:
     except EngineError as exc:
         fail(str(exc))
 
-    daemon = Daemon(
-        cfg,
-        engine,
-        device=str(cfg.source.device),
-        fast=options["fast"],
-        once=options["once"],
-        reconnect=options["reconnect"],
-        jsonl=sys.stdout if options["jsonl"] else None,
-    )
+    from realtime.jsonl import JsonlWriter
+
+    try:
+        daemon = Daemon(
+            cfg,
+            engine,
+            device=str(cfg.source.device),
+            fast=options["fast"],
+            once=options["once"],
+            reconnect=options["reconnect"],
+            jsonl=JsonlWriter(sys.stdout.fileno(), int(cfg.output.jsonl_queue_lines)) if options["jsonl"] else None,
+        )
+    except ValueError as exc:  # a config the model cannot serve (a hop off its chunk grid)
+        fail(str(exc), 2)
     try:
         code = asyncio.run(daemon.run())
     except SourceError as exc:

@@ -3,10 +3,14 @@
 Owns the lifecycle of ``ser-listen``. Results come back from the scheduler's
 thread and are handed to the event loop, where post-processing runs in window
 order per stream (voice gate, smoothing), each prediction is serialised once
-and published to WebSocket subscribers and, with ``--jsonl``, to stdout.
-SIGINT/SIGTERM stop capture, let in-flight windows finish (bounded), close
-every client with 1001 and return 0. With ``--once`` the daemon stops by
-itself when its file source has ended and its last window is published.
+and published to WebSocket subscribers and, with ``--jsonl``, to a
+:class:`~realtime.jsonl.JsonlWriter` (which never blocks the loop). A stream
+leaves the list when :class:`~realtime.stream.Stream` says it is retired
+(ended, every window delivered); a remote stream holds its place under
+``server.max_remote_streams`` until then. ``health()`` reports the engine's
+and the local source's real state. SIGINT/SIGTERM stop capture, let in-flight
+windows finish (bounded), close every client with 1001 and return 0. With
+``--once`` the daemon stops by itself when its file source has retired.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from engine import Engine
 from realtime import protocol
+from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import ProtocolError
-from realtime.scheduler import Result, Scheduler
+from realtime.scheduler import Result, Scheduler, describe_state
 from realtime.server import Server, ServerSettings, is_loopback_host
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
@@ -58,7 +63,7 @@ class Daemon:
         fast: bool = False,
         once: bool = False,
         reconnect: bool = False,
-        jsonl: TextIO | None = None,
+        jsonl: JsonlWriter | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -71,12 +76,13 @@ class Daemon:
         self.announce = announce or (lambda line: print(line, file=sys.stderr, flush=True))
         self.metrics = DaemonMetrics()
         self.labels = tuple(engine.labels)
-        self.settings = StreamSettings.from_config(cfg, engine.window_samples)
+        chunking = (engine.chunk_samples, engine.chunk_hop_samples, engine.chunks_per_window)
+        # ValueError when the hop is not a whole number of the model's chunk hops (cli.py reports it).
+        self.settings = StreamSettings.from_config(cfg, engine.window_samples, chunking=chunking)
         self.fast_settings = StreamSettings.from_config(
-            cfg, engine.window_samples, extra_buffer_windows=self.effective_max_batch()
+            cfg, engine.window_samples, extra_buffer_windows=self.effective_max_batch(), chunking=chunking
         )
         self.streams: dict[str, Stream] = {}
-        self._delivered: dict[str, int] = {}
         self._remote_count = 0
         self._remote_serial = 0
         self._lock = threading.Lock()
@@ -107,21 +113,39 @@ class Daemon:
 
     # ------------------------------------------------------------ streams
 
-    def _new_stream(self, stream_id: str, kind: str, rate: int, channels: int, droppable: bool, info: dict[str, Any]) -> Stream:
+    def _new_stream(
+        self, stream_id: str, kind: str, rate: int, channels: int, droppable: bool, info: dict[str, Any], group: str | None = None
+    ) -> Stream:
         settings = self.settings if droppable else self.fast_settings
-        stream = Stream(stream_id, kind, settings, rate, channels, self.scheduler.submit, self.labels, droppable, info)
+        stream = Stream(
+            stream_id, kind, settings, rate, channels, self.scheduler.submit, self.labels, droppable, info,
+            on_retired=self._retired_threadsafe, group=group,
+        )
         with self._lock:
             self.streams[stream_id] = stream
-            self._delivered[stream_id] = 0
             self.metrics.streams.set(len(self.streams))
         self._streams_changed()
         return stream
 
-    def _remove_stream(self, stream: Stream) -> None:
+    def _retired_threadsafe(self, stream: Stream) -> None:
+        """Stream callback (any thread): every window of an ended stream is out; forget it on the loop."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                loop.call_soon_threadsafe(self._retire, stream)
+
+    def _retire(self, stream: Stream) -> None:
+        """A retired stream leaves the list, frees its remote slot, and ends --once."""
         with self._lock:
-            self.streams.pop(stream.id, None)
+            if self.streams.get(stream.id) is not stream:
+                return
+            del self.streams[stream.id]
+            if stream.kind == "remote":
+                self._remote_count -= 1
             self.metrics.streams.set(len(self.streams))
         self._streams_changed()
+        if self.once and stream.kind in ("file", "demo") and self.stop_event is not None:
+            self.stop_event.set()
 
     def _streams_changed(self) -> None:
         if self.loop is not None:
@@ -190,37 +214,58 @@ class Daemon:
             return [s.describe() for s in self.streams.values()]
 
     def health(self) -> dict[str, Any]:
+        """The daemon's real state: ``status`` is ``ok`` only while the engine works and the local source runs.
+
+        ``failing``: the engine's last batch raised (it is backing off);
+        ``degraded``: the local source failed or is reconnecting. The server
+        answers /healthz with 503 unless ``ok`` and strips names and paths.
+        """
+        engine = describe_state(self.scheduler.engine_state())
+        source = None if self.source is None else self.source.health()
+        status = "ok"
+        if engine["status"] != "ok":
+            status = "failing"
+        elif source is not None and source["state"] in ("failed", "reconnecting"):
+            status = "degraded"
         return {
-            "status": "ok",
+            "status": status,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "model": self.engine.info.name,
             "backend": self.engine.name,
             "device": self.engine.device,
             "max_batch": self.scheduler.max_batch,
+            "engine": engine,
+            "source": source,
             "streams": self.stream_list(),
             "clients": len(self.server.clients),
         }
 
-    def open_remote_stream(self, sample_rate: int, channels: int, encoding: str) -> Stream:
+    def open_remote_stream(self, sample_rate: int, channels: int, encoding: str, owner: str | None = None) -> Stream:
+        """A client's new stream; ``owner`` (the client) is who the scheduler shares the engine fairly among.
+
+        A stopped stream keeps its slot until its last window is delivered, so
+        cycling start/stop cannot hold more than ``server.max_remote_streams``.
+        """
         limit = int(self.cfg.server.max_remote_streams)
-        if self._remote_count >= limit:
-            raise ProtocolError("server_busy", f"too many remote streams (server.max_remote_streams={limit})")
-        self._remote_count += 1
-        self._remote_serial += 1
+        with self._lock:
+            if self._remote_count >= limit:
+                raise ProtocolError("server_busy", f"too many remote streams (server.max_remote_streams={limit})")
+            self._remote_count += 1
+            self._remote_serial += 1
+            serial = self._remote_serial
         return self._new_stream(
-            f"remote-{self._remote_serial}",
+            f"remote-{serial}",
             "remote",
             sample_rate,
             channels,
             True,
             {"encoding": encoding},
+            group=owner,
         )
 
     def close_remote_stream(self, stream: Stream) -> None:
-        """Stop: score what is left (a final flush window), then forget the stream once its results are out."""
-        self._remote_count -= 1
+        """Stop: score what is left (a final flush window); the stream retires once its results are out."""
         stream.finish()
-        self._maybe_retire(stream)
 
     # ------------------------------------------------------------ results (scheduler thread -> loop)
 
@@ -232,24 +277,15 @@ class Daemon:
 
     def _deliver(self, results: list[Result]) -> None:
         now = time.monotonic()
-        touched: set[Stream] = set()
         for r in results:
             w = r.window
             stream = w.stream
-            touched.add(stream)
-            self._delivered[stream.id] = self._delivered.get(stream.id, 0) + 1
-            if r.probs is None:
-                continue
-            text = self._prediction_text(w, r, now)
-            self.server.publish(stream.id, text)
-            if self.jsonl is not None:
-                try:
-                    self.jsonl.write(text + "\n")
-                    self.jsonl.flush()
-                except (BrokenPipeError, ValueError):  # stdout closed by a consumer: keep serving
-                    self.jsonl = None
-        for stream in touched:
-            self._maybe_retire(stream)
+            if r.probs is not None:
+                text = self._prediction_text(w, r, now)
+                self.server.publish(stream.id, text)
+                if self.jsonl is not None:
+                    self.jsonl.write(text)
+            stream.mark_delivered()
 
     def _prediction_text(self, w: Window, r: Result, now: float) -> str:
         stream = w.stream
@@ -262,15 +298,6 @@ class Daemon:
             stream.id, w.seq, w.t_start(), w.t_end(), self.labels, r.probs, smoothed, voiced, fraction, latency * 1000.0
         )
         return protocol.dumps(msg)
-
-    def _maybe_retire(self, stream: Stream) -> None:
-        """An ended stream whose every window is accounted for leaves the stream list (and ends --once)."""
-        if not stream.ended or self._delivered.get(stream.id, 0) < stream.seq:
-            return
-        if stream.id in self.streams:
-            self._remove_stream(stream)
-            if self.once and stream.kind in ("file", "demo") and self.stop_event is not None:
-                self.stop_event.set()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -331,4 +358,6 @@ class Daemon:
         await asyncio.sleep(0)  # let the last _deliver callbacks run
         await self.server.shutdown()
         await asyncio.to_thread(self.scheduler.stop, 1.0)
+        if self.jsonl is not None:
+            await asyncio.to_thread(self.jsonl.close, float(self.cfg.output.jsonl_flush_timeout_s))
         log.info("stopped in %.2f s", time.monotonic() - t0)

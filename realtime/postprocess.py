@@ -114,8 +114,17 @@ class Smoother:
         self.t: float | None = None
 
     def update(self, probs: np.ndarray, t: float, voiced: bool) -> np.ndarray:
-        """Fold in the window ending at stream time ``t``; returns the new smoothed vector."""
-        target = np.asarray(probs, dtype=np.float64) if voiced else self.uniform
+        """Fold in the window ending at stream time ``t``; returns the new smoothed vector.
+
+        NaN-safe: a vector that is not finite (or not a distribution's shape)
+        is ignored and the state stays as it was, so one bad window cannot
+        poison every later one (the engine rejects such output first; this is
+        the second line).
+        """
+        p = np.asarray(probs, dtype=np.float64)
+        if voiced and (p.shape != self.uniform.shape or not np.isfinite(p).all()):
+            return self.state / self.state.sum() if self.state is not None else self.uniform.copy()
+        target = p if voiced else self.uniform
         if self.state is None or self.t is None:
             self.state = target.copy()
         else:

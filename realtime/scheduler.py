@@ -1,15 +1,31 @@
 """The batching scheduler: one inference thread that scores the due windows of all streams together.
 
 Owns the engine's time. Streams submit windows as they fall due (from any
-thread); the worker waits for the first, gives others up to ``max_wait_s`` to
-join, takes at most ``max_batch`` of them oldest first, copies their audio
-into one preallocated ``[batch, samples]`` array, runs the engine once and
-hands every result (and every drop) to ``on_results``. It never queues without
+thread) into one :class:`~realtime.queues.BoundedQueue` served fairly: round
+robin across groups (a client, or a local source), then across a group's
+streams, so one stream, or one client's many, cannot starve the rest. The
+worker waits for the first window, gives others up to ``max_wait_s`` to join,
+takes at most ``max_batch`` of them and scores them with two engine calls for
+the whole batch, whatever the streams:
+
+1. every chunk the batch's windows need that no stream has encoded yet is read
+   into one array and encoded in ONE ``encode_chunks`` call (a chunked model
+   encodes each chunk of a stream once; a whole-window model's chunk is the
+   window itself, K = 1), and the embeddings are kept by their stream;
+2. the K embeddings of each window go to ONE ``classify`` call.
+
+Every result (and every drop) goes to ``on_results``. It never queues without
 bound: a window older than ``stale_after_s`` when its turn comes is dropped
-(counted), the queue is capped at ``max_queue`` by dropping the oldest
-droppable window, and a window whose audio the ring has already overwritten
-is dropped too. Windows of streams fed as fast as the engine goes (``--fast``)
-are not droppable: those streams wait for the engine instead.
+(counted), the queue is capped at ``max_queue`` by evicting the oldest window
+of the stream holding the most, and a window whose audio the ring has already
+overwritten is dropped too. Windows of streams fed as fast as the engine goes
+(``--fast``) are not droppable: those streams wait for the engine instead.
+
+Engine faults stay contained. Rows the engine returns non-finite cost only
+their own windows (the batch's other streams keep their results); an engine
+call that raises loses its batch, logs one traceback, and makes the worker
+back off (doubling, bounded) so a broken engine is neither hammered nor
+hidden: :meth:`Scheduler.engine_state` says whether it is failing.
 """
 
 from __future__ import annotations
@@ -17,17 +33,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from engine import Engine
+from engine.base import NonFiniteOutput
 from realtime.metrics import DaemonMetrics
-from realtime.stream import Window
+from realtime.queues import BoundedQueue
+from realtime.stream import Stream, Window
 
 log = logging.getLogger("ser-listen")
+
+BACKOFF_MIN_S = 0.1  # first pause after a failed engine call, doubled per consecutive failure ...
+BACKOFF_MAX_S = 5.0  # ... up to this
 
 
 @dataclass
@@ -42,8 +63,19 @@ class Result:
     done_at: float = 0.0
 
 
+@dataclass
+class EngineState:
+    """What the worker knows about its engine: /healthz reports it."""
+
+    failing: bool = False
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    backoff_s: float = 0.0
+    batches_ok: int = 0
+
+
 class Scheduler:
-    """One worker thread, one engine, cross-stream batches bounded in size and wait."""
+    """One worker thread, one engine, cross-stream batches bounded in size and wait, fair across streams."""
 
     def __init__(
         self,
@@ -55,6 +87,8 @@ class Scheduler:
         stale_after_s: float = 1.0,
         max_queue: int = 256,
         active_streams: Callable[[], int] | None = None,
+        backoff_min_s: float = BACKOFF_MIN_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -65,14 +99,19 @@ class Scheduler:
         self.max_wait_s = max_wait_s
         self.stale_after_s = stale_after_s
         self.max_queue = max(max_queue, max_batch)
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
         # How many streams could still add a window to this batch; when every one of them already
         # has a window queued, waiting max_wait_s for more would only add latency.
         self.active_streams = active_streams
-        self._queue: deque[Window] = deque()
-        self._cond = threading.Condition()
+        self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=1)
+        self._lock = threading.Lock()
         self._stopping = False
         self._busy = False
-        self._batch = np.zeros((max_batch, engine.window_samples), dtype=np.float32)
+        self._state = EngineState()
+        k, d = engine.chunks_per_window, engine.embedding_dim
+        self._chunks = np.zeros((max_batch * k, engine.chunk_samples), dtype=np.float32)
+        self._embeddings = np.zeros((max_batch, k, d), dtype=np.float32)
         self._thread = threading.Thread(target=self._run, name="ser-inference", daemon=True)
 
     # ------------------------------------------------------------ any thread
@@ -81,119 +120,205 @@ class Scheduler:
         self._thread.start()
 
     def submit(self, window: Window) -> None:
-        """Queue a due window; never blocks. Overflow drops the oldest droppable window."""
-        dropped: Window | None = None
-        with self._cond:
-            if len(self._queue) >= self.max_queue:
-                for i, w in enumerate(self._queue):
-                    if w.droppable:
-                        dropped = w
-                        del self._queue[i]
-                        break
-            self._queue.append(window)
-            self.metrics.queue_depth.set(len(self._queue))
-            self._cond.notify()
-        if dropped is not None:
-            self._report_drops([dropped], "queue_full")
+        """Queue a due window; never blocks. A full queue evicts the oldest window of its busiest stream."""
+        stream = window.stream
+        res = self._queue.put(window, stream, group=stream.group, droppable=window.droppable)
+        self.metrics.queue_depth.set(len(self._queue))
+        lost = [w for w, _reason in res.dropped]
+        if lost:
+            self._report_drops(lost, "queue_full")
 
     def pending(self) -> int:
         """Windows queued or being scored right now."""
-        with self._cond:
+        with self._lock:
             return len(self._queue) + (1 if self._busy else 0)
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted window has been scored or dropped (used when flushing)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._queue or self._busy:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 0.05))
-        return True
+        return self._queue.wait_for(lambda: not self._queue and not self._busy, timeout=timeout)
 
     def stop(self, timeout: float = 2.0) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+        self._stopping = True
+        self._queue.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def engine_state(self) -> EngineState:
+        """A copy of the engine's state as the worker last saw it."""
+        with self._lock:
+            s = self._state
+            return EngineState(s.failing, s.consecutive_failures, s.last_error, s.backoff_s, s.batches_ok)
 
     # ------------------------------------------------------------ worker
 
     def _take(self) -> tuple[list[Window], list[Window]]:
-        """Wait for due windows and take a batch (oldest first); also return the stale ones skipped."""
-        with self._cond:
-            while not self._queue and not self._stopping:
-                self._cond.wait(0.25)
-            if self._stopping:
-                return [], []
-            deadline = time.monotonic() + self.max_wait_s
-            while len(self._queue) < self.max_batch and not self._stopping:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._everyone_queued():
-                    break
-                self._cond.wait(left)
-            now = time.monotonic()
-            batch: list[Window] = []
-            stale: list[Window] = []
-            while self._queue and len(batch) < self.max_batch:
-                w = self._queue.popleft()
-                if w.droppable and now - w.due > self.stale_after_s:
-                    stale.append(w)
-                else:
-                    batch.append(w)
-            self._busy = bool(batch)
-            self.metrics.queue_depth.set(len(self._queue))
-            return batch, stale
+        """Wait for due windows and take a fair batch; also return the stale ones skipped."""
+        q = self._queue
+        while not q.wait_for(lambda: bool(q) or self._stopping, timeout=0.25):
+            pass
+        if self._stopping:
+            return [], []
+        deadline = time.monotonic() + self.max_wait_s
+        while len(q) < self.max_batch and not self._stopping and not self._everyone_queued():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            n = len(q)
+            q.wait_for(lambda n=n: len(q) != n or self._stopping, timeout=left)
+        with self._lock:  # busy before the windows leave the queue, so wait_idle never sees neither
+            self._busy = True
+        now = time.monotonic()
+        batch: list[Window] = []
+        stale: list[Window] = []
+        while len(batch) < self.max_batch:
+            w = q.get_nowait()
+            if w is None:
+                break
+            if w.droppable and now - w.due > self.stale_after_s:
+                stale.append(w)
+            else:
+                batch.append(w)
+        self.metrics.queue_depth.set(len(q))
+        return batch, stale
 
     def _everyone_queued(self) -> bool:
         if self.active_streams is None:
             return False
-        return len({id(w.stream) for w in self._queue}) >= self.active_streams()
+        return self._queue.key_count() >= self.active_streams()
 
     def _run(self) -> None:
         while True:
             batch, stale = self._take()
-            if stale:
-                self._report_drops(stale, "stale")
-            if not batch:
-                if self._stopping:
-                    return
-                continue
             try:
-                self._score(batch)
-            except Exception:  # a daemon must outlive one bad batch; the windows are reported lost
-                log.exception("inference failed for a batch of %d windows", len(batch))
-                self.metrics.engine_failures.inc()
-                self._report_drops(batch, "engine_error")
+                if stale:
+                    self._report_drops(stale, "stale")
+                if not batch:
+                    if self._stopping:
+                        return
+                    continue
+                try:
+                    self._score(batch)
+                    self._engine_ok()
+                except Exception as exc:  # a daemon must outlive one bad batch; the windows are reported lost
+                    self._engine_failed(exc, len(batch))
+                    self._report_drops(batch, "engine_error")
+                    self._backoff()
             finally:
-                with self._cond:
+                with self._lock:
                     self._busy = False
-                    self._cond.notify_all()
+                self._queue.notify()
+
+    def _engine_ok(self) -> None:
+        with self._lock:
+            if self._state.failing:
+                log.warning("engine recovered after %d failed batch(es)", self._state.consecutive_failures)
+            self._state.failing = False
+            self._state.consecutive_failures = 0
+            self._state.backoff_s = 0.0
+            self._state.batches_ok += 1
+
+    def _engine_failed(self, exc: Exception, n: int) -> None:
+        self.metrics.engine_failures.inc()
+        with self._lock:
+            s = self._state
+            s.failing = True
+            s.consecutive_failures += 1
+            s.last_error = f"{type(exc).__name__}: {exc}"
+            s.backoff_s = min(self.backoff_max_s, self.backoff_min_s * 2 ** (s.consecutive_failures - 1))
+            first = s.consecutive_failures == 1
+            count, pause = s.consecutive_failures, s.backoff_s
+        if first:  # one traceback per failure streak, then one line per batch
+            log.exception("inference failed for a batch of %d windows; backing off %.1f s", n, pause)
+        else:
+            log.error("inference failed again (%d in a row): %s; backing off %.1f s", count, exc, pause)
+
+    def _backoff(self) -> None:
+        pause = self.engine_state().backoff_s
+        deadline = time.monotonic() + pause
+        while not self._stopping and time.monotonic() < deadline:
+            self._queue.wait_for(lambda: self._stopping, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _score(self, batch: list[Window]) -> None:
-        kept: list[Window] = []
-        lost: list[Window] = []
+        """Encode the batch's new chunks in one call, classify its windows in one call, deliver."""
+        eng = self.engine
+        t0 = time.perf_counter()
+        rows: dict[tuple[int, int], int] = {}  # (stream, chunk key) -> row of self._chunks
+        owners: list[tuple[Stream, int]] = []
+        unreadable: set[tuple[int, int]] = set()
         for w in batch:
-            if w.stream.read_window(w, self._batch[len(kept)]):
-                kept.append(w)
+            s = w.stream
+            for key in s.chunk_keys(w):
+                ck = (id(s), key)
+                if key in s.chunks or ck in rows or ck in unreadable:
+                    continue
+                if s.read_chunk(key, self._chunks[len(owners)]):
+                    rows[ck] = len(owners)
+                    owners.append((s, key))
+                else:
+                    unreadable.add(ck)
+        bad_chunks: set[tuple[int, int]] = set()
+        try:
+            emb = eng.encode_chunks(self._chunks[: len(owners)])
+        except NonFiniteOutput as exc:
+            emb = exc.output
+            bad_rows = set(exc.rows)
+            bad_chunks = {(id(s), key) for i, (s, key) in enumerate(owners) if i in bad_rows}
+            log.warning("%s; their windows are dropped", exc)
+        for i, (s, key) in enumerate(owners):
+            if (id(s), key) not in bad_chunks:
+                s.chunks.put(key, emb[i].copy())
+
+        overwritten: list[Window] = []
+        non_finite: list[Window] = []
+        kept: list[Window] = []
+        for w in batch:
+            s = w.stream
+            keys = s.chunk_keys(w)
+            if any((id(s), k) in unreadable for k in keys):
+                overwritten.append(w)
+            elif any((id(s), k) in bad_chunks for k in keys):
+                non_finite.append(w)
             else:
-                lost.append(w)
-        if lost:
-            self._report_drops(lost, "overwritten")
-        if not kept:
+                for i, k in enumerate(keys):
+                    self._embeddings[len(kept), i] = s.chunks.get(k)
+                kept.append(w)
+        probs: np.ndarray | None = None
+        if kept:
+            try:
+                probs = eng.classify(self._embeddings[: len(kept)])
+            except NonFiniteOutput as exc:
+                log.warning("%s; those windows are dropped", exc)
+                probs = exc.output
+                bad = set(exc.rows)
+                non_finite += [w for i, w in enumerate(kept) if i in bad]
+                keep_rows = [i for i in range(len(kept)) if i not in bad]
+                kept = [kept[i] for i in keep_rows]
+                probs = probs[keep_rows]
+        dt = time.perf_counter() - t0
+        self._prune(batch)
+        if overwritten:
+            self._report_drops(overwritten, "overwritten")
+        if non_finite:
+            self._report_drops(non_finite, "non_finite")
+        if not kept or probs is None:
             return
         n = len(kept)
-        t0 = time.perf_counter()
-        probs = self.engine.infer(self._batch[:n])
-        dt = time.perf_counter() - t0
         self.metrics.batch_size.observe(n)
         self.metrics.inference_seconds.observe(dt)
         self.metrics.windows_scored.inc(n)
         now = time.monotonic()
-        results = [Result(w, np.asarray(probs[i]), None, n, dt, now) for i, w in enumerate(kept)]
-        self._deliver(results)
+        self._deliver([Result(w, np.array(probs[i]), None, n, dt, now) for i, w in enumerate(kept)])
+
+    @staticmethod
+    def _prune(batch: list[Window]) -> None:
+        """Keep, per stream, only the chunks of its newest window in this batch (at most K)."""
+        newest: dict[int, tuple[Stream, Window]] = {}
+        for w in batch:
+            cur = newest.get(id(w.stream))
+            if cur is None or w.end > cur[1].end:
+                newest[id(w.stream)] = (w.stream, w)
+        for s, w in newest.values():
+            s.chunks.keep_only(s.chunk_keys(w))
 
     def _report_drops(self, windows: list[Window], reason: str) -> None:
         self.metrics.windows_dropped.inc(len(windows), reason)
@@ -206,3 +331,13 @@ class Scheduler:
         finally:
             for r in results:
                 r.window.stream.window_done()
+
+
+def describe_state(state: EngineState) -> dict[str, Any]:
+    """The engine state as JSON for /healthz."""
+    return {
+        "status": "failing" if state.failing else "ok",
+        "consecutive_failures": state.consecutive_failures,
+        "last_error": state.last_error,
+        "backoff_s": round(state.backoff_s, 3),
+    }

@@ -18,6 +18,7 @@ is loaded, and file sources and tests must not need an audio stack.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -143,15 +144,25 @@ def _rescan_devices() -> None:
 # ---------------------------------------------------------------- source base
 
 
+SOURCE_STATES = ("starting", "running", "reconnecting", "finished", "failed")
+
+
 class Source:
-    """A thread that feeds one stream; ``failed`` holds the error that ended it, if any."""
+    """A thread that feeds one stream; ``failed`` holds the error that ended it, ``state`` what it does now."""
+
+    kind = "source"
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.stop_event = threading.Event()
         self.failed: Exception | None = None
         self.finished = threading.Event()
+        self.state = "starting"
         self._thread = threading.Thread(target=self._main, name=f"ser-source-{name}", daemon=True)
+
+    def health(self) -> dict[str, Any]:
+        """What /healthz says about the source: its kind and state, never its name or path."""
+        return {"kind": self.kind, "state": self.state}
 
     def start(self) -> None:
         self._thread.start()
@@ -164,8 +175,10 @@ class Source:
     def _main(self) -> None:
         try:
             self.run()
+            self.state = "finished"
         except Exception as exc:
             self.failed = exc
+            self.state = "failed"
             log.error("%s", exc)
         finally:
             self.finished.set()
@@ -180,6 +193,8 @@ class Source:
 
 class FileSource(Source):
     """An audio file streamed at real-time pace (or as fast as the engine goes), looped unless ``once``."""
+
+    kind = "file"
 
     def __init__(
         self,
@@ -213,6 +228,7 @@ class FileSource(Source):
 
         t0 = time.monotonic()
         pushed = 0
+        self.state = "running"
         with sf.SoundFile(str(self.path)) as f:
             while not self.stop_event.is_set():
                 data = f.read(self.chunk, dtype="float32", always_2d=True)
@@ -237,6 +253,8 @@ class FileSource(Source):
 
 class DeviceSource(Source):
     """A PortAudio input device at its native rate; callback -> ring buffer -> pump thread -> stream."""
+
+    kind = "device"
 
     def __init__(
         self,
@@ -291,11 +309,17 @@ class DeviceSource(Source):
             except SourceError as exc:
                 if not self.reconnect:
                     raise
+                self.state = "reconnecting"
                 log.warning("%s; reconnecting in %.1f s", exc, backoff)
                 self.device = None
                 if self.stop_event.wait(backoff):
                     return
                 backoff = min(self.reconnect_max_s, backoff * 2)
+
+    @staticmethod
+    def _start(stream_in: Any) -> None:
+        """Start a PortAudio stream that opened; a device can open yet fail here (busy, suspended, gone)."""
+        stream_in.start()
 
     def _capture(self, dev: DeviceInfo) -> None:
         """Capture until stopped or the device fails; returns when it stops delivering."""
@@ -321,17 +345,24 @@ class DeviceSource(Source):
             )
         except Exception as exc:
             raise SourceError(f"cannot open input device {dev.index} {dev.name!r} at {rate} Hz, {channels} ch: {exc}") from exc
+        try:
+            self._start(stream_in)
+        except Exception as exc:  # opened but cannot start: as retryable as a device that cannot open
+            with contextlib.suppress(Exception):
+                stream_in.close(ignore_errors=True)
+            raise SourceError(f"input device {dev.index} {dev.name!r} opened but failed to start: {exc}") from exc
         if self.stream is None:
             self.stream = self._make_stream(rate, channels)
         else:
             self.stream.set_input(rate, channels)
         self.stream.info.update({"device": dev.name})
         log.info("capturing from %r (%s) at %d Hz, %d channel(s)", dev.name, dev.hostapi, rate, channels)
+        self.state = "running"
         read_pos = 0
         last_data = time.monotonic()
         last_log = 0.0
         logged_xruns = 0
-        with stream_in:
+        with stream_in:  # started above; leaving the block stops and closes it
             self.opened.set()
             while not self.stop_event.wait(self.block_s):
                 written = ring.written

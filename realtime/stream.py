@@ -9,6 +9,17 @@ due: first after ``min_audio_s`` of audio (scored padded, as in training), then
 every ``hop_s``. ``finish()`` flushes the resampler and emits a last window
 flush with the end, so no audio is left unscored.
 
+Owns the stream's lifecycle too, and nothing else does: a stream is *ended*
+when its input is finished, and *retired* once every window it emitted has
+been delivered (scored and published, or dropped); ``on_retired`` fires once,
+from whichever side finishes last.
+
+Streaming engines encode each chunk of a stream once: the stream names the
+chunks a window needs (``chunk_keys``, by their end sample), reads them
+(samples before the stream's start are zeros) and keeps their embeddings
+(``chunks``, bounded to the chunks of the newest window scored). A
+whole-window model is the case of one chunk, the window itself.
+
 One thread feeds a stream at a time; the scheduler's worker reads windows from
 its ring concurrently, without locks (see ringbuffer.py).
 """
@@ -45,14 +56,33 @@ class StreamSettings:
     vad_min_voiced_fraction: float = 0.2
     smoothing_tau_s: float = 1.5
     sample_rate: int = SAMPLE_RATE
+    chunk_samples: int = 0  # 0: the window is the one chunk (a whole-window model)
+    chunk_hop_samples: int = 0
+    chunks_per_window: int = 1
 
     @classmethod
-    def from_config(cls, cfg: Any, window_samples: int, extra_buffer_windows: int = 0) -> StreamSettings:
-        """Build from the daemon config; ``extra_buffer_windows`` widens the ring for streams fed ahead (--fast)."""
+    def from_config(
+        cls, cfg: Any, window_samples: int, extra_buffer_windows: int = 0, chunking: tuple[int, int, int] | None = None
+    ) -> StreamSettings:
+        """Build from the daemon config; ``extra_buffer_windows`` widens the ring for streams fed ahead (--fast).
+
+        ``chunking`` is the engine's (chunk_samples, chunk_hop_samples,
+        chunks_per_window); the hop must be a whole number of chunk hops, or
+        no chunk could be reused by the next window (ValueError).
+        """
         sr = SAMPLE_RATE
         hop = int(round(cfg.audio.hop_s * sr))
+        chunk, chunk_hop, k = chunking if chunking is not None and chunking[1] > 0 else (0, 0, 1)
+        if chunk_hop and hop % chunk_hop:
+            raise ValueError(
+                f"audio.hop_s={cfg.audio.hop_s:g} is not a multiple of the model's chunk hop "
+                f"({chunk_hop / sr:g} s): use a hop of {chunk_hop / sr:g} s or a multiple of it"
+            )
         buffer = max(int(round(cfg.audio.buffer_s * sr)), window_samples + hop * (extra_buffer_windows + 2))
         return cls(
+            chunk_samples=chunk,
+            chunk_hop_samples=chunk_hop,
+            chunks_per_window=k,
             window_samples=window_samples,
             hop_samples=hop,
             min_audio_samples=min(window_samples, max(1, int(round(cfg.audio.min_audio_s * sr)))),
@@ -90,8 +120,38 @@ class Window:
         return self.end / self.stream.settings.sample_rate
 
 
+class ChunkCache:
+    """Embeddings of a stream's chunks by end sample, for the scheduler's thread only.
+
+    ``keep_only`` after each batch keeps just the chunks of the newest
+    window, so the cache never holds more than K entries between batches; a
+    window that was dropped only means the next one finds fewer cached.
+    """
+
+    def __init__(self) -> None:
+        self._emb: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self._emb)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._emb
+
+    def get(self, key: int) -> np.ndarray:
+        return self._emb[key]
+
+    def put(self, key: int, embedding: np.ndarray) -> None:
+        self._emb[key] = embedding
+
+    def keep_only(self, keys: list[int]) -> None:
+        """Forget every chunk but ``keys`` (the newest window's)."""
+        wanted = set(keys)
+        for k in [k for k in self._emb if k not in wanted]:
+            del self._emb[k]
+
+
 class Stream:
-    """A source of 16 kHz audio with its own clock, ring buffer, VAD and smoother."""
+    """A source of 16 kHz audio with its own clock, ring buffer, VAD, smoother, chunk cache and lifecycle."""
 
     def __init__(
         self,
@@ -104,8 +164,11 @@ class Stream:
         labels: tuple[str, ...],
         droppable: bool = True,
         info: dict[str, Any] | None = None,
+        on_retired: Callable[[Stream], None] | None = None,
+        group: str | None = None,
     ) -> None:
         self.id = stream_id
+        self.group = group or stream_id  # who the scheduler shares the engine fairly among (a client, a source)
         self.kind = kind
         self.settings = settings
         self.droppable = droppable
@@ -126,7 +189,11 @@ class Stream:
         self.last_end = 0
         self.seq = 0
         self.ended = False
+        self.retired = False
+        self.delivered = 0
         self.created = time.monotonic()
+        self.chunks = ChunkCache()
+        self._on_retired = on_retired
         self._outstanding = 0
         self._cond = threading.Condition()
         self._resampler: Any = None
@@ -163,7 +230,11 @@ class Stream:
         self._append(out)
 
     def finish(self) -> None:
-        """End of input: flush the resampler and emit a final window ending at the last sample."""
+        """End of input: flush the resampler and emit a final window ending at the last sample.
+
+        A stream that ends exactly on the hop grid has no final window, and one
+        whose windows were all delivered already retires here, not never.
+        """
         if self.ended:
             return
         if self._resampler is not None:
@@ -171,7 +242,25 @@ class Stream:
         end = self.ring.written
         if end > self.last_end:
             self._emit(end)
-        self.ended = True
+        with self._cond:
+            self.ended = True
+        self._maybe_retire()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def mark_delivered(self, n: int = 1) -> None:
+        """``n`` of this stream's windows reached their end (published or dropped)."""
+        with self._cond:
+            self.delivered += n
+        self._maybe_retire()
+
+    def _maybe_retire(self) -> None:
+        with self._cond:
+            if self.retired or not self.ended or self.delivered < self.seq:
+                return
+            self.retired = True
+        if self._on_retired is not None:
+            self._on_retired(self)
 
     def _append(self, audio: np.ndarray) -> None:
         if len(audio) == 0:
@@ -204,6 +293,36 @@ class Stream:
         if audio is None:
             return False
         out[:] = pad_or_crop(audio, self.settings.window_samples)
+        return True
+
+    def chunk_keys(self, window: Window) -> list[int]:
+        """The end samples of the K chunks ``window`` needs, oldest first (one key: the window's end, K = 1).
+
+        Every chunk that ends at or before the stream's first sample is all
+        zeros, so they share the key 0 and are encoded once.
+        """
+        s = self.settings
+        if s.chunk_hop_samples == 0:
+            return [window.end]
+        last = s.chunks_per_window - 1
+        return [max(0, window.end - (last - i) * s.chunk_hop_samples) for i in range(s.chunks_per_window)]
+
+    def read_chunk(self, key: int, out: np.ndarray) -> bool:
+        """Fill ``out`` with the chunk ending at sample ``key`` (zeros before the stream's start); False if overwritten.
+
+        For a whole-window model the chunk is the window, padded centred as in training (``read_window``).
+        """
+        s = self.settings
+        if s.chunk_hop_samples == 0:
+            return self.read_window(Window(self, -1, key, 0.0), out)
+        n = s.chunk_samples
+        if key >= n:
+            return self.ring.read_into(out, key - n)
+        audio = self.ring.read(0, key) if key > 0 else np.zeros(0, np.float32)
+        if audio is None:
+            return False
+        out[: n - key] = 0.0
+        out[n - key :] = audio
         return True
 
     def voiced_fraction(self, window: Window) -> float:

@@ -185,3 +185,40 @@ def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
     assert lines[0] == str(list(LABELS))
     ends = [float(line.split()[0]) for line in lines[1:]]
     assert ends == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("model", ["energy_model", "chunked_model"])
+def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, request, tmp_path):
+    """Streaming (chunks encoded once per stream, cached, batched) gives what engine.infer gives per window."""
+    from engine import load_engine
+    from tests.test_realtime_units import expected_window
+
+    path = request.getfixturevalue(model)
+    audio = load_audio(demo_clip_path())[: int(6.2 * SR)]
+    clip = write_wav(tmp_path / "clip.wav", audio, sr=SR)
+    r = run([*script("ser-listen"), "--device", str(clip), "--fast", "--once", "--jsonl", "--model", str(path), "--port", "0"])
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [m["t_end"] for m in lines] == pytest.approx([1.0 + 0.5 * k for k in range(11)] + [6.2], abs=1e-6)
+    eng = load_engine(path, backend="onnxruntime", device="cpu")
+    ends = [round(m["t_end"] * SR) for m in lines]
+    want = eng.infer(np.stack([expected_window(audio, e, eng.chunked) for e in ends]))
+    got = np.array([[m["probs"][label] for label in LABELS] for m in lines])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_once_exits_when_the_file_ends_exactly_on_the_hop_grid(energy_model, tmp_path):
+    """Finding 4: a file of exactly 7.0 s has no final flush window; --once used to wait forever."""
+    audio = load_audio(demo_clip_path())[: 7 * SR]
+    clip = write_wav(tmp_path / "grid.wav", audio, sr=SR)
+    r = run([*script("ser-listen"), "--device", str(clip), "--fast", "--once", "--jsonl", "--model", str(energy_model), "--port", "0"],
+            timeout=60)
+    assert r.returncode == 0, r.stderr
+    ends = [json.loads(x)["t_end"] for x in r.stdout.splitlines()]
+    assert ends == pytest.approx([1.0 + 0.5 * k for k in range(13)], abs=1e-6)
+
+
+def test_a_hop_off_the_models_chunk_grid_is_a_clean_error(chunked_model):
+    r = run([*script("ser-listen"), "--model", str(chunked_model), "--port", "0", "--hop", "0.3"])
+    assert r.returncode == 2, r.stderr
+    assert "not a multiple of the model's chunk hop (0.5 s)" in r.stderr and "Traceback" not in r.stderr

@@ -357,3 +357,105 @@ def test_scheduler_does_not_wait_for_streams_that_cannot_join(engine):
     (r,) = col.wait(1, timeout=30.0)
     sched.stop()
     assert r.dropped is None and r.batch_size == 1
+
+
+# ------------------------------------------------------------------ streaming engines: each chunk encoded once
+
+
+def expected_window(audio: np.ndarray, end: int, chunked: bool) -> np.ndarray:
+    """What offline scoring feeds the engine for the window ending at ``end``: samples before the start are
+    zeros (left) for a chunked model; a whole-window model pads a short window centred, as in training."""
+    if end >= WINDOW_SAMPLES:
+        return audio[end - WINDOW_SAMPLES : end]
+    if chunked:
+        return np.concatenate([np.zeros(WINDOW_SAMPLES - end, np.float32), audio[:end]])
+    return pad_or_crop(audio[:end], WINDOW_SAMPLES)
+
+
+class CountingEngine:
+    """The real engine, with its calls counted (rows per encode_chunks / classify call)."""
+
+    def __init__(self, eng) -> None:
+        self.eng = eng
+        self.encoded: list[int] = []
+        self.classified: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.eng, name)
+
+    def encode_chunks(self, x):
+        self.encoded.append(len(x))
+        return self.eng.encode_chunks(x)
+
+    def classify(self, e):
+        self.classified.append(len(e))
+        return self.eng.classify(e)
+
+
+@pytest.fixture(scope="module", params=["energy_model", "chunked_model"])
+def any_engine(request):
+    from engine import load_engine
+
+    eng = load_engine(request.getfixturevalue(request.param), backend="onnxruntime", device="cpu")
+    eng.warmup()
+    return eng
+
+
+def engine_settings(eng, **over) -> StreamSettings:
+    cfg = compose("daemon", [f"{k}={v}" for k, v in over.items()])
+    return StreamSettings.from_config(cfg, eng.window_samples, chunking=(eng.chunk_samples, eng.chunk_hop_samples, eng.chunks_per_window))
+
+
+def test_streaming_gives_the_offline_probabilities_and_encodes_each_chunk_once(any_engine):
+    eng = CountingEngine(any_engine)
+    sched, col, _ = make_scheduler(eng, max_batch=4, max_wait_s=0.0)
+    rng = np.random.default_rng(5)
+    audio = (0.2 * rng.standard_normal(int(7.3 * SR)) * np.sin(np.linspace(0, 40, int(7.3 * SR))) ** 2).astype(np.float32)
+    stream = Stream("s", "file", engine_settings(any_engine), SR, 1, sched.submit, LABELS, droppable=False)
+    sched.start()
+    for i in range(0, len(audio), 1111):
+        stream.push(audio[i : i + 1111])
+        assert stream.wait_outstanding_below(4, timeout=10.0)
+    stream.finish()
+    results = col.wait(stream.seq)
+    sched.stop()
+    results.sort(key=lambda r: r.window.seq)
+    assert [r.window.end for r in results] == [16000 + 8000 * k for k in range(13)] + [int(7.3 * SR)]
+    assert all(r.dropped is None for r in results)
+    for r in results:
+        want = any_engine.infer(expected_window(audio, r.window.end, any_engine.chunked)[None])[0]
+        np.testing.assert_allclose(r.probs, want, atol=1e-5)
+    if any_engine.chunked:
+        # the 13 grid windows (ends 1.0 .. 7.0 s) need the chunks ending at 0 (all the zero chunks share it),
+        # 0.5, 1.0, ..., 7.0 s: 15, each encoded once; the final window (7.3 s) is off the grid: 9 of its own
+        assert sum(eng.encoded) == 15 + 9 and len(stream.chunks) <= any_engine.chunks_per_window
+    else:
+        assert sum(eng.encoded) == len(results)  # the window is the chunk
+
+
+def test_one_encode_and_one_classify_call_per_batch_across_streams(chunked_model):
+    from engine import load_engine
+
+    eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
+    sched, col, _ = make_scheduler(eng, max_batch=8, max_wait_s=0.0)
+    streams = [Stream(f"s{i}", "test", engine_settings(eng), SR, 1, sched.submit, LABELS) for i in range(3)]
+    for i, s in enumerate(streams):  # queued before the worker starts: one batch of 6 windows
+        s.push(tone(seconds=1.5, freq=200 + 100 * i, amp=0.1 * (i + 1)))
+    sched.start()
+    results = col.wait(6)
+    sched.stop()
+    assert eng.encoded == [3 * 4] and eng.classified == [6]  # per stream, chunks ending at 0, 8000, 16000, 24000
+    assert sorted(r.batch_size for r in results) == [6] * 6
+    for r in results:
+        s = r.window.stream
+        audio = s.ring.read(0, s.ring.written)
+        np.testing.assert_allclose(r.probs, eng.infer(expected_window(audio, r.window.end, True)[None])[0], atol=1e-5)
+
+
+def test_hop_off_the_chunk_grid_is_refused(chunked_model):
+    from engine import load_engine
+
+    eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    with pytest.raises(ValueError, match=r"audio.hop_s=0.3 is not a multiple of the model's chunk hop \(0.5 s\)"):
+        engine_settings(eng, **{"audio.hop_s": 0.3})
+    assert engine_settings(eng, **{"audio.hop_s": 1.0}).hop_samples == 16000
