@@ -5,6 +5,12 @@ Owns nothing the daemon needs; it is the reference for writing a client. With
 rate, f32le for a microphone at its native rate), then ``stop`` at the end of
 a file, and prints every prediction for its stream. Without ``--device`` it
 subscribes to every stream of the daemon and prints what arrives.
+
+``--fast`` sends a file as fast as the daemon allows, not faster: ``hello``
+advertises the connection's audio budget (``max_audio_realtime_factor`` after a
+``max_audio_burst_s`` burst), and the client paces itself just inside it, so a
+long file is never closed as ``rate_limited``. If the daemon closes the
+connection anyway, the client reports why and exits at once.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 FRAME_S = 0.1  # seconds of audio per binary frame
+FAST_BURST_SHARE = 0.5  # --fast: use this share of the advertised audio burst up front ...
+FAST_RATE_SHARE = 0.9  # ... then send at this share of the advertised real-time factor
 
 
 def format_prediction(msg: dict[str, Any]) -> str:
@@ -56,19 +64,49 @@ class Printer:
 
 
 async def _receive(ws: Any, on_message: Any, stream: list[str | None], done: asyncio.Event, end_s: list[float | None]) -> None:
-    async for raw in ws:
-        if not isinstance(raw, str):
-            continue
-        msg = json.loads(raw)
-        if msg["type"] == "started":
-            stream[0] = msg["stream"]
-        elif msg["type"] == "prediction" and (stream[0] is None or msg["stream"] == stream[0]):
-            on_message(msg)
-            if end_s[0] is not None and msg["t_end"] >= end_s[0] - 0.01:
-                done.set()
-                return
-        elif msg["type"] == "error":
-            on_message(msg)
+    """Print this client's predictions and errors; returns when the last one arrived or the connection ended."""
+    try:
+        async for raw in ws:
+            if not isinstance(raw, str):
+                continue
+            msg = json.loads(raw)
+            if msg["type"] == "started":
+                stream[0] = msg["stream"]
+            elif msg["type"] == "prediction" and (stream[0] is None or msg["stream"] == stream[0]):
+                on_message(msg)
+                if end_s[0] is not None and msg["t_end"] >= end_s[0] - 0.01:  # the file's last sample is in
+                    done.set()
+                    return
+            elif msg["type"] == "error":
+                on_message(msg)
+    except ConnectionClosed:
+        pass
+
+
+class Pacer:
+    """When the ``sent``-th second of audio may go: real time, or ``--fast`` within the daemon's audio budget.
+
+    The daemon allows ``factor`` x real time after a burst of ``burst_s`` seconds (``hello.limits``);
+    ``--fast`` spends half the burst at once, then sends at 90% of the factor, so the budget never runs
+    out however long the file. Without advertised limits (an older daemon) ``--fast`` does not wait.
+    """
+
+    def __init__(self, fast: bool, limits: dict[str, Any], t0: float) -> None:
+        self.t0 = t0
+        factor = limits.get("max_audio_realtime_factor")
+        burst = limits.get("max_audio_burst_s")
+        if not fast:
+            self.ahead_s, self.speed = 0.0, 1.0
+        elif isinstance(factor, (int, float)) and isinstance(burst, (int, float)) and factor > 0:
+            self.ahead_s, self.speed = FAST_BURST_SHARE * float(burst), FAST_RATE_SHARE * float(factor)
+        else:
+            self.ahead_s, self.speed = float("inf"), 1.0
+
+    def due(self, sent_s: float) -> float:
+        """Monotonic time at which audio up to ``sent_s`` seconds may have been sent."""
+        if sent_s <= self.ahead_s:
+            return self.t0
+        return self.t0 + (sent_s - self.ahead_s) / self.speed
 
 
 async def stream_file(url: str, path: Path, fast: bool, on_message: Any) -> int:
@@ -77,31 +115,36 @@ async def stream_file(url: str, path: Path, fast: bool, on_message: Any) -> int:
     info = sf.info(str(path))
     rate, channels = int(info.samplerate), min(int(info.channels), 2)
     async with connect(url, max_size=2**22) as ws:
-        json.loads(await ws.recv())  # hello
+        hello = json.loads(await ws.recv())
         await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": channels}))
         stream: list[str | None] = [None]
-        end_s: list[float | None] = [None]
+        end_s: list[float | None] = [info.frames / rate]  # known up front: the last window may beat our own stop
         done = asyncio.Event()
         receiver = asyncio.create_task(_receive(ws, on_message, stream, done, end_s))
         step = max(1, int(rate * FRAME_S))
-        t0 = time.monotonic()
+        pacer = Pacer(fast, hello.get("limits") or {}, time.monotonic())
         sent = 0
-        with sf.SoundFile(str(path)) as f:
-            for block in f.blocks(blocksize=step, dtype="int16", always_2d=True):
-                await ws.send(np.ascontiguousarray(block[:, :channels]).astype("<i2").tobytes())
-                sent += len(block)
-                if not fast:
-                    await asyncio.sleep(max(0.0, t0 + sent / rate - time.monotonic()))
-        end_s[0] = sent / rate
-        await ws.send(json.dumps({"type": "stop"}))
         try:
-            await asyncio.wait_for(done.wait(), timeout=30)
-        except asyncio.TimeoutError:
-            click.echo("ser-client: the last prediction did not arrive within 30 s", err=True)
-            return 1
+            with sf.SoundFile(str(path)) as f:
+                for block in f.blocks(blocksize=step, dtype="int16", always_2d=True):
+                    await ws.send(np.ascontiguousarray(block[:, :channels]).astype("<i2").tobytes())
+                    sent += len(block)
+                    await asyncio.sleep(max(0.0, pacer.due(sent / rate) - time.monotonic()))
+            await ws.send(json.dumps({"type": "stop"}))
+            finished = asyncio.ensure_future(done.wait())
+            await asyncio.wait({finished, receiver}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+            finished.cancel()
+        except ConnectionClosed:
+            pass
         finally:
             receiver.cancel()
-    return 0
+        if done.is_set():
+            return 0
+        if ws.close_code is not None:
+            click.echo(f"ser-client: the daemon closed the connection ({ws.close_code} {ws.close_reason})", err=True)
+        else:
+            click.echo("ser-client: the last prediction did not arrive within 30 s", err=True)
+        return 1
 
 
 async def stream_device(url: str, device: str, on_message: Any) -> int:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import socket
+import subprocess
 import threading
 import time
 import urllib.error
@@ -22,6 +25,7 @@ from websockets.sync.client import connect
 
 from realtime.daemon import Daemon
 from realtime.sources import demo_clip_path
+from realtime.testing import script
 from tests.conftest import write_wav
 from training.audio import LABELS, load_audio
 from training.config import compose
@@ -42,6 +46,7 @@ class Running:
     """A Daemon serving on a free loopback port from a background thread."""
 
     def __init__(self, engine, overrides=(), device="none", fast=False):
+        self.overrides = list(overrides)
         cfg = compose("daemon", ["server.port=0", "server.drain_timeout_s=0.2", *overrides])
         self.lines: list[str] = []
         self.ready = threading.Event()
@@ -70,13 +75,16 @@ class Running:
         assert not self.thread.is_alive(), "daemon did not stop"
 
     def metric(self, name: str) -> float:
-        text = urllib.request.urlopen(self.http + "/metrics", timeout=5).read().decode()
+        tokens = [o.split("=", 1)[1] for o in self.overrides if o.startswith("server.token=")]
+        query = f"?token={tokens[-1]}" if tokens else ""
+        text = urllib.request.urlopen(self.http + "/metrics" + query, timeout=5).read().decode()
         return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 
 
 @contextmanager
 def client(url: str, **kw):
-    with connect(url, open_timeout=5, close_timeout=2, **kw) as ws:
+    kw.setdefault("close_timeout", 2)
+    with connect(url, open_timeout=5, **kw) as ws:
         hello = json.loads(ws.recv(timeout=5))
         assert hello["type"] == "hello", hello
         ws.hello = hello  # type: ignore[attr-defined]
@@ -385,3 +393,184 @@ def test_batch_cap_on_a_cpu_engine(engine):
         assert json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())["max_batch"] == 8
     with Running(engine, ["scheduler.max_batch_cpu=null"]) as d:
         assert json.loads(urllib.request.urlopen(d.http + "/healthz", timeout=5).read())["max_batch"] == 32
+
+
+# ------------------------------------------------------------------ hostile clients (issue 11)
+
+
+def in_loop(d: Running, fn):
+    """Run ``fn()`` on the daemon's event loop (where its state lives) and return the result."""
+
+    async def call():
+        return fn()
+
+    return asyncio.run_coroutine_threadsafe(call(), d.daemon.loop).result(5)
+
+
+def cycle(ws, times: int, audio_s: float = 0.0) -> tuple[list[dict], int | None]:
+    """start, (audio_s of audio in 100 ms frames), stop, ``times`` times: the messages seen and the close code."""
+    seen: list[dict] = []
+    try:
+        for _ in range(times):
+            ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le"}))
+            seen += recv_until(ws, lambda m: m["type"] in ("started", "error"))
+            for _ in range(int(round(audio_s * 10))):
+                ws.send(s16(np.zeros(SR // 10)))
+            ws.send(json.dumps({"type": "stop"}))
+            seen += recv_until(ws, lambda m: m["type"] in ("stopped", "error"))
+        return seen, None
+    except ConnectionClosed as exc:
+        while True:  # what was queued before the close
+            try:
+                seen.append(json.loads(ws.recv(timeout=1)))
+            except (ConnectionClosed, TimeoutError):
+                break
+        return seen, exc.rcvd.code if exc.rcvd is not None else None
+
+
+def test_start_stop_cycling_cannot_reset_the_audio_budget(engine):
+    """Finding 1: each start used to reset the audio budget, so cycling pushed audio at 99x real time."""
+    overrides = ["server.max_audio_burst_s=2", "server.max_starts_per_s=100", "server.max_start_burst=100"]
+    with Running(engine, overrides) as d, client(d.url) as ws:
+        seen, close = cycle(ws, times=8, audio_s=1.0)  # 8 s of audio in well under a second, 1 s per stream
+        errors = [m for m in seen if m["type"] == "error"]
+        assert close == 1008 and [e["code"] for e in errors] == ["rate_limited"], seen
+        assert "per connection" in errors[0]["message"]
+
+
+def test_start_stop_cycling_is_rate_limited(engine):
+    """Finding 1: ten starts a second were accepted; now a burst of max_start_burst, then max_starts_per_s."""
+    with Running(engine) as d, client(d.url) as ws:
+        assert ws.hello["limits"]["max_start_burst"] == 4
+        seen, close = cycle(ws, times=10)
+        errors = [m for m in seen if m["type"] == "error"]
+        assert close == 1008 and [e["code"] for e in errors] == ["rate_limited"], seen
+        assert "stream starts" in errors[0]["message"]
+        assert sum(m["type"] == "started" for m in seen) == 4
+        with client(d.url) as other:  # the daemon is fine, and the next client may start
+            assert cycle(other, times=1)[1] is None
+
+
+def test_a_client_that_never_reads_keeps_a_bounded_outbox_with_the_latest_stream_list(engine):
+    """Finding 2: every stream change queued a `streams` message for a non-reader, past any cap."""
+    cap = 16
+    overrides = [f"server.client_queue={cap}", "server.send_buffer_bytes=4096",
+                 "server.max_starts_per_s=1000", "server.max_start_burst=1000", "server.max_messages_per_s=5000"]
+    with Running(engine, overrides) as d, ExitStack() as stack:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small TCP window
+        sock.connect(("127.0.0.1", d.port))
+        lazy = stack.enter_context(connect(d.url, sock=sock, open_timeout=5, max_queue=1, close_timeout=0.2))
+        holders = [stack.enter_context(client(d.url, close_timeout=0.2)) for _ in range(10)]
+        for h in holders:  # ten streams make each stream list about a kilobyte
+            h.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le"}))
+        with client(d.url) as cycler:
+            worst = 0
+            for _ in range(15):
+                seen, close = cycle(cycler, times=10)  # 300 stream-list changes in all
+                assert close is None, seen[-3:]
+                worst = max(worst, in_loop(d, lambda: max(len(c.outbox) for c in d.daemon.server.clients.values())))
+            assert worst <= cap, worst
+        want = in_loop(d, lambda: [s["id"] for s in d.daemon.stream_list()])
+        assert len(want) == 10
+        last = None  # the non-reader was not closed, and the list it ends up with is the latest
+        with suppress(TimeoutError):
+            for _ in range(1000):
+                msg = json.loads(lazy.recv(timeout=2))
+                if msg["type"] == "streams":
+                    last = [s["id"] for s in msg["streams"]]
+                    if last == want:
+                        break
+        assert last == want
+
+
+def raw_http(port: int, lines: list[str]) -> tuple[int, bytes]:
+    """Send a hand-written request (headers a proper client would never send); status and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        with suppress(TimeoutError, ConnectionResetError):
+            while chunk := s.recv(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+UPGRADE = ["Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+           "Sec-WebSocket-Version: 13"]
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        ["GET /healthz HTTP/1.1", "Host: 127.0.0.1", "Host: 127.0.0.1"],
+        ["GET /ws HTTP/1.1", "Host: 127.0.0.1", "Host: evil.example", *UPGRADE],
+        ["GET /ws HTTP/1.1", "Host: 127.0.0.1", "Authorization: Bearer s3cret", "Authorization: Bearer x", *UPGRADE],
+        ["GET /metrics HTTP/1.1", "Host: 127.0.0.1", "Authorization: Bearer s3cret", "Authorization: Bearer s3cret"],
+        ["GET /healthz HTTP/1.1", "Host: [::1"],
+        ["GET /ws HTTP/1.1", "Host: [::1", *UPGRADE],
+        ["GET /ws?token=s3cret HTTP/1.1", "Host: localhost", "Origin: http://localhost", "Origin: http://evil.example",
+         *UPGRADE],
+        ["GET //[::1/ HTTP/1.1", "Host: localhost"],
+    ],
+    ids=["dup-host", "dup-host-ws", "dup-auth-ws", "dup-auth-metrics", "bracket-host", "bracket-host-ws",
+         "dup-origin-ws", "bad-target"],
+)
+def test_malformed_headers_get_400_not_500_or_a_traceback(engine, caplog, lines):
+    """Finding 8: these gave HTTP 500 or close 1011 with an ERROR traceback, before any authentication."""
+    with Running(engine, ["server.token=s3cret"]) as d:
+        caplog.clear()
+        status, body = raw_http(d.port, lines)
+        assert status == 400, (status, body)
+        assert b"bad request" in body
+        with client(d.url + "?token=s3cret"):  # still serving
+            pass
+        assert d.metric('ser_connections_refused_total{reason="bad_request"}') == 1
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
+
+
+def test_healthz_needs_the_token_and_names_no_file_or_device(engine, tmp_path):
+    """Finding 9: /healthz answered without the token and listed file paths and device names."""
+    secret_dir = tmp_path / "private-recordings"
+    path = write_wav(secret_dir / "board-meeting.wav", load_audio(demo_clip_path())[: 3 * SR])
+    with Running(engine, ["server.token=s3cret"], device=str(path)) as d:
+        for url, headers in ((d.http + "/healthz", {}), (d.http + "/healthz?token=wrong", {}),
+                             (d.http + "/healthz", {"Authorization": "Bearer wrong"})):
+            with pytest.raises(urllib.error.HTTPError) as exc:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5)
+            assert exc.value.code == 401
+        deadline = time.monotonic() + 10
+        while True:
+            req = urllib.request.Request(d.http + "/healthz", headers={"Authorization": "Bearer s3cret"})
+            body = urllib.request.urlopen(req, timeout=5).read().decode()
+            health = json.loads(body)
+            if health["streams"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [s["id"] for s in health["streams"]] == ["file"]
+        assert health["streams"][0]["kind"] == "file"
+        for secret in ("board-meeting", "private-recordings", str(tmp_path)):
+            assert secret not in body, body
+        assert json.loads(urllib.request.urlopen(d.http + "/healthz?token=s3cret", timeout=5).read())["model"]
+
+
+def test_text_is_measured_in_bytes_not_characters(engine):
+    """Finding 10: 40,000 two-byte characters (80 kB) passed a 64 kB limit counted in characters."""
+    overrides = ["server.max_message_bytes=65536", "server.max_text_bytes_per_s=1000000"]
+    with Running(engine, overrides) as d, client(d.url) as ws:
+        ws.send(json.dumps({"type": "subscribe", "streams": "*", "pad": "é" * 40_000}, ensure_ascii=False))
+        err = expect_error_and_close(ws, "message_too_large", 1009)
+        assert "80" in err["message"]
+
+
+def test_ser_client_fast_on_a_long_file_paces_itself_and_finishes(engine, tmp_path):
+    """Finding 10: `ser-client --fast` on a file over the audio burst was closed as rate_limited, then waited 30 s."""
+    speech = load_audio(demo_clip_path())
+    path = write_wav(tmp_path / "long.wav", np.tile(speech, 3)[: 9 * SR])
+    with Running(engine, ["server.max_audio_burst_s=2"]) as d:
+        p = subprocess.run([*script("ser-client"), d.url, "--device", str(path), "--fast", "--json"],
+                           capture_output=True, text=True, timeout=40)
+    assert p.returncode == 0, p.stderr
+    assert "rate_limited" not in p.stderr and "closed" not in p.stderr
+    preds = [json.loads(line) for line in p.stdout.splitlines()]
+    assert preds and preds[-1]["t_end"] == pytest.approx(9.0, abs=1e-3)
