@@ -145,7 +145,8 @@ class Daemon:
                     f"ser-listen exited with {self.proc.returncode}:\n{self.output()[-4000:]}"
                 )
             try:
-                with urllib.request.urlopen(self.url + "healthz", timeout=2) as r:
+                token = self.args[self.args.index("--token") + 1] if "--token" in self.args else ""
+                with urllib.request.urlopen(self.url + "healthz?token=" + token, timeout=2) as r:  # /healthz needs it
                     if r.status == 200:
                         return
             except OSError:
@@ -626,5 +627,6 @@ def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(
         )
         wait_for_seq(page, 2)
         assert page.get_attribute('a[href^="metrics"]', "href").endswith("token=s3cret")
+        assert page.get_attribute('a[href^="healthz"]', "href").endswith("token=s3cret")
     finally:
         browser.close()

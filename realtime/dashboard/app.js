@@ -966,7 +966,9 @@
 
   if (params.get("token")) {
     // Carry the token to the links that need it.
-    document.querySelectorAll('a[href="metrics"]').forEach((a) => (a.href = "metrics?token=" + encodeURIComponent(params.get("token"))));
+    for (const name of ["metrics", "healthz"]) {
+      document.querySelectorAll(`a[href="${name}"]`).forEach((a) => (a.href = name + "?token=" + encodeURIComponent(params.get("token"))));
+    }
   }
 
   buildBars();
