@@ -97,7 +97,7 @@ class DaemonAPI(Protocol):
     def model_info(self) -> dict[str, Any]: ...
     def stream_list(self) -> list[dict[str, Any]]: ...
     def health(self) -> dict[str, Any]: ...
-    def open_remote_stream(self, sample_rate: int, channels: int, encoding: str) -> Any: ...
+    def open_remote_stream(self, sample_rate: int, channels: int, encoding: str, owner: str | None = None) -> Any: ...
     def close_remote_stream(self, stream: Any) -> None: ...
 
 
@@ -211,15 +211,14 @@ def inspect_request(request: Request) -> RequestInfo:
 
 
 STREAM_FIELDS_PUBLIC = ("id", "kind", "sample_rate", "channels")
-REDACTED_KEYS = frozenset({"source", "path", "file", "device", "device_name"})
+REDACTED_KEYS = frozenset({"path", "file", "filename", "device_name", "source_name"})
 
 
 def public_health(state: dict[str, Any]) -> dict[str, Any]:
     """The daemon's state as /healthz shows it: streams by id and kind only; no file paths or device names.
 
-    ``engine``/``model`` keys describe the model and backend, which clients see in ``hello`` anyway;
-    anything under a key that may name a file or a device (``source``, ``path``, ...) is left out,
-    at any depth, except the engine's ``device`` (``cpu``/``cuda``) at the top level.
+    Streams keep only :data:`STREAM_FIELDS_PUBLIC` (their ``source`` names a file or a device);
+    anywhere else, a key that names a file or a device (:data:`REDACTED_KEYS`) is left out.
     """
 
     def scrub(v: Any) -> Any:
@@ -229,7 +228,7 @@ def public_health(state: dict[str, Any]) -> dict[str, Any]:
             return [scrub(x) for x in v]
         return v
 
-    out = {k: (v if k == "device" else scrub(v)) for k, v in state.items() if k != "streams"}
+    out = scrub({k: v for k, v in state.items() if k != "streams"})
     if "streams" in state:
         out["streams"] = [{k: s[k] for k in STREAM_FIELDS_PUBLIC if k in s} for s in state["streams"]]
     return out
@@ -477,7 +476,9 @@ class Server:
             req = outcome.start
             self._send_replies(client, outcome)
             try:
-                client.stream = self.daemon.open_remote_stream(req.sample_rate, req.channels, req.encoding)
+                client.stream = self.daemon.open_remote_stream(
+                    req.sample_rate, req.channels, req.encoding, owner=f"client-{client.id}"
+                )
             except ProtocolError as exc:
                 outcome = client.session.start_refused(exc)
             else:

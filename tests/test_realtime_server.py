@@ -574,3 +574,19 @@ def test_ser_client_fast_on_a_long_file_paces_itself_and_finishes(engine, tmp_pa
     assert "rate_limited" not in p.stderr and "closed" not in p.stderr
     preds = [json.loads(line) for line in p.stdout.splitlines()]
     assert preds and preds[-1]["t_end"] == pytest.approx(9.0, abs=1e-3)
+
+
+def test_public_health_keeps_state_and_drops_names():
+    from realtime.server import public_health
+
+    state = {
+        "status": "degraded",
+        "device": "cpu",
+        "source": {"kind": "device", "state": "reconnecting", "device_name": "Blue Yeti"},
+        "streams": [{"id": "file", "kind": "file", "sample_rate": 44100, "channels": 2, "source": "/home/me/x.wav"}],
+    }
+    out = public_health(state)
+    assert out["status"] == "degraded" and out["device"] == "cpu"
+    assert out["source"] == {"kind": "device", "state": "reconnecting"}
+    assert out["streams"] == [{"id": "file", "kind": "file", "sample_rate": 44100, "channels": 2}]
+    assert "Blue Yeti" not in json.dumps(out) and "x.wav" not in json.dumps(out)
