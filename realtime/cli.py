@@ -164,12 +164,16 @@ def main(**options: Any) -> None:
         options_engine: dict[str, Any] = {}
         if cfg.model.threads:
             options_engine["threads"] = int(cfg.model.threads)
+        log.info("loading model %s (backend %s)", cfg.model.path or "(shipped default)", cfg.model.backend)
         engine = load_engine(cfg.model.path, backend=str(cfg.model.backend), device=str(cfg.model.device), **options_engine)
         if engine.sample_rate != SAMPLE_RATE:
             fail(f"model {engine.path} expects {engine.sample_rate} Hz audio; the daemon feeds {SAMPLE_RATE} Hz")
         engine.warmup(tuple(int(b) for b in cfg.model.warmup_batches))
     except EngineError as exc:
         fail(str(exc))
+    except KeyboardInterrupt:  # Ctrl-C while the model loads: a clean exit, not a traceback
+        click.echo("ser-listen: interrupted while loading the model", err=True)
+        sys.exit(130)
 
     from realtime.jsonl import JsonlWriter
 

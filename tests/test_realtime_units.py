@@ -6,6 +6,7 @@ All real: numpy, soxr, webrtcvad and the tiny ONNX engine from conftest through 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -459,3 +460,243 @@ def test_hop_off_the_chunk_grid_is_refused(chunked_model):
     with pytest.raises(ValueError, match=r"audio.hop_s=0.3 is not a multiple of the model's chunk hop \(0.5 s\)"):
         engine_settings(eng, **{"audio.hop_s": 0.3})
     assert engine_settings(eng, **{"audio.hop_s": 1.0}).hop_samples == 16000
+
+
+# ------------------------------------------------------------------ issue 11: faults and hostile load
+
+
+def test_a_flooding_stream_cannot_starve_a_well_behaved_one(engine):
+    """Finding 1: 200 due windows of one stream queued first; the other stream's one window is in the first batch."""
+    sched, col, _ = make_scheduler(engine, max_batch=4, max_wait_s=0.0, max_queue=256)
+    flood = Stream("flood", "remote", settings(**{"audio.buffer_s": 120.0}), SR, 1, lambda w: None, LABELS, group="client-1")
+    calm = Stream("calm", "remote", settings(), SR, 1, lambda w: None, LABELS, group="client-2")
+    flood.push(tone(seconds=101.0, amp=0.05))
+    calm.push(tone(seconds=1.0, amp=0.2))
+    now = time.monotonic()
+    for k in range(200):
+        sched.submit(Window(flood, k, 16000 + 8000 * k, now, droppable=False))
+    sched.submit(Window(calm, 0, 16000, now, droppable=False))
+    sched.start()
+    results = col.wait(201, timeout=60)
+    sched.stop()
+    calm_at = next(i for i, r in enumerate(results) if r.window.stream is calm)
+    assert calm_at < 4, f"the well-behaved stream's window came {calm_at + 1}th"
+
+
+def test_one_clients_many_streams_share_one_turn(engine):
+    """Fair by client first: a client with 5 streams gets no more of a batch than a client with one."""
+    sched, col, _ = make_scheduler(engine, max_batch=2, max_wait_s=0.0)
+    many = [Stream(f"m{i}", "remote", settings(), SR, 1, lambda w: None, LABELS, group="greedy") for i in range(5)]
+    one = Stream("one", "remote", settings(), SR, 1, lambda w: None, LABELS, group="polite")
+    now = time.monotonic()
+    for s in [*many, one]:
+        s.push(tone(seconds=1.0))
+    for s in many:
+        sched.submit(Window(s, 0, 16000, now, droppable=False))
+    sched.submit(Window(one, 0, 16000, now, droppable=False))
+    sched.start()
+    results = col.wait(6)
+    sched.stop()
+    assert one in {r.window.stream for r in results[:2]}
+
+
+def test_non_finite_rows_cost_only_their_own_windows(nan_model):
+    """Finding 5: in one batch a window the model turns into NaN is dropped; the other stream keeps its result."""
+    from engine import load_engine
+
+    eng = load_engine(nan_model, backend="onnxruntime", device="cpu")
+    sched, col, metrics = make_scheduler(eng, max_batch=4, max_wait_s=0.0)
+    bad = Stream("bad", "test", settings(), SR, 1, sched.submit, LABELS)
+    good = Stream("good", "test", settings(), SR, 1, sched.submit, LABELS)
+    bad.push(np.full(SR, -0.1, np.float32))  # negative mean: the model's sqrt gives NaN
+    good.push(np.full(SR, 0.1, np.float32))
+    sched.start()
+    results = {r.window.stream.id: r for r in col.wait(2)}
+    good.push(np.full(SR // 2, 0.1, np.float32))  # and the next batch is scored as usual
+    more = col.wait(3)
+    sched.stop()
+    assert results["bad"].probs is None and results["bad"].dropped == "non_finite"
+    assert results["good"].dropped is None and np.isfinite(results["good"].probs).all()
+    assert more[-1].window.stream is good and more[-1].dropped is None
+    assert metrics.windows_dropped.value("non_finite") == 1
+    assert not sched.engine_state().failing  # a NaN window is not an engine failure
+
+
+def test_smoother_ignores_non_finite_probabilities():
+    """Finding 5: one NaN vector used to make the smoothed state NaN for good (and top 'anger')."""
+    sm = Smoother(6, tau_s=1.0)
+    a = np.array([0.1, 0.6, 0.1, 0.1, 0.05, 0.05])
+    sm.update(a, 1.0, True)
+    out = sm.update(np.full(6, np.nan), 1.5, True)
+    np.testing.assert_allclose(out, a)
+    out = sm.update(a, 2.0, True)
+    assert np.isfinite(out).all() and int(np.argmax(out)) == 1
+
+
+def failing_onnx(path):
+    """A real model that loads but fails at run time on 5 s windows (a Reshape that 80,000 samples cannot fill)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Reshape", ["waveform", "shape"], ["rows"]),
+        helper.make_node("ReduceMean", ["rows", "axes"], ["m"], keepdims=0),
+        helper.make_node("Slice", ["m", "s", "e", "axes"], ["cut"]),
+        helper.make_node("Reshape", ["cut", "out_shape"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "fails",
+        [helper.make_tensor_value_info("waveform", TensorProto.FLOAT, ["batch", "samples"])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 6])],
+        initializer=[
+            helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 7]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("e", TensorProto.INT64, [1], [6]),
+            helper.make_tensor("out_shape", TensorProto.INT64, [2], [-1, 6]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    import json as _json
+
+    for k, v in {"labels": _json.dumps(list(LABELS)), "sample_rate": "16000", "window_s": "5.0", "name": "fails"}.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_failing_engine_backs_off_and_reports_itself(tmp_path, caplog):
+    """Finding 6: every engine call failing used to log a traceback per batch, at full speed, with /healthz 'ok'."""
+    pytest.importorskip("onnx")
+    from engine import load_engine
+    from realtime.daemon import Daemon
+
+    eng = load_engine(failing_onnx(tmp_path / "fails.onnx"), backend="onnxruntime", device="cpu")
+    cfg = compose("daemon", ["server.port=0"])
+    d = Daemon(cfg, eng, announce=lambda line: None)
+    d.scheduler.backoff_min_s = 0.2
+    d.scheduler.start()
+    assert d.health()["status"] == "ok"
+    stream = Stream("s", "test", settings(**{"audio.hop_s": 0.05}), SR, 1, d.scheduler.submit, LABELS, droppable=False)
+    with caplog.at_level(logging.ERROR, logger="ser-listen"):
+        t0 = time.monotonic()
+        for _ in range(40):  # 2 s of audio, a window every 50 ms: 21 windows due at once
+            stream.push(tone(seconds=0.05))
+        deadline = time.monotonic() + 20
+        while d.scheduler.engine_state().consecutive_failures < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        elapsed = time.monotonic() - t0
+        state = d.scheduler.engine_state()
+        health = d.health()
+    d.scheduler.stop()
+    assert health["status"] == "failing" and health["engine"]["status"] == "failing"
+    assert health["engine"]["consecutive_failures"] >= 3 and health["engine"]["backoff_s"] >= 0.4
+    assert state.consecutive_failures <= 1 + elapsed / 0.2  # backed off: not one call per window
+    assert sum("Traceback" in (r.exc_text or "") or r.exc_info is not None for r in caplog.records) == 1
+
+
+def test_a_stopped_stream_holds_its_slot_until_its_windows_are_out(engine):
+    """Finding 1: stop freed the remote-stream slot at once, so start/stop cycling bypassed max_remote_streams."""
+    import asyncio
+
+    from realtime.daemon import Daemon
+
+    async def main() -> None:
+        cfg = compose("daemon", ["server.port=0", "server.max_remote_streams=2"])
+        d = Daemon(cfg, engine, announce=lambda line: None)
+        d.loop = asyncio.get_running_loop()
+        for _ in range(2):  # the worker is not running yet: their windows stay queued
+            s = d.open_remote_stream(SR, 1, "pcm_s16le", owner="c1")
+            s.push(tone(seconds=1.2))
+            d.close_remote_stream(s)
+        with pytest.raises(ProtocolError) as exc:
+            d.open_remote_stream(SR, 1, "pcm_s16le", owner="c1")
+        assert exc.value.code == "server_busy"
+        d.scheduler.start()
+        try:
+            for _ in range(500):  # their windows are delivered, they retire, the slots come back
+                if not d.streams:
+                    break
+                await asyncio.sleep(0.02)
+            assert not d.streams
+            d.open_remote_stream(SR, 1, "pcm_s16le", owner="c1")
+        finally:
+            d.scheduler.stop()
+
+    asyncio.run(main())
+
+
+def test_per_stream_bookkeeping_is_not_kept_after_streams_retire(engine):
+    """Finding 10: the daemon kept an entry per stream ever seen (1,050 entries for 20 live streams)."""
+    import asyncio
+
+    from realtime.daemon import Daemon
+
+    def held(d) -> int:
+        return sum(len(v) for v in vars(d).values() if isinstance(v, (dict, set, list)))
+
+    async def main() -> None:
+        d = Daemon(compose("daemon", ["server.port=0"]), engine, announce=lambda line: None)
+        d.loop = asyncio.get_running_loop()
+        d.scheduler.start()
+        try:
+            before = held(d)
+            for i in range(60):
+                s = d.open_remote_stream(SR, 1, "pcm_s16le", owner=f"c{i}")
+                s.push(tone(seconds=1.0))
+                d.close_remote_stream(s)
+                for _ in range(500):
+                    if s.retired and s.id not in d.streams:
+                        break
+                    await asyncio.sleep(0.01)
+                assert s.retired
+            await asyncio.sleep(0.05)
+            assert not d.streams and held(d) <= before
+        finally:
+            d.scheduler.stop()
+
+    asyncio.run(main())
+
+
+def test_jsonl_writer_never_blocks_on_a_stalled_reader():
+    """Finding 3: a stdout pipe nobody reads used to block the event loop (and /healthz, and SIGTERM)."""
+    import os
+
+    from realtime.jsonl import JsonlWriter
+
+    r, w = os.pipe()
+    try:
+        out = JsonlWriter(w, max_lines=100)
+        line = "x" * 1000
+        t0 = time.monotonic()
+        accepted = sum(out.write(line) for _ in range(2000))  # 2 MB into a 64 kB pipe
+        assert accepted < 2000 and out.dropped == 2000 - accepted
+        assert out.close(timeout=0.2) is False  # bounded even though nothing drains the pipe
+        assert time.monotonic() - t0 < 30
+        first = os.read(r, 1001)
+        assert first == (line + "\n").encode()  # what was written is whole lines, in order
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_jsonl_writer_writes_every_line_to_a_reader():
+    import os
+
+    from realtime.jsonl import JsonlWriter
+
+    r, w = os.pipe()
+    got = bytearray()
+    reader = threading.Thread(target=lambda: [got.extend(b) for b in iter(lambda: os.read(r, 65536), b"")], daemon=True)
+    reader.start()
+    out = JsonlWriter(w, max_lines=10_000)
+    for i in range(3000):
+        assert out.write(f'{{"i": {i}}}')
+    assert out.close(timeout=10.0)
+    os.close(w)
+    reader.join(10)
+    os.close(r)
+    assert got.decode().splitlines() == [f'{{"i": {i}}}' for i in range(3000)] and out.dropped == 0
