@@ -236,6 +236,8 @@ def public_health(state: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- clients
 
+DRAIN_STALL_S = 0.1  # a closing client that takes no message for this long is not reading: stop waiting for it
+SHUTDOWN_CLOSE_WAIT_S = 0.25  # on shutdown, the wait for closing handshakes before connections are dropped
 CONTROL_KEY = "control"  # outbox key of replies, errors and stream-list updates
 OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control first, others' predictions after
 
@@ -251,6 +253,7 @@ class Client:
     stream: Any = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: int = 0
+    sent: int = 0
     closing: bool = False
 
 
@@ -293,19 +296,26 @@ class Server:
         return self.port
 
     async def shutdown(self) -> None:
-        """Let each client's queued messages go out briefly, then close everyone with 1001."""
+        """Let each client's queued messages go out briefly, close everyone with 1001, drop who does not answer.
+
+        Bounded: at most ``drain_timeout_s`` for queued messages (less for a client that is not
+        reading) and ``SHUTDOWN_CLOSE_WAIT_S`` for the closing handshakes, whatever the clients do.
+        """
         if self._ws_server is None:
             return
         self._ws_server.server.close()  # no new connections
         clients = list(self.clients.values())
         if clients:
             await asyncio.wait(
-                [asyncio.create_task(self._close(c, protocol.SHUTTING_DOWN)) for c in clients],
-                timeout=self.settings.drain_timeout_s + self.settings.close_timeout_s + 0.5,
+                [asyncio.create_task(self._close(c, protocol.SHUTTING_DOWN, handshake_s=SHUTDOWN_CLOSE_WAIT_S)) for c in clients],
+                timeout=self.settings.drain_timeout_s + SHUTDOWN_CLOSE_WAIT_S + 0.1,
             )
+        for c in clients:
+            if c.ws.transport is not None and c.ws.state.name != "CLOSED":
+                c.ws.transport.abort()
         self._ws_server.close(close_connections=True)
         try:
-            await asyncio.wait_for(self._ws_server.wait_closed(), timeout=self.settings.close_timeout_s + 0.5)
+            await asyncio.wait_for(self._ws_server.wait_closed(), timeout=SHUTDOWN_CLOSE_WAIT_S)
         except asyncio.TimeoutError:
             log.warning("some connections did not close in time")
 
@@ -489,9 +499,10 @@ class Server:
                 self.daemon.close_remote_stream(stream)
         elif outcome.audio is not None and client.stream is not None:
             client.stream.push(outcome.audio)
+        reason = next((m["code"] for m in outcome.replies if m["type"] == "error"), "closed")
         self._send_replies(client, outcome)
         if outcome.close is not None:
-            self.metrics.clients_closed.inc(1, outcome.replies[-1]["code"] if outcome.replies else "closed")
+            self.metrics.clients_closed.inc(1, reason)
             await self._close(client, outcome.close)
             return False
         return not client.closing
@@ -552,18 +563,26 @@ class Server:
                 client.wakeup.clear()
                 while (text := client.outbox.get_nowait()) is not None:
                     await client.ws.send(text)
+                    client.sent += 1
         except (ConnectionClosed, asyncio.CancelledError):
             pass
 
     async def _drain(self, client: Client, timeout: float) -> None:
+        """Wait (bounded) for the outbox to empty; give up early on a client that takes nothing."""
         deadline = time.monotonic() + timeout
-        while client.outbox and time.monotonic() < deadline and client.ws.state.name == "OPEN":
+        last, idle_since = client.sent, time.monotonic()
+        while client.outbox and client.ws.state.name == "OPEN":
+            now = time.monotonic()
+            if client.sent != last:
+                last, idle_since = client.sent, now
+            if now >= deadline or now - idle_since > DRAIN_STALL_S:
+                return
             await asyncio.sleep(0.01)
 
-    async def _close(self, client: Client, close: Close, drain: bool = True) -> None:
+    async def _close(self, client: Client, close: Close, drain: bool = True, handshake_s: float | None = None) -> None:
         """Let the queued messages go out (bounded), then close; a client that does not read is closed at once."""
         client.closing = True
         if drain:
             await self._drain(client, self.settings.drain_timeout_s)
-        with contextlib.suppress(ConnectionClosed):
-            await client.ws.close(close.code, close.reason)
+        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+            await asyncio.wait_for(client.ws.close(close.code, close.reason), handshake_s)
