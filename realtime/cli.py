@@ -1,27 +1,23 @@
 """``ser-listen``: the command line of the daemon (flags -> conf/daemon.yaml overrides -> Daemon).
 
-Owns argument parsing, config validation, the security rule for binding
-beyond loopback, and turning every expected failure (no model, bad device,
-port in use, bad config) into one ``ser-listen: error: ...`` line and a
-non-zero exit, never a traceback.
+Owns argument parsing, the security rule for binding beyond loopback, and
+turning every expected failure (no model, bad device, port in use, bad config)
+into one ``ser-listen: error: ...`` line and a non-zero exit, never a
+traceback; Ctrl-C at any point after start-up exits 130 without one. The
+config schema and its validation live in :mod:`realtime.config`. Everything
+beyond click is imported inside ``main`` so that a Ctrl-C while the heavy
+modules load is caught too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any
 
 import click
-from omegaconf import OmegaConf
-
-from engine import EngineError, load_engine
-from engine.base import BACKENDS
-from realtime.server import is_loopback_host
-from realtime.sources import SourceError, format_device_table, list_input_devices
-from training.audio import SAMPLE_RATE
-from training.config import ConfigError, compose, to_yaml
 
 log = logging.getLogger("ser-listen")
 
@@ -41,33 +37,6 @@ Any key of conf/daemon.yaml can be given as key=value after the options.
 def fail(message: str, code: int = 1) -> None:
     click.echo(f"ser-listen: error: {message}", err=True)
     sys.exit(code)
-
-
-def check_config(cfg: Any) -> None:
-    """Reject values the daemon cannot run with, naming the key (ConfigError)."""
-    a, sch, post, srv = cfg.audio, cfg.scheduler, cfg.post, cfg.server
-    rules = [
-        (a.hop_s > 0, "audio.hop_s must be > 0"),
-        (a.min_audio_s > 0, "audio.min_audio_s must be > 0"),
-        (a.block_s > 0 and a.file_chunk_s > 0 and a.capture_buffer_s > a.block_s, "audio block/chunk/capture sizes must be > 0"),
-        (1 <= a.max_channels <= 32, "audio.max_channels must be 1..32"),
-        (str(a.resample_quality) in ("QQ", "LQ", "MQ", "HQ", "VHQ"), "audio.resample_quality must be QQ, LQ, MQ, HQ or VHQ"),
-        (int(sch.max_batch) >= 1, "scheduler.max_batch must be >= 1"),
-        (sch.max_batch_cpu is None or int(sch.max_batch_cpu) >= 1, "scheduler.max_batch_cpu must be >= 1 or null"),
-        (sch.max_wait_ms >= 0 and sch.stale_after_s > 0 and int(sch.max_queue) >= 1, "scheduler waits and queue must be positive"),
-        (post.smoothing_tau_s >= 0, "post.smoothing_tau_s must be >= 0"),
-        (int(post.vad_aggressiveness) in (0, 1, 2, 3), "post.vad_aggressiveness must be 0..3"),
-        (int(post.vad_frame_ms) in (10, 20, 30), "post.vad_frame_ms must be 10, 20 or 30"),
-        (0 <= post.vad_min_voiced_fraction <= 1, "post.vad_min_voiced_fraction must be within 0..1"),
-        (0 <= int(srv.port) <= 65535, "server.port must be 0..65535"),
-        (int(srv.max_clients) >= 1 and int(srv.max_remote_streams) >= 0, "server.max_clients must be >= 1"),
-        (int(srv.max_message_bytes) >= 1024, "server.max_message_bytes must be >= 1024"),
-        (float(srv.max_messages_per_s) >= 1 and int(srv.client_queue) >= 1, "server rate and queue limits must be >= 1"),
-        (OmegaConf.is_list(srv.allowed_origins), "server.allowed_origins must be a list, e.g. [https://example.org]"),
-    ]
-    for ok, message in rules:
-        if not ok:
-            raise ConfigError(message)
 
 
 def _overrides(options: dict[str, Any], extra: tuple[str, ...]) -> list[str]:
@@ -115,12 +84,27 @@ def _yaml_str(v: str) -> str:
 @click.option("--token", default=None, envvar="SER_TOKEN", help="Shared secret clients must send (also $SER_TOKEN).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token.")
 @click.option("--model", default=None, help="ONNX model (default: the model shipped in the package).")
-@click.option("--backend", type=click.Choice(BACKENDS), default=None, help="Inference backend [model.backend].")
+@click.option("--backend", default=None, help="Inference backend: auto | tensorrt | onnxruntime | torch [model.backend].")
 @click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.argument("overrides", nargs=-1)
 def main(**options: Any) -> None:
     """Listen to audio and stream per-window emotion probabilities over WebSocket (protocol v1)."""
+    try:
+        _main(options)
+    except KeyboardInterrupt:  # Ctrl-C while modules load or the model warms up; shutdown has its own handler
+        click.echo("ser-listen: interrupted", err=True)
+        sys.exit(130)
+
+
+def _main(options: dict[str, Any]) -> None:
+    from engine import EngineError, load_engine
+    from realtime.config import load_daemon_config
+    from realtime.server import is_loopback_host
+    from realtime.sources import SourceError, format_device_table, list_input_devices
+    from training.audio import SAMPLE_RATE
+    from training.config import ConfigError, to_yaml
+
     verbose = options.pop("verbose")
     logging.basicConfig(
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
@@ -134,8 +118,7 @@ def main(**options: Any) -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
     try:
-        cfg = compose("daemon", _overrides(options, options["overrides"]))
-        check_config(cfg)
+        cfg = load_daemon_config(_overrides(options, options["overrides"]))
     except ConfigError as exc:
         fail(str(exc), 2)
     if options["show_config"]:
@@ -160,6 +143,15 @@ def main(**options: Any) -> None:
     if options["fast"] and describe_device_spec(str(cfg.source.device)) not in ("file", "demo"):
         log.warning("--fast only applies to file sources; ignored")
 
+    interrupted: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    # A Ctrl-C inside an import (onnxruntime's) can surface as an ImportError, hence an EngineError:
+    # the flag tells an interrupted load from a broken one.
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         options_engine: dict[str, Any] = {}
         if cfg.model.threads:
@@ -170,8 +162,13 @@ def main(**options: Any) -> None:
             fail(f"model {engine.path} expects {engine.sample_rate} Hz audio; the daemon feeds {SAMPLE_RATE} Hz")
         engine.warmup(tuple(int(b) for b in cfg.model.warmup_batches))
     except EngineError as exc:
-        fail(str(exc))
+        if not interrupted:
+            fail(str(exc))
     except KeyboardInterrupt:  # Ctrl-C while the model loads: a clean exit, not a traceback
+        interrupted.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
         click.echo("ser-listen: interrupted while loading the model", err=True)
         sys.exit(130)
 

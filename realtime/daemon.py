@@ -26,8 +26,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from engine import Engine
 from realtime import protocol
+from realtime.config import DaemonConfig, typed
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import ProtocolError
@@ -66,7 +69,8 @@ class Daemon:
         jsonl: JsonlWriter | None = None,
         announce: Callable[[str], None] | None = None,
     ) -> None:
-        self.cfg = cfg
+        self.cfg = cfg if OmegaConf.get_type(cfg) is DaemonConfig else typed(cfg)  # validated once, here or in cli
+        cfg = self.cfg
         self.engine = engine
         self.device_spec = device
         self.fast = fast
@@ -96,19 +100,19 @@ class Daemon:
             self._on_results_threadsafe,
             self.metrics,
             max_batch=self.effective_max_batch(),
-            max_wait_s=float(cfg.scheduler.max_wait_ms) / 1000.0,
-            stale_after_s=float(cfg.scheduler.stale_after_s),
-            max_queue=int(cfg.scheduler.max_queue),
+            max_wait_s=cfg.scheduler.max_wait_ms / 1000.0,
+            stale_after_s=cfg.scheduler.stale_after_s,
+            max_queue=cfg.scheduler.max_queue,
             active_streams=lambda: len(self.streams),
         )
         self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
 
     def effective_max_batch(self) -> int:
         """``scheduler.max_batch``, capped by ``scheduler.max_batch_cpu`` when the engine runs on a CPU."""
-        n = int(self.cfg.scheduler.max_batch)
+        n = self.cfg.scheduler.max_batch
         cap = self.cfg.scheduler.max_batch_cpu
         if self.engine.device == "cpu" and cap is not None:
-            n = min(n, int(cap))
+            n = min(n, cap)
         return max(1, n)
 
     # ------------------------------------------------------------ streams
@@ -173,7 +177,7 @@ class Daemon:
                 make,
                 realtime=not self.fast,
                 loop=not self.once,
-                chunk_s=float(a.file_chunk_s),
+                chunk_s=a.file_chunk_s,
                 fast_ahead_windows=self.effective_max_batch(),
             )
 
@@ -184,14 +188,14 @@ class Daemon:
             spec,
             make_dev,
             on_xruns=lambda n: self.metrics.xruns.inc(n),
-            max_channels=int(a.max_channels),
-            block_s=float(a.block_s),
-            capture_buffer_s=float(a.capture_buffer_s),
+            max_channels=a.max_channels,
+            block_s=a.block_s,
+            capture_buffer_s=a.capture_buffer_s,
             reconnect=self.reconnect,
-            reconnect_min_s=float(self.cfg.source.reconnect_min_s),
-            reconnect_max_s=float(self.cfg.source.reconnect_max_s),
-            stall_timeout_s=float(self.cfg.source.stall_timeout_s),
-            xrun_log_interval_s=float(self.cfg.source.xrun_log_interval_s),
+            reconnect_min_s=self.cfg.source.reconnect_min_s,
+            reconnect_max_s=self.cfg.source.reconnect_max_s,
+            stall_timeout_s=self.cfg.source.stall_timeout_s,
+            xrun_log_interval_s=self.cfg.source.xrun_log_interval_s,
         )
 
     # ------------------------------------------------------------ DaemonAPI (server side, event loop)
@@ -246,7 +250,7 @@ class Daemon:
         A stopped stream keeps its slot until its last window is delivered, so
         cycling start/stop cannot hold more than ``server.max_remote_streams``.
         """
-        limit = int(self.cfg.server.max_remote_streams)
+        limit = self.cfg.server.max_remote_streams
         with self._lock:
             if self._remote_count >= limit:
                 raise ProtocolError("server_busy", f"too many remote streams (server.max_remote_streams={limit})")
@@ -329,7 +333,7 @@ class Daemon:
         return self.exit_code
 
     def announce_url(self, port: int) -> None:
-        host = str(self.cfg.server.host)
+        host = self.cfg.server.host
         shown = host if is_loopback_host(host) and host != "::1" else ("127.0.0.1" if host in ("0.0.0.0", "::", "") else host)
         if ":" in shown:
             shown = f"[{shown}]"
@@ -351,7 +355,7 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop capture, flush in-flight windows (bounded), close clients with 1001, stop the worker."""
         t0 = time.monotonic()
-        flush_s = float(self.cfg.server.flush_timeout_s)
+        flush_s = self.cfg.server.flush_timeout_s
         if self.source is not None:
             await asyncio.to_thread(self.source.stop, 1.0)
         await asyncio.to_thread(self.scheduler.wait_idle, flush_s)
@@ -359,5 +363,5 @@ class Daemon:
         await self.server.shutdown()
         await asyncio.to_thread(self.scheduler.stop, 1.0)
         if self.jsonl is not None:
-            await asyncio.to_thread(self.jsonl.close, float(self.cfg.output.jsonl_flush_timeout_s))
+            await asyncio.to_thread(self.jsonl.close, self.cfg.output.jsonl_flush_timeout_s)
         log.info("stopped in %.2f s", time.monotonic() - t0)

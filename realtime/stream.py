@@ -41,7 +41,7 @@ from training.audio import SAMPLE_RATE, pad_or_crop
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """Per-stream numbers, read once from conf/daemon.yaml (see ``from_config``)."""
+    """Per-stream numbers, taken from the typed daemon config (``realtime.config``) by ``from_config``."""
 
     window_samples: int
     hop_samples: int
@@ -79,22 +79,23 @@ class StreamSettings:
                 f"({chunk_hop / sr:g} s): use a hop of {chunk_hop / sr:g} s or a multiple of it"
             )
         buffer = max(int(round(cfg.audio.buffer_s * sr)), window_samples + hop * (extra_buffer_windows + 2))
+        a, post = cfg.audio, cfg.post  # typed and validated by realtime.config
         return cls(
             chunk_samples=chunk,
             chunk_hop_samples=chunk_hop,
             chunks_per_window=k,
             window_samples=window_samples,
             hop_samples=hop,
-            min_audio_samples=min(window_samples, max(1, int(round(cfg.audio.min_audio_s * sr)))),
+            min_audio_samples=min(window_samples, max(1, int(round(a.min_audio_s * sr)))),
             buffer_samples=buffer,
-            resample_quality=str(cfg.audio.resample_quality),
-            vad_aggressiveness=int(cfg.post.vad_aggressiveness),
-            vad_frame_ms=int(cfg.post.vad_frame_ms),
-            vad_noise_window_s=float(cfg.post.vad_noise_window_s),
-            vad_margin_db=float(cfg.post.vad_margin_db),
-            vad_min_dbfs=float(cfg.post.vad_min_dbfs),
-            vad_min_voiced_fraction=float(cfg.post.vad_min_voiced_fraction),
-            smoothing_tau_s=float(cfg.post.smoothing_tau_s),
+            resample_quality=a.resample_quality,
+            vad_aggressiveness=post.vad_aggressiveness,
+            vad_frame_ms=post.vad_frame_ms,
+            vad_noise_window_s=post.vad_noise_window_s,
+            vad_margin_db=post.vad_margin_db,
+            vad_min_dbfs=post.vad_min_dbfs,
+            vad_min_voiced_fraction=post.vad_min_voiced_fraction,
+            smoothing_tau_s=post.smoothing_tau_s,
         )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from realtime import protocol
+from realtime.config import load_daemon_config
 from realtime.metrics import DaemonMetrics
 from realtime.postprocess import Smoother, VoiceActivity
 from realtime.protocol import ProtocolError
@@ -24,13 +25,12 @@ from realtime.sources import demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
 from tests.conftest import tone
 from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES, load_audio, pad_or_crop
-from training.config import compose
 
 SR = SAMPLE_RATE
 
 
 def settings(**over) -> StreamSettings:
-    cfg = compose("daemon", [f"{k}={v}" for k, v in over.items()])
+    cfg = load_daemon_config([f"{k}={v}" for k, v in over.items()])
     return StreamSettings.from_config(cfg, WINDOW_SAMPLES)
 
 
@@ -266,7 +266,7 @@ def test_scheduler_drops_windows_whose_audio_was_overwritten(engine):
 
 def test_fast_streams_wait_for_the_engine_instead_of_dropping(engine):
     sched, col, _ = make_scheduler(engine, max_batch=8, stale_after_s=0.001)
-    stream = Stream("f", "file", StreamSettings.from_config(compose("daemon"), WINDOW_SAMPLES, 8), SR, 1, sched.submit, LABELS, droppable=False)
+    stream = Stream("f", "file", StreamSettings.from_config(load_daemon_config(), WINDOW_SAMPLES, 8), SR, 1, sched.submit, LABELS, droppable=False)
     sched.start()
     audio = tone(seconds=30.0)
     for i in range(0, len(audio), 800):
@@ -403,7 +403,7 @@ def any_engine(request):
 
 
 def engine_settings(eng, **over) -> StreamSettings:
-    cfg = compose("daemon", [f"{k}={v}" for k, v in over.items()])
+    cfg = load_daemon_config([f"{k}={v}" for k, v in over.items()])
     return StreamSettings.from_config(cfg, eng.window_samples, chunking=(eng.chunk_samples, eng.chunk_hop_samples, eng.chunks_per_window))
 
 
@@ -574,7 +574,7 @@ def test_a_failing_engine_backs_off_and_reports_itself(tmp_path, caplog):
     from realtime.daemon import Daemon
 
     eng = load_engine(failing_onnx(tmp_path / "fails.onnx"), backend="onnxruntime", device="cpu")
-    cfg = compose("daemon", ["server.port=0"])
+    cfg = load_daemon_config(["server.port=0"])
     d = Daemon(cfg, eng, announce=lambda line: None)
     d.scheduler.backoff_min_s = 0.2
     d.scheduler.start()
@@ -605,7 +605,7 @@ def test_a_stopped_stream_holds_its_slot_until_its_windows_are_out(engine):
     from realtime.daemon import Daemon
 
     async def main() -> None:
-        cfg = compose("daemon", ["server.port=0", "server.max_remote_streams=2"])
+        cfg = load_daemon_config(["server.port=0", "server.max_remote_streams=2"])
         d = Daemon(cfg, engine, announce=lambda line: None)
         d.loop = asyncio.get_running_loop()
         for _ in range(2):  # the worker is not running yet: their windows stay queued
@@ -639,7 +639,7 @@ def test_per_stream_bookkeeping_is_not_kept_after_streams_retire(engine):
         return sum(len(v) for v in vars(d).values() if isinstance(v, (dict, set, list)))
 
     async def main() -> None:
-        d = Daemon(compose("daemon", ["server.port=0"]), engine, announce=lambda line: None)
+        d = Daemon(load_daemon_config(["server.port=0"]), engine, announce=lambda line: None)
         d.loop = asyncio.get_running_loop()
         d.scheduler.start()
         try:
@@ -700,3 +700,44 @@ def test_jsonl_writer_writes_every_line_to_a_reader():
     reader.join(10)
     os.close(r)
     assert got.decode().splitlines() == [f'{{"i": {i}}}' for i in range(3000)] and out.dropped == 0
+
+
+# ------------------------------------------------------------------ the typed daemon config
+
+
+def test_daemon_yaml_and_the_schema_agree_on_every_key_and_default():
+    from omegaconf import OmegaConf
+
+    from realtime.config import DaemonConfig
+    from training.config import compose
+
+    yaml_cfg = OmegaConf.to_container(compose("daemon"))
+    yaml_cfg.pop("choices", None)
+    assert yaml_cfg == OmegaConf.to_container(OmegaConf.structured(DaemonConfig))
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("server.port=abc", "'server.port'"),
+        ("audio.hop_s=[1]", "'audio.hop_s'"),
+        ("audio.hop_s=-1", "audio.hop_s must be > 0"),
+        ("server.port=70000", "server.port must be 0..65535"),
+        ("model.backend=cuda", "model.backend must be one of"),
+        ("post.vad_frame_ms=25", "post.vad_frame_ms"),
+        ("scheduler.max_batch_cpu=0", "scheduler.max_batch_cpu"),
+        ("source.reconnect_min_s=20", "source.reconnect_min_s"),
+        ("no.such.key=1", "unknown config key"),
+    ],
+)
+def test_daemon_config_rejects_bad_values_naming_the_key(override, words):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")):
+        load_daemon_config([override])
+
+
+def test_daemon_config_is_typed_once():
+    cfg = load_daemon_config(["audio.hop_s=1", "server.token='0123'", "scheduler.max_batch_cpu=null"])
+    assert cfg.audio.hop_s == 1.0 and isinstance(cfg.audio.hop_s, float)
+    assert cfg.server.token == "0123" and cfg.scheduler.max_batch_cpu is None
