@@ -106,6 +106,7 @@ class ServerConfig:
     close_timeout_s: float = 1.0
     drain_timeout_s: float = 0.5
     flush_timeout_s: float = 1.0
+    shutdown_timeout_s: float = 1.8
 
 
 @dataclass
@@ -178,6 +179,7 @@ def validate(cfg: Any) -> None:
         (srv.max_audio_realtime_factor >= 1 and srv.max_audio_burst_s >= 0, "server.max_audio_realtime_factor must be >= 1"),
         (min(srv.ping_interval_s, srv.close_timeout_s, srv.drain_timeout_s, srv.flush_timeout_s) > 0,
          "server ping/close/drain/flush timeouts must be > 0"),
+        (srv.shutdown_timeout_s > 0, "server.shutdown_timeout_s must be > 0"),
     ]
     for ok, message in rules:
         if not ok:

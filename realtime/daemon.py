@@ -35,7 +35,7 @@ from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import ProtocolError
 from realtime.scheduler import Result, Scheduler, describe_state
-from realtime.server import Server, ServerSettings, is_loopback_host
+from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings, is_loopback_host
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
 from training.audio import AUDIO_SUFFIXES
@@ -353,15 +353,26 @@ class Daemon:
                 self.stop_event.set()
 
     async def shutdown(self) -> None:
-        """Stop capture, flush in-flight windows (bounded), close clients with 1001, stop the worker."""
+        """Stop capture, flush in-flight windows, close clients with 1001, stop the worker: all within
+        ``server.shutdown_timeout_s``.
+
+        The flush gets what the budget leaves after the server's own bounded
+        close (its drain and handshakes); windows still queued after that are
+        not scored (logged), so a slow engine under load cannot hold the exit.
+        """
         t0 = time.monotonic()
-        flush_s = self.cfg.server.flush_timeout_s
+        srv = self.cfg.server
+        deadline = t0 + srv.shutdown_timeout_s
+        server_close_s = srv.drain_timeout_s + 2 * SHUTDOWN_CLOSE_WAIT_S + 0.1
         if self.source is not None:
-            await asyncio.to_thread(self.source.stop, 1.0)
-        await asyncio.to_thread(self.scheduler.wait_idle, flush_s)
+            await asyncio.to_thread(self.source.stop, 0.5)
+        flush_s = max(0.05, min(srv.flush_timeout_s, deadline - time.monotonic() - server_close_s))
+        if not await asyncio.to_thread(self.scheduler.wait_idle, flush_s):
+            log.warning("shutdown: %d window(s) still unscored after %.2f s; not waiting for them", self.scheduler.pending(), flush_s)
         await asyncio.sleep(0)  # let the last _deliver callbacks run
         await self.server.shutdown()
-        await asyncio.to_thread(self.scheduler.stop, 1.0)
+        await asyncio.to_thread(self.scheduler.stop, 0.2)
         if self.jsonl is not None:
-            await asyncio.to_thread(self.jsonl.close, self.cfg.output.jsonl_flush_timeout_s)
+            left = max(0.05, min(self.cfg.output.jsonl_flush_timeout_s, deadline - time.monotonic()))
+            await asyncio.to_thread(self.jsonl.close, left)
         log.info("stopped in %.2f s", time.monotonic() - t0)

@@ -288,3 +288,66 @@ def test_ctrl_c_while_the_model_loads_prints_no_traceback(procs):
     err = "".join(p.err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert code == 130 and "interrupted while loading the model" in err, (code, err)
+
+
+def test_sigterm_under_load_flushes_in_flight_windows_and_exits_within_2_s(energy_model, procs):
+    """30 clients each send a 3 s burst and stop; at SIGTERM their windows are queued or being scored:
+    every client still gets all its predictions before the 1001 close, and the daemon exits within 2 s."""
+    import asyncio
+
+    from websockets.asyncio.client import connect as aconnect
+
+    n_clients = 30
+    p = procs([*script("ser-listen"), "--device", "demo", "--model", str(energy_model), "--port", "0",
+               "server.max_starts_per_s=100", "server.max_clients=64"])
+    port = p.wait_url()
+    pcm = (load_audio(demo_clip_path())[: 3 * SR] * 32767).astype("<i2")
+
+    async def client(i: int, stopped: asyncio.Event, all_stopped: asyncio.Event, out: dict) -> None:
+        async with aconnect(f"ws://127.0.0.1:{port}/ws", open_timeout=20, max_size=None) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] == "hello"
+            await ws.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_s16le"}))
+            for k in range(0, len(pcm), SR // 10):
+                await ws.send(pcm[k : k + SR // 10].tobytes())
+            await ws.send(json.dumps({"type": "stop"}))
+            seqs: list[int] = []
+            mine = None
+            try:
+                async with asyncio.timeout(30):
+                    async for raw in ws:
+                        msg = json.loads(raw)
+                        if msg["type"] == "started":
+                            mine = msg["stream"]
+                        elif msg["type"] == "stopped":
+                            out.setdefault("stopped", 0)
+                            out["stopped"] += 1
+                            if out["stopped"] == n_clients:
+                                all_stopped.set()
+                        elif msg["type"] == "prediction" and msg["stream"] == mine:
+                            seqs.append(msg["seq"])
+                            if not all_stopped.is_set():
+                                out["before"] = out.get("before", 0) + 1
+            except ConnectionClosed:
+                pass
+            out[i] = (seqs, ws.close_code)
+
+    async def main() -> tuple[dict, float, float]:
+        out: dict = {}
+        all_stopped = asyncio.Event()
+        tasks = [asyncio.create_task(client(i, asyncio.Event(), all_stopped, out)) for i in range(n_clients)]
+        await asyncio.wait_for(all_stopped.wait(), 60)  # every burst is in the daemon; its windows are due
+        t0 = time.monotonic()
+        p.p.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(p.p.wait, 10)
+        exit_s = time.monotonic() - t0
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        return out, exit_s, code
+
+    out, exit_s, code = asyncio.run(main())
+    print(f"predictions before SIGTERM: {out.get('before', 0)} of {5 * n_clients}; exit in {exit_s:.2f} s")
+    assert code == 0, "".join(p.err)
+    assert exit_s < 2.0, f"exit took {exit_s:.2f} s"
+    for i in range(n_clients):
+        seqs, close_code = out[i]
+        assert seqs == [0, 1, 2, 3, 4], (i, seqs, "".join(p.err)[-2000:])  # windows ending 1.0, 1.5, ... 3.0 s
+        assert close_code in (1000, 1001), (i, close_code)
