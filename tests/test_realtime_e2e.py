@@ -208,3 +208,59 @@ def test_a_vanishing_microphone(tmp_path, energy_model, reconnect):
         server.stop()
     preds = [json.loads(x) for x in p.out if x.strip()]
     assert [m["seq"] for m in preds] == list(range(len(preds)))
+
+
+def test_reconnect_covers_a_device_that_opens_but_fails_to_start(tmp_path, monkeypatch):
+    """Finding 7: a device that opened but whose start failed ended the source even with --reconnect.
+
+    The device is real (a private PulseAudio server through PortAudio); its first two starts fail as a
+    busy or suspended device's do (PortAudio's error), then it starts for real and audio flows."""
+    _need_pulse_tools()
+    server = PulseServer(tmp_path)
+    if not server.start():
+        pytest.skip("PulseAudio cannot start here: " + server.log_path.read_text()[-500:])
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    import sounddevice as sd
+
+    from realtime.config import load_daemon_config
+    from realtime.sources import DeviceSource, SourceError, _rescan_devices
+    from realtime.stream import Stream, StreamSettings
+
+    _rescan_devices()  # PortAudio was initialised before the private server existed
+
+    class FlakyStart(DeviceSource):
+        fails_left = 2
+
+        def _start(self, stream_in):
+            if FlakyStart.fails_left > 0:
+                FlakyStart.fails_left -= 1
+                raise sd.PortAudioError("Error starting stream: Device unavailable [PaErrorCode -9985]", -9985)
+            return DeviceSource._start(stream_in)
+
+    windows = []
+    settings = StreamSettings.from_config(load_daemon_config(), 80_000)
+    made = []
+
+    def make(rate, channels):
+        made.append(Stream("mic", "device", settings, rate, channels, windows.append, LABELS))
+        return made[-1]
+
+    try:
+        src = FlakyStart("pulse", make, on_xruns=lambda n: None, reconnect=True, reconnect_min_s=0.1, reconnect_max_s=0.2)
+        src.start()
+        assert src.opened.wait(20), (src.state, src.failed)
+        assert FlakyStart.fails_left == 0 and src.failed is None and src.state == "running"
+        deadline = time.monotonic() + 20
+        while made[0].ring.written < 8000:  # audio flows (the idle sink's monitor: silence)
+            assert time.monotonic() < deadline, made[0].ring.written
+            time.sleep(0.05)
+        src.stop(2.0)
+        FlakyStart.fails_left = 1  # and without --reconnect the failure is a clear SourceError
+        once = FlakyStart("pulse", make, on_xruns=lambda n: None, reconnect=False)
+        once.start()
+        assert once.finished.wait(20)
+        assert isinstance(once.failed, SourceError) and "opened but failed to start" in str(once.failed)
+        assert once.state == "failed"
+    finally:
+        server.stop()
