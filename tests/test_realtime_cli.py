@@ -160,11 +160,21 @@ def test_token_from_environment(energy_model, procs):
 def test_reconnect_keeps_the_daemon_up_while_the_device_is_missing(energy_model, procs):
     p = procs([*script("ser-listen"), "--device", "no-such-device-xyz", "--reconnect", "--model", str(energy_model),
                "--port", "0", "source.reconnect_min_s=0.2"])
-    p.wait_url()
+    port = p.wait_url()
     deadline = time.monotonic() + 10
     while sum("reconnecting in" in line or "not available yet" in line for line in p.err) < 2:
         assert time.monotonic() < deadline and p.p.poll() is None, "".join(p.err)
         time.sleep(0.1)
+    # /healthz tells the truth (finding 6): the source is down, so 503, and the reason without the device's name
+    import urllib.error
+    import urllib.request
+
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    assert exc.value.code == 503
+    body = json.loads(exc.value.read())
+    assert body["status"] == "degraded" and body["source"] == {"kind": "device", "state": "reconnecting"}
+    assert body["engine"]["status"] == "ok" and "no-such-device" not in json.dumps(body)
     p.p.send_signal(signal.SIGTERM)
     assert p.p.wait(5) == 0
 
