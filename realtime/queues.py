@@ -235,10 +235,15 @@ class BoundedQueue(Generic[T]):
 
     # ------------------------------------------------------------ consumers
 
-    def get_nowait(self) -> T | None:
-        """The next item (highest class first; FIFO or fair within it), or None when empty."""
+    def get_nowait(self, priority: int | None = None) -> T | None:
+        """The next item (highest class first; FIFO or fair within it), or None when empty.
+
+        With ``priority``, only from that class (a batch that must not mix classes).
+        """
         with self._cond:
-            for cls in self._classes:
+            for p, cls in enumerate(self._classes):
+                if priority is not None and p != priority:
+                    continue
                 if cls.size:
                     e = cls.pop_fifo() if self.order == "fifo" else cls.pop_fair()
                     self._unindex(e)
@@ -246,6 +251,11 @@ class BoundedQueue(Generic[T]):
                     self._cond.notify_all()
                     return e.item
             return None
+
+    def head_priority(self) -> int | None:
+        """The class the next ``get_nowait()`` serves from, or None when empty."""
+        with self._cond:
+            return next((p for p, cls in enumerate(self._classes) if cls.size), None)
 
     def take(self, n: int) -> list[T]:
         """Up to ``n`` items in service order, without waiting."""

@@ -3,7 +3,11 @@
 Owns the engine's time. Streams submit windows as they fall due (from any
 thread) into one :class:`~realtime.queues.BoundedQueue` served fairly: round
 robin across groups (a client, or a local source), then across a group's
-streams, so one stream, or one client's many, cannot starve the rest. The
+streams, so one stream, or one client's many, cannot starve the rest. Two
+classes: established live streams (running ``ESTABLISHED_S`` at real-time
+pace) come first; new, short-lived and bursting streams (start/stop cycling,
+audio sent faster than spoken) get the rest, in small batches while live
+streams are being served, so churn cannot take a live stream's turn. The
 worker waits for the first window, gives others up to ``max_wait_s`` to join,
 takes at most ``max_batch`` of them and scores them with two engine calls for
 the whole batch, whatever the streams:
@@ -49,6 +53,10 @@ log = logging.getLogger("ser-listen")
 
 BACKOFF_MIN_S = 0.1  # first pause after a failed engine call, doubled per consecutive failure ...
 BACKOFF_MAX_S = 5.0  # ... up to this
+ESTABLISHED_S = 2.0  # a live stream is served first once it has run this long ...
+AHEAD_OF_REAL_TIME_S = 0.5  # ... and while its audio runs no further ahead of the wall clock than this
+BACKGROUND_BATCH_DIVISOR = 4  # ... the others' windows go in batches of at most max_batch / this
+LIVE_RECENT_S = 1.0  # ... while an established stream had a window due this recently
 
 
 @dataclass
@@ -104,7 +112,8 @@ class Scheduler:
         # How many streams could still add a window to this batch; when every one of them already
         # has a window queued, waiting max_wait_s for more would only add latency.
         self.active_streams = active_streams
-        self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=1)
+        self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=2)
+        self._live_at = float("-inf")  # when an established live stream last had a window due
         self._lock = threading.Lock()
         self._stopping = False
         self._busy = False
@@ -122,11 +131,30 @@ class Scheduler:
     def submit(self, window: Window) -> None:
         """Queue a due window; never blocks. A full queue evicts the oldest window of its busiest stream."""
         stream = window.stream
-        res = self._queue.put(window, stream, group=stream.group, droppable=window.droppable)
+        priority = self._priority(window)
+        if priority == 0 and window.droppable:
+            self._live_at = time.monotonic()
+        res = self._queue.put(window, stream, group=stream.group, droppable=window.droppable, priority=priority)
         self.metrics.queue_depth.set(len(self._queue))
         lost = [w for w, _reason in res.dropped]
         if lost:
             self._report_drops(lost, "queue_full")
+
+    @staticmethod
+    def _priority(window: Window) -> int:
+        """0 for established live streams that keep real-time pace; 1 for new, short-lived or bursting ones.
+
+        Fairness shares the engine among streams; this keeps churn (start/stop cycling, clients
+        that connect, stream a moment and vanish) and audio sent faster than it is spoken (up to
+        the protocol's burst) from taking turns from the streams that are live. Streams that wait
+        for the engine (``--fast`` files, not droppable) are never deprioritised.
+        """
+        stream = window.stream
+        if not window.droppable:
+            return 0
+        age = time.monotonic() - stream.created
+        ahead = window.end / stream.settings.sample_rate - age
+        return 0 if age >= ESTABLISHED_S and ahead <= AHEAD_OF_REAL_TIME_S else 1
 
     def pending(self) -> int:
         """Windows queued or being scored right now."""
@@ -170,8 +198,15 @@ class Scheduler:
         now = time.monotonic()
         batch: list[Window] = []
         stale: list[Window] = []
-        while len(batch) < self.max_batch:
-            w = q.get_nowait()
+        # One class per batch: live streams never wait inside a batch of background windows; and while
+        # live streams are being served, background batches are small, so a live window that falls due
+        # meanwhile waits little for the engine.
+        cls = q.head_priority()
+        limit = self.max_batch
+        if cls == 1 and now - self._live_at < LIVE_RECENT_S:
+            limit = max(1, self.max_batch // BACKGROUND_BATCH_DIVISOR)
+        while len(batch) < limit:
+            w = q.get_nowait(priority=cls)
             if w is None:
                 break
             if w.droppable and now - w.due > self.stale_after_s:

@@ -237,6 +237,7 @@ def public_health(state: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- clients
 
 DRAIN_STALL_S = 0.1  # a closing client that takes no message for this long is not reading: stop waiting for it
+STREAMS_UPDATE_INTERVAL_S = 0.25  # `streams` messages go out at most this often (the latest list)
 SHUTDOWN_CLOSE_WAIT_S = 0.25  # on shutdown, the wait for closing handshakes before connections are dropped
 CONTROL_KEY = "control"  # outbox key of replies, errors and stream-list updates
 OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control first, others' predictions after
@@ -270,6 +271,9 @@ class Server:
         self._next_id = 1
         self._ws_server: WsServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._streams_pending: dict[str, Any] | None = None
+        self._streams_timer: asyncio.TimerHandle | None = None
+        self._streams_sent_at = float("-inf")
         self.port = settings.port
         self.started_at = time.monotonic()
         self.on_client_count: Callable[[int], None] | None = None
@@ -304,6 +308,9 @@ class Server:
         if self._ws_server is None:
             return
         self._ws_server.server.close()  # no new connections
+        if self._streams_timer is not None:
+            self._streams_timer.cancel()
+            self._flush_streams()
         clients = list(self.clients.values())
         if clients:
             await asyncio.wait(
@@ -544,9 +551,33 @@ class Server:
                 client.wakeup.set()
 
     def broadcast(self, msg: dict[str, Any]) -> None:
-        """A control message to every client; ``streams`` updates coalesce (at most one pending per client)."""
-        text = protocol.dumps(msg)
-        coalesce = "streams" if msg.get("type") == "streams" else None
+        """A control message to every client (event loop only).
+
+        ``streams`` updates are rate-limited: the first goes at once, then at most one every
+        ``STREAMS_UPDATE_INTERVAL_S``, carrying the latest list; and at most one is pending per
+        client. Stream churn (clients that start, stop, vanish) would otherwise cost a message
+        per change per client.
+        """
+        if msg.get("type") != "streams":
+            self._send_all(protocol.dumps(msg))
+            return
+        self._streams_pending = msg
+        if self._streams_timer is not None:
+            return
+        delay = self._streams_sent_at + STREAMS_UPDATE_INTERVAL_S - time.monotonic()
+        if delay <= 0:
+            self._flush_streams()
+        else:
+            self._streams_timer = asyncio.get_running_loop().call_later(delay, self._flush_streams)
+
+    def _flush_streams(self) -> None:
+        self._streams_timer = None
+        msg, self._streams_pending = self._streams_pending, None
+        if msg is not None:
+            self._streams_sent_at = time.monotonic()
+            self._send_all(protocol.dumps(msg), coalesce="streams")
+
+    def _send_all(self, text: str, coalesce: str | None = None) -> None:
         for client in list(self.clients.values()):
             if not client.closing:
                 self._enqueue_control(client, text, coalesce=coalesce)

@@ -73,6 +73,18 @@ def test_lower_class_is_dropped_first_and_served_last():
     assert q2.take(2) == ["own", "other"]
 
 
+def test_one_class_at_a_time():
+    q: BoundedQueue[str] = BoundedQueue(8, order="fair")
+    assert q.head_priority() is None
+    q.put("late0", "x", priority=1)
+    q.put("live0", "a", priority=0)
+    q.put("late1", "y", priority=1)
+    assert q.head_priority() == 0
+    assert q.get_nowait(priority=0) == "live0" and q.get_nowait(priority=0) is None
+    assert q.head_priority() == 1
+    assert q.get_nowait(priority=1) == "late0"
+
+
 def test_fair_order_round_robins_groups_then_keys():
     q: BoundedQueue[str] = BoundedQueue(100, order="fair")
     for i in range(10):
