@@ -590,3 +590,23 @@ def test_public_health_keeps_state_and_drops_names():
     assert out["source"] == {"kind": "device", "state": "reconnecting"}
     assert out["streams"] == [{"id": "file", "kind": "file", "sample_rate": 44100, "channels": 2}]
     assert "Blue Yeti" not in json.dumps(out) and "x.wav" not in json.dumps(out)
+
+
+def test_stream_churn_sends_each_client_a_few_stream_lists_not_one_per_change(engine):
+    """Found by bench/hostile.py: each start/stop cost one `streams` message per connected client."""
+    from realtime.server import STREAMS_UPDATE_INTERVAL_S
+
+    overrides = ["server.max_starts_per_s=1000", "server.max_start_burst=1000", "server.max_messages_per_s=5000"]
+    with Running(engine, overrides) as d, client(d.url) as watcher, client(d.url) as cycler:
+        t0 = time.monotonic()
+        assert cycle(cycler, times=40)[1] is None  # 80 changes of the stream list
+        lists = []
+        deadline = time.monotonic() + 2 * STREAMS_UPDATE_INTERVAL_S + 1.0
+        with suppress(TimeoutError):
+            while time.monotonic() < deadline:
+                msg = json.loads(watcher.recv(timeout=max(0.01, deadline - time.monotonic())))
+                if msg["type"] == "streams":
+                    lists.append([s["id"] for s in msg["streams"]])
+        elapsed = time.monotonic() - t0
+    assert lists and lists[-1] == []  # the latest list arrives: every cycled stream is gone
+    assert len(lists) <= elapsed / STREAMS_UPDATE_INTERVAL_S + 2, (len(lists), elapsed)
