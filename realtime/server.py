@@ -37,7 +37,7 @@ import mimetypes
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -103,6 +103,8 @@ class DaemonAPI(Protocol):
 
 @dataclass(frozen=True)
 class ServerSettings:
+    """The server's frozen view of ``server.*`` (realtime.config.ServerConfig validates them; this only reads)."""
+
     host: str = "127.0.0.1"
     port: int = 8765
     token: str | None = None
@@ -124,26 +126,11 @@ class ServerSettings:
 
     @classmethod
     def from_config(cls, s: Any) -> ServerSettings:
-        return cls(
-            host=str(s.host),
-            port=int(s.port),
-            token=str(s.token) if s.token not in (None, "") else None,
-            allowed_origins=tuple(str(o).rstrip("/") for o in (s.allowed_origins or [])),
-            max_clients=int(s.max_clients),
-            max_message_bytes=int(s.max_message_bytes),
-            hard_max_message_factor=int(s.hard_max_message_factor),
-            max_messages_per_s=float(s.max_messages_per_s),
-            max_text_bytes_per_s=float(s.max_text_bytes_per_s),
-            max_starts_per_s=float(s.max_starts_per_s),
-            max_start_burst=int(s.max_start_burst),
-            client_queue=int(s.client_queue),
-            send_buffer_bytes=int(s.send_buffer_bytes),
-            max_audio_realtime_factor=float(s.max_audio_realtime_factor),
-            max_audio_burst_s=float(s.max_audio_burst_s),
-            close_timeout_s=float(s.close_timeout_s),
-            drain_timeout_s=float(s.drain_timeout_s),
-            ping_interval_s=float(s.ping_interval_s),
-        )
+        """The ``server`` section of the daemon config; types and ranges are checked once, by realtime.config."""
+        values = {f.name: s[f.name] for f in fields(cls) if f.name in s}
+        values["token"] = str(s.token) if s.token not in (None, "") else None
+        values["allowed_origins"] = tuple(str(o).rstrip("/") for o in (s.allowed_origins or []))
+        return cls(**values)
 
     def limits(self) -> Limits:
         return Limits(
