@@ -163,6 +163,8 @@ def export_checkpoint(
     output = Path(output)
     model, cfg, extras = open_checkpoint(checkpoint)
     meta = model_metadata(cfg, extras, name=name or output.stem)
+    if hasattr(model, "chunking"):
+        return _export_chunked(model, output, meta, tolerance, checkpoint, log)
     window_samples = int(round(int(meta["sample_rate"]) * float(meta["window_s"])))
     log(f"exporting {checkpoint} ({meta['variant']}, trained on {meta['data']}) -> {output} [dynamo exporter, opset {opset}]")
     proto = export_onnx(model, output, meta, window_samples, opset=opset)
@@ -175,6 +177,25 @@ def export_checkpoint(
             "the exported graph is not faithful, so it is not fit to serve"
         )
     return ExportReport(output, diff, shapes, dict(op_counts(proto)), output.stat().st_size, meta)
+
+
+def _export_chunked(model: nn.Module, output: Path, meta: dict[str, str], tolerance: float, checkpoint: str | Path,
+                    log: Callable[[str], None]) -> ExportReport:
+    """The streaming model's two halves in one file (:mod:`engine.export_chunked`), parity-checked the same way."""
+    from engine import export_chunked as ec
+
+    meta = {**meta, **{k: str(v) for k, v in model.chunking.items()}}
+    log(f"exporting {checkpoint} ({meta['variant']}, chunked: {model.chunking}) -> {output} [opset {ec.OPSET}]")
+    try:
+        proto = ec.export_chunked_onnx(model, output, meta)
+        diff = ec.chunked_parity(model, output)
+    except ec.ExportError as exc:
+        raise ExportError(str(exc)) from exc
+    log(f"onnx.checker: ok ({len(proto.graph.node)} nodes, all TensorRT-parser ops)")
+    log(f"parity torch vs onnxruntime (both halves, windows of 1, 3 and 8): max abs diff {diff:.3e} (tolerance {tolerance:g})")
+    if not diff <= tolerance:
+        raise ExportError(f"{output}: onnxruntime output differs from torch by {diff:.3e} (> tolerance {tolerance:g})")
+    return ExportReport(output, diff, [], dict(op_counts(proto)), output.stat().st_size, meta)
 
 
 def _quiet_exporter_logs() -> None:

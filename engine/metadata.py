@@ -56,6 +56,8 @@ def model_metadata(cfg: dict[str, Any], extras: dict[str, Any] | None = None, na
         "data": str(data),
         "val_metrics": json.dumps(metrics, sort_keys=True),
         "frontend": json.dumps(frontend, sort_keys=True),
+        **{key: json.dumps(extras[key]) if not isinstance(extras[key], str) else extras[key]
+           for key in ("calibration", "encoder_weights", "layer_weights") if extras.get(key) is not None},
         "version": package_version(),
         "export_date": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
     }

@@ -77,6 +77,12 @@ def run_training(cfg: dict) -> Path:
     from training.splits import split_records
 
     run_dir = Path(cfg["run"]["dir"] or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{cfg['model']['variant']}")
+    if "encoder" in cfg["model"]:  # the chunked Whisper model: a head on cached features, no Lightning loop
+        from training.chunk_training import train_run
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save(compose_from_dict(cfg), run_dir / "config.yaml")
+        return train_run(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     resume = bool(cfg["run"].get("resume", True)) and last.is_file()

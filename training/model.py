@@ -147,8 +147,18 @@ def frontend_config(model_cfg: Any) -> FrontendConfig:
     return FrontendConfig(**{k: v for k, v in dict(model_cfg["frontend"]).items() if k in names})
 
 
-def build_model(model_cfg: Any) -> EmotionModel:
-    """Build the variant a ``conf/model/*.yaml`` describes."""
+def build_model(model_cfg: Any) -> nn.Module:
+    """Build the variant a ``conf/model/*.yaml`` describes.
+
+    A config with an ``encoder`` section is the chunked Whisper model
+    (:class:`training.chunk_model.WhisperChunkModel`, random encoder weights
+    until its checkpoint or ``load_pretrained_encoder`` fills them); the
+    others are whole-window spectrogram networks.
+    """
+    if "encoder" in model_cfg:
+        from training.chunk_model import WhisperChunkModel
+
+        return WhisperChunkModel(model_cfg)
     fe_cfg = frontend_config(model_cfg)
     net_cfg = dict(model_cfg["net"])
     net = SpectrogramTransformer(
@@ -174,7 +184,7 @@ class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, or not one of ours; the message names the file."""
 
 
-def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[EmotionModel, dict]:
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model of a ``ser-train`` checkpoint (in eval mode) and return it with its config."""
     path = Path(path)
     if not path.is_file():

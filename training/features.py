@@ -1,0 +1,383 @@
+"""Chunk features of the frozen Whisper encoder, cached on disk per clip and per augmentation.
+
+With the encoder frozen, what a recipe changes is only the light head, so
+the expensive part (about 12 ms of CPU per 1 s chunk) is done once: each
+clip, clean and under each augmentation variant, is placed in a 5 s window
+as it would be served, and every 1 s chunk of that window that touches the
+clip (one every 0.5 s) is encoded to per-layer statistics (mean and standard
+deviation over time of each layer's hidden states: ``[layers, 768]``,
+float16). Chunks that hold only padding are not stored: for the clean and
+evaluation variants they are digital silence, whose embedding is computed
+once; for training variants they are drawn from a bank of encoded noise
+and silence chunks. Folds then train in minutes and recipes can be compared
+over several seeds.
+
+A window's chunk ``i`` (0..K-1) is ``window[i * hop : i * hop + chunk]``;
+this is the geometry the exported model and the daemon use, so the clean
+variant's features are exactly what the served model computes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training.audio import SAMPLE_RATE, WINDOW_SAMPLES, AudioError, load_audio, window_starts
+from training.corpora import Record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """How a window is cut into chunks: ``per_window`` chunks of ``chunk`` samples every ``hop``."""
+
+    chunk: int = SAMPLE_RATE  # 1 s
+    hop: int = SAMPLE_RATE // 2  # 0.5 s: one new chunk per daemon hop
+    window: int = WINDOW_SAMPLES
+
+    def __post_init__(self) -> None:
+        if self.chunk <= 0 or self.hop <= 0 or self.window < self.chunk or (self.window - self.chunk) % self.hop:
+            raise ValueError(f"a {self.window}-sample window cannot be cut into {self.chunk}-sample chunks every {self.hop}")
+
+    @property
+    def per_window(self) -> int:
+        return (self.window - self.chunk) // self.hop + 1
+
+    def frame(self, windows: np.ndarray) -> np.ndarray:
+        """``[..., window]`` -> ``[..., per_window, chunk]`` (a copy)."""
+        idx = np.arange(self.per_window)[:, None] * self.hop + np.arange(self.chunk)[None, :]
+        return windows[..., idx]
+
+
+# ----------------------------------------------------------------------------- degradations
+
+
+def active_power(audio: np.ndarray) -> float:
+    """Mean power of the active frames (within 40 dB of the loudest 25 ms frame), so pauses do not set the SNR."""
+    frames = audio[: len(audio) // 400 * 400].reshape(-1, 400) if len(audio) >= 400 else audio[None, :]
+    power = np.mean(frames.astype(np.float64) ** 2, axis=1)
+    active = power[power > power.max() * 1e-4] if power.max() > 0 else power
+    return float(active.mean()) if active.size else 0.0
+
+
+def coloured_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
+    """Unit-power noise with a ``1 / f**exponent`` power spectrum (0 white, 1 pink, 2 brown)."""
+    spec = np.fft.rfft(rng.standard_normal(n))
+    f = np.arange(spec.size, dtype=np.float64)
+    f[0] = 1.0
+    spec /= f ** (exponent / 2)
+    x = np.fft.irfft(spec, n)
+    return x / (np.sqrt(np.mean(x**2)) + 1e-12)
+
+
+def add_noise(audio: np.ndarray, snr_db: float, rng: np.random.Generator, exponent: float = 0.0) -> np.ndarray:
+    noise = coloured_noise(len(audio), rng, exponent) * math.sqrt(active_power(audio) / 10 ** (snr_db / 10))
+    return (audio + noise).astype(np.float32)
+
+
+def reverberate(audio: np.ndarray, rt60: float, rng: np.random.Generator, wet: float = 1.0) -> np.ndarray:
+    """Mix with a synthetic room of ``rt60`` seconds (``wet`` 1: fully wet), peak level kept."""
+    from scipy.signal import fftconvolve
+
+    from training.augment import synthetic_rir
+
+    rir = synthetic_rir(rt60, SAMPLE_RATE, random.Random(int(rng.integers(1 << 31))))
+    mix = (1 - wet) * audio + wet * fftconvolve(audio, rir)[: len(audio)]
+    peak_in, peak_out = float(np.max(np.abs(audio))), float(np.max(np.abs(mix)))
+    return (mix * (peak_in / peak_out) if peak_out > 0 else mix).astype(np.float32)
+
+
+def opus(audio: np.ndarray, kbps: float) -> np.ndarray:
+    """Encode to Ogg Opus at about ``kbps`` and decode (libsndfile maps compression level 0..1 to ~256..6 kbps)."""
+    import soundfile as sf
+
+    level = float(np.clip(1.0 - (kbps - 6.0) / 254.0, 0.0, 1.0))
+    buf = io.BytesIO()
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    x = audio / peak * 0.99 if peak > 0.99 else audio
+    sf.write(buf, x, SAMPLE_RATE, format="OGG", subtype="OPUS", compression_level=level)
+    buf.seek(0)
+    y, _ = sf.read(buf, dtype="float32")
+    out = np.zeros_like(audio)
+    out[: min(len(y), len(audio))] = y[: len(audio)]
+    return out
+
+
+def band_limit(audio: np.ndarray, low_hz: float, high_hz: float) -> np.ndarray:
+    from scipy.signal import butter, sosfilt
+
+    sos = butter(4, [low_hz, min(high_hz, SAMPLE_RATE / 2 - 100)], btype="bandpass", fs=SAMPLE_RATE, output="sos")
+    return sosfilt(sos, audio).astype(np.float32)
+
+
+def _draw(spec: Any, rng: np.random.Generator) -> float:
+    if isinstance(spec, (list, tuple)):
+        return float(rng.uniform(float(spec[0]), float(spec[1])))
+    return float(spec)
+
+
+def degrade(audio: np.ndarray, variant: dict, rng: np.random.Generator) -> np.ndarray:
+    """Apply a variant's degradations in the order a signal meets them: room, microphone band, codec, noise, gain.
+
+    Keys (each optional; a ``[lo, hi]`` pair is drawn uniformly): ``reverb_rt60``, ``reverb_wet``,
+    ``band`` ([low_hz, high_hz] ranges as ``[[lo1, lo2], [hi1, hi2]]``), ``opus_kbps``, ``noise_snr_db``,
+    ``noise_colour`` (exponent range), ``gain_db``; ``p_<key>`` is the probability of each step (default 1).
+    """
+    def on(key: str) -> bool:
+        return key in variant and rng.random() < float(variant.get(f"p_{key}", 1.0))
+
+    x = audio
+    if on("reverb_rt60"):
+        x = reverberate(x, _draw(variant["reverb_rt60"], rng), rng, _draw(variant.get("reverb_wet", 1.0), rng))
+    if on("band"):
+        lo, hi = variant["band"]
+        x = band_limit(x, _draw(lo, rng), _draw(hi, rng))
+    if on("opus_kbps"):
+        x = opus(x, _draw(variant["opus_kbps"], rng))
+    if on("noise_snr_db"):
+        x = add_noise(x, _draw(variant["noise_snr_db"], rng), rng, _draw(variant.get("noise_colour", 0.0), rng))
+    if on("gain_db"):
+        x = x * 10 ** (_draw(variant["gain_db"], rng) / 20)
+    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    return (x / peak * 0.99 if peak > 1.0 else x).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- chunk placement
+
+
+def placed_windows(audio: np.ndarray, ch: Chunking, left: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """The windows that score a clip and, for each, its chunks that touch audio and how many hold none.
+
+    A clip no longer than a window is placed at ``left`` (``None``: centred,
+    as ``ser-predict`` pads) in one window of zeros; a longer clip gives the
+    windows :func:`training.audio.window_starts` lists (hop half a window).
+    Returns ``[(chunks [n, chunk], n_silent)]`` with ``n + n_silent == per_window``.
+    """
+    n = len(audio)
+    if n <= ch.window:
+        left = (ch.window - n) // 2 if left is None else int(np.clip(left, 0, ch.window - n))
+        canvas = np.zeros(ch.window, dtype=np.float32)
+        canvas[left : left + n] = audio
+        starts = np.arange(ch.per_window) * ch.hop
+        touch = (starts < left + n) & (starts + ch.chunk > left)
+        chunks = ch.frame(canvas)[touch]
+        return [(chunks, ch.per_window - len(chunks))]
+    return [(ch.frame(audio[s : s + ch.window]), 0) for s in window_starts(n, ch.window)]
+
+
+# ----------------------------------------------------------------------------- the encoder side
+
+
+class ChunkEncoder:
+    """Frozen Whisper encoder -> per-layer mean/std of each chunk, ``[n, layers + 1, 768]`` float16."""
+
+    def __init__(self, n_layers: int = 4, batch: int = 64) -> None:
+        import torch
+
+        from training.whisper import WhisperLogMel, pretrained_encoder
+
+        self.torch = torch
+        self.frontend = WhisperLogMel()
+        self.encoder = pretrained_encoder(n_layers)
+        self.batch = batch
+
+    def __call__(self, chunks: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(chunks), self.batch):
+                x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + self.batch], dtype=np.float32))
+                states = self.encoder(self.frontend(x))
+                stats = torch.stack([torch.cat([h.mean(1), h.std(1)], dim=-1) for h in states], dim=1)
+                out.append(stats.numpy().astype(np.float16))
+        if not out:
+            return np.zeros((0, len(self.encoder.blocks) + 1, 768), dtype=np.float16)
+        return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- the cache
+
+
+@dataclass
+class FeatureSet:
+    """Encoded windows of many clips under one variant.
+
+    ``feats [chunks, layers, 768]`` holds the stored chunks back to back;
+    window ``w`` of the set is ``feats[offset[w] : offset[w] + count[w]]``
+    plus ``silent[w]`` padding chunks; ``clip[w]`` indexes ``paths``.
+    """
+
+    paths: list[str]
+    feats: np.ndarray
+    offset: np.ndarray
+    count: np.ndarray
+    silent: np.ndarray
+    clip: np.ndarray
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{random.getrandbits(32):08x}.tmp.npz")
+        np.savez(tmp, paths=np.array(self.paths), feats=self.feats, offset=self.offset, count=self.count,
+                 silent=self.silent, clip=self.clip)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSet:
+        with np.load(path) as z:
+            return cls([str(p) for p in z["paths"]], z["feats"], z["offset"], z["count"], z["silent"], z["clip"])
+
+    @classmethod
+    def concat(cls, sets: Sequence[FeatureSet]) -> FeatureSet:
+        paths: list[str] = []
+        feats, offset, count, silent, clip = [], [], [], [], []
+        base = 0
+        for s in sets:
+            offset.append(s.offset + base)
+            clip.append(s.clip + len(paths))
+            base += len(s.feats)
+            paths.extend(s.paths)
+            feats.append(s.feats)
+            count.append(s.count)
+            silent.append(s.silent)
+        return cls(paths, np.concatenate(feats), *(np.concatenate(a) for a in (offset, count, silent, clip)))
+
+
+def _seed(*parts: object) -> int:
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray],
+                   progress: Callable[[int, int], None] | None = None) -> FeatureSet:
+    """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random).
+
+    Each clip's degradation and placement come from a seed of (variant, file
+    name), so a rerun or another machine caches the same features.
+    """
+    name = str(variant.get("name", "clean"))
+    paths: list[str] = []
+    pending: list[np.ndarray] = []
+    offset, count, silent, clip = [], [], [], []
+    total = 0
+    feats: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending:
+            feats.append(encoder(np.concatenate(pending)))
+            pending.clear()
+
+    for i, r in enumerate(records):
+        try:
+            audio = load_audio(r.path)
+        except AudioError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        rng = np.random.default_rng(_seed(name, Path(r.path).name, r.speaker))
+        if any(k for k in variant if k not in ("name", "place")):
+            audio = degrade(audio, variant, rng)
+        left = None
+        if variant.get("place") == "random" and len(audio) <= ch.window:
+            left = int(rng.integers(0, ch.window - len(audio) + 1))
+        windows = placed_windows(audio, ch, left)
+        if variant.get("place") == "random" and len(windows) > 1:
+            windows = [windows[int(rng.integers(len(windows)))]]
+        paths.append(str(r.path))
+        for chunks, n_silent in windows:
+            offset.append(total)
+            count.append(len(chunks))
+            silent.append(n_silent)
+            clip.append(len(paths) - 1)
+            total += len(chunks)
+            pending.append(chunks)
+        if sum(len(p) for p in pending) >= 256:
+            flush()
+        if progress:
+            progress(i + 1, len(records))
+    flush()
+    dim = feats[0].shape[1:] if feats else (0, 0)
+    return FeatureSet(
+        paths,
+        np.concatenate(feats) if feats else np.zeros((0, *dim), np.float16),
+        np.asarray(offset, np.int64), np.asarray(count, np.int32), np.asarray(silent, np.int32), np.asarray(clip, np.int64),
+    )
+
+
+def noise_bank(ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray], n: int = 96, seed: int = 0) -> np.ndarray:
+    """Encoded chunks with no speech: digital silence first, then white/pink/brown noise from -90 to -30 dBFS."""
+    rng = np.random.default_rng(seed)
+    chunks = [np.zeros(ch.chunk, np.float32)]
+    for _ in range(n - 1):
+        level = 10 ** (rng.uniform(-90, -30) / 20)
+        chunks.append((coloured_noise(ch.chunk, rng, rng.uniform(0, 2)) * level).astype(np.float32))
+    return encoder(np.stack(chunks))
+
+
+def variant_key(variant: dict) -> str:
+    """Folder name of a variant's cache: its name and a digest of its settings (a changed recipe re-encodes)."""
+    import json
+
+    return f"{variant.get('name', 'clean')}-{zlib.crc32(json.dumps(variant, sort_keys=True).encode()):08x}"
+
+
+def encoder_tag(n_layers: int, ch: Chunking) -> str:
+    from training.whisper_weights import MODEL_BIN_SHA256
+
+    return f"whisper-tiny.en-{MODEL_BIN_SHA256[:8]}-b{n_layers}-c{ch.chunk}-h{ch.hop}-w{ch.window}"
+
+
+class FeatureCache:
+    """Feature sets on disk, one file per (encoder, variant, corpus); built on first use, resumable by corpus."""
+
+    def __init__(self, root: str | Path, ch: Chunking, n_layers: int = 4) -> None:
+        self.ch, self.n_layers = ch, n_layers
+        self.dir = Path(root).expanduser() / "features" / encoder_tag(n_layers, ch)
+        self._encoder: ChunkEncoder | None = None
+
+    @property
+    def encoder(self) -> ChunkEncoder:
+        if self._encoder is None:
+            self._encoder = ChunkEncoder(self.n_layers)
+        return self._encoder
+
+    def get(self, records: Sequence[Record], variant: dict) -> FeatureSet:
+        """The variant's features of ``records`` (grouped by corpus; each corpus file holds all of its clips)."""
+        by_corpus: dict[str, list[Record]] = {}
+        for r in records:
+            by_corpus.setdefault(r.corpus, []).append(r)
+        sets = []
+        for corpus, recs in sorted(by_corpus.items()):
+            path = self.dir / variant_key(variant) / f"{corpus}.npz"
+            fs = FeatureSet.load(path) if path.is_file() else None
+            have = set(fs.paths) if fs is not None else set()
+            todo = [r for r in recs if str(r.path) not in have]
+            if todo:  # only the clips this file lacks; unreadable ones are tried again next time
+                log.info("encoding %s / %s: %d clips", variant.get("name"), corpus, len(todo))
+                new = encode_variant(todo, variant, self.ch, self.encoder, _progress(f"{variant.get('name')}/{corpus}"))
+                fs = new if fs is None else FeatureSet.concat([fs, new])
+                fs.save(path)
+            sets.append(fs)
+        return FeatureSet.concat(sets)
+
+    def bank(self) -> np.ndarray:
+        path = self.dir / "noise_bank.npy"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.save(path, noise_bank(self.ch, self.encoder))
+        return np.load(path)
+
+
+def _progress(label: str) -> Callable[[int, int], None]:
+    def report(done: int, total: int) -> None:
+        if done == total or done % 500 == 0:
+            log.info("%s: %d / %d clips", label, done, total)
+
+    return report
