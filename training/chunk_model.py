@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES
-from training.whisper import D_MODEL, N_LAYERS, WhisperEncoder, WhisperLogMel
+from training.whisper import D_MODEL, HOP_LENGTH, N_LAYERS, WhisperEncoder, WhisperLogMel
 
 STAT_DIM = 2 * D_MODEL  # mean and standard deviation of each hidden state
 
@@ -66,7 +66,10 @@ class ChunkHead(nn.Module):
         if pooling not in ("attention", "mean"):
             raise ValueError(f"head.pooling must be attention or mean, got {pooling!r}")
         self.pooling = pooling
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU())
+        # hidden 0: pool the standardised chunk embeddings themselves and classify linearly (a probe,
+        # cheap enough to compare recipes over many seeds); otherwise a GELU projection first.
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU()) if hidden else nn.Dropout(dropout)
+        hidden = hidden or dim
         self.score = nn.Linear(hidden, 1)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes))
         self.register_buffer("temperature", torch.ones(()))
@@ -97,7 +100,7 @@ class WhisperChunkModel(nn.Module):
             raise ValueError("encoder.chunk_s and hop_s must tile the 5 s window")
         self.per_window = (WINDOW_SAMPLES - self.chunk) // self.hop + 1
         self.frontend = WhisperLogMel()
-        self.encoder = WhisperEncoder(blocks)
+        self.encoder = WhisperEncoder(blocks, max_positions=self.chunk // HOP_LENGTH // 2)
         self.mix = LayerMix(len(self.layers), str(head.get("mix", "concat")))
         self.head = ChunkHead(self.mix.dim, int(head.get("hidden", 256)), float(head.get("dropout", 0.3)), str(head.get("pooling", "attention")))
         self.chunking = {

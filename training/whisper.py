@@ -99,11 +99,13 @@ class WhisperEncoder(nn.Module):
     ``n_layers`` below 4 drops the top blocks (cheaper, if they do not pay).
     """
 
-    def __init__(self, n_layers: int = N_LAYERS) -> None:
+    def __init__(self, n_layers: int = N_LAYERS, max_positions: int = MAX_POSITIONS) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(N_MELS, D_MODEL, 3, padding=1)
         self.conv2 = nn.Conv1d(D_MODEL, D_MODEL, 3, stride=2, padding=1)
-        self.register_buffer("positions", sinusoids(MAX_POSITIONS, D_MODEL), persistent=False)
+        # Only as many positions as the longest input (50 for a 1 s chunk); the file's float16 table
+        # replaces these when weights are loaded, as CTranslate2 uses it.
+        self.register_buffer("positions", sinusoids(max_positions, D_MODEL))
         self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
         self.ln_post = nn.LayerNorm(D_MODEL, eps=LAYER_NORM_EPS)
 
@@ -148,8 +150,13 @@ class WhisperEncoder(nn.Module):
         put("ln_post.weight", "encoder/layer_norm/gamma")
         put("ln_post.bias", "encoder/layer_norm/beta")
         stored = weights.get("encoder/position_encodings/encodings")
-        if stored is not None and not np.allclose(stored[:MAX_POSITIONS], self.positions.numpy(), atol=2e-3):
-            raise ValueError("the file's position encodings are not Whisper's sinusoids")
+        if stored is not None:
+            table = np.asarray(stored[: len(self.positions)], dtype=np.float32)
+            if table.shape != tuple(self.positions.shape) or not np.allclose(table, self.positions.numpy(), atol=2e-3):
+                raise ValueError("the file's position encodings are not Whisper's sinusoids")
+            mapped["positions"] = torch.from_numpy(table.copy())
+        else:
+            mapped["positions"] = self.positions.clone()
         missing = set(own) - set(mapped)
         if missing:
             raise ValueError(f"no weights for {sorted(missing)}")

@@ -1,0 +1,210 @@
+"""The chunked model's training side: window geometry, degradations, head training, calibration, export.
+
+The encoder here has random weights (no weights package needed): what is
+tested is the plumbing that makes offline and streaming scores equal and the
+served graph faithful, not what the encoder knows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.audio import LABELS, WINDOW_SAMPLES  # noqa: E402
+from training.chunk_training import (  # noqa: E402
+    Windows,
+    expected_calibration_error,
+    fit_head,
+    fit_temperature,
+    sample_weights,
+    score_clips,
+)
+from training.corpora import Record  # noqa: E402
+from training.features import Chunking, FeatureSet, degrade, placed_windows  # noqa: E402
+
+CH = Chunking()
+
+
+def small_cfg(**head: object) -> dict:
+    return {
+        "variant": "whisper",
+        "encoder": {"blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
+        "head": {"layers": [0, 1, 2], "mix": "concat", "hidden": 0, "dropout": 0.1, "pooling": "attention", **head},
+    }
+
+
+def test_chunking_tiles_the_window() -> None:
+    assert CH.per_window == 9
+    w = np.arange(WINDOW_SAMPLES, dtype=np.float32)
+    frames = CH.frame(w)
+    assert frames.shape == (9, 16000)
+    assert frames[0, 0] == 0 and frames[-1, -1] == WINDOW_SAMPLES - 1 and frames[1, 0] == 8000
+    with pytest.raises(ValueError):
+        Chunking(chunk=16000, hop=7000)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.7, 5.0])
+def test_a_short_clip_is_centred_and_only_chunks_touching_it_are_kept(seconds: float) -> None:
+    n = int(seconds * 16000)
+    audio = np.ones(n, np.float32)
+    [(chunks, silent)] = placed_windows(audio, CH)
+    assert len(chunks) + silent == CH.per_window
+    # Every kept chunk holds audio, and all the clip's samples are covered by them.
+    assert all(c.any() for c in chunks)
+    canvas = np.zeros(WINDOW_SAMPLES, np.float32)
+    left = (WINDOW_SAMPLES - n) // 2
+    canvas[left : left + n] = 1
+    all_chunks = CH.frame(canvas)
+    assert sum(int(c.any()) for c in all_chunks) == len(chunks)
+
+
+def test_a_long_clip_gives_several_full_windows() -> None:
+    audio = np.arange(int(8.3 * 16000), dtype=np.float32)
+    windows = placed_windows(audio, CH)  # ser-predict's windows: every 2.5 s, the last flush with the end
+    assert len(windows) == 3 and all(len(c) == 9 and s == 0 for c, s in windows)
+    assert windows[1][0][0, 0] == 40000 and windows[-1][0][-1, -1] == audio[-1]
+
+
+def test_degradations_keep_length_and_range() -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(32000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t) * (t % 0.5 < 0.3)).astype(np.float32)
+    for variant in (
+        {"noise_snr_db": 10},
+        {"noise_snr_db": [5, 35], "noise_colour": [0, 2], "gain_db": [-20, 6]},
+        {"reverb_rt60": 0.4},
+        {"opus_kbps": 16},
+        {"band": [[80, 300], [3400, 8000]]},
+    ):
+        out = degrade(audio, variant, rng)
+        assert out.shape == audio.shape and out.dtype == np.float32
+        assert np.all(np.isfinite(out)) and np.max(np.abs(out)) <= 1.0
+        assert not np.allclose(out, audio)
+    noisy = degrade(audio, {"noise_snr_db": 10}, np.random.default_rng(1))
+    active = np.abs(audio) > 0
+    snr = 10 * np.log10(np.mean(audio[active] ** 2) / np.mean((noisy - audio) ** 2))
+    assert 8 < snr < 12
+
+
+def records(spec: dict[tuple[str, str], int]) -> list[Record]:
+    out = []
+    for (corpus, label), n in spec.items():
+        out += [Record(Path(f"/{corpus}/{label}/{i}.wav"), label, f"{corpus}:{i % 3}", corpus) for i in range(n)]
+    return out
+
+
+def test_sampling_balances_corpora_and_classes() -> None:
+    recs = records({("big", "anger"): 300, ("big", "sad"): 100, ("small", "anger"): 10, ("small", "disgust"): 10})
+    p, class_w = sample_weights(recs, alpha=0.5)
+    assert p.sum() == pytest.approx(1.0)
+    by = {}
+    for r, pi in zip(recs, p, strict=True):
+        by[(r.corpus, r.label)] = by.get((r.corpus, r.label), 0) + pi
+    assert by[("big", "anger")] == pytest.approx(by[("big", "sad")])  # classes equal within a corpus
+    assert by[("small", "anger")] == pytest.approx(by[("small", "disgust")])
+    big, small = by[("big", "anger")] * 2, by[("small", "anger")] * 2
+    assert big / small == pytest.approx((400 / 20) ** 0.5)  # corpora weigh clips ** alpha
+    # The loss gives every present class the same total weight; absent classes none.
+    mass = np.zeros(len(LABELS))
+    for r, pi in zip(recs, p, strict=True):
+        mass[r.label_index] += pi
+    present = mass > 0
+    assert np.allclose((mass * class_w)[present], (mass * class_w)[present][0])
+    assert np.all(class_w[~present] == 0)
+
+
+def synthetic_features(recs: list[Record], seed: int, layers: int = 3) -> FeatureSet:
+    """Chunk features whose class shows in a few dimensions of every chunk, plus noise."""
+    rng = np.random.default_rng(seed)
+    feats, offset, count, silent = [], [], [], []
+    total = 0
+    for r in recs:
+        n = int(rng.integers(3, 10))
+        x = rng.normal(size=(n, layers, 768)).astype(np.float32)
+        x[:, :, r.label_index * 8 : r.label_index * 8 + 8] += 1.5
+        feats.append(x.astype(np.float16))
+        offset.append(total)
+        count.append(n)
+        silent.append(9 - n)
+        total += n
+    return FeatureSet([str(r.path) for r in recs], np.concatenate(feats), np.array(offset), np.array(count),
+                      np.array(silent), np.arange(len(recs)))
+
+
+def windows_of(fs: FeatureSet, fill: str) -> Windows:
+    return Windows(fs, np.arange(len(fs.offset)), np.arange(len(fs.offset)), fill)
+
+
+def test_head_learns_calibrates_and_scores() -> None:
+    from training.chunk_model import WhisperChunkModel
+
+    spec = {("a", lab): 40 for lab in LABELS}
+    train, test = records(spec), records({("t", lab): 15 for lab in LABELS})
+    bank = np.zeros((4, 3, 768), np.float16)
+    model = WhisperChunkModel(small_cfg())
+    stats = fit_head(model, [windows_of(synthetic_features(train, 0), "zeros"), windows_of(synthetic_features(train, 1), "bank")],
+                     train, bank, {"steps": 150, "warmup_steps": 10}, seed=0)
+    assert stats["final_loss"] < 1.0
+    m = score_clips(model, windows_of(synthetic_features(test, 2), "zeros"), bank, test)
+    assert m["ua"] > 0.9 and m["n"] == len(test)
+    val = records({("v", lab): 10 for lab in LABELS})
+    t, before, after = fit_temperature(model, windows_of(synthetic_features(val, 3), "zeros"), bank, val)
+    assert after <= before and float(model.head.temperature) == pytest.approx(t)
+
+
+def test_expected_calibration_error() -> None:
+    labels = np.array([0, 1, 0, 1])
+    assert expected_calibration_error(np.eye(2)[labels], labels) == pytest.approx(0.0)
+    wrong = np.eye(2)[1 - labels]
+    assert expected_calibration_error(wrong, labels) == pytest.approx(1.0)
+
+
+def test_offline_forward_is_encode_then_classify() -> None:
+    from training.chunk_model import WhisperChunkModel
+
+    torch.manual_seed(0)
+    model = WhisperChunkModel(small_cfg(hidden=32)).eval()
+    wave = torch.randn(2, WINDOW_SAMPLES) * 0.1
+    with torch.inference_mode():
+        whole = model(wave)
+        chunks = torch.from_numpy(CH.frame(wave.numpy())).reshape(-1, CH.chunk)
+        halves = model.classify(model.encode_chunks(chunks).reshape(2, 9, -1))
+    torch.testing.assert_close(whole, halves)
+
+
+@pytest.mark.slow
+def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
+    """Random-weight chunk model -> ONNX: parity, float16-exact storage, engine offline == streaming."""
+    pytest.importorskip("onnxruntime")
+    from engine import load_engine
+    from engine.export_chunked import chunked_parity, export_chunked_onnx
+    from training.chunk_model import WhisperChunkModel
+
+    torch.manual_seed(0)
+    model = WhisperChunkModel(small_cfg(hidden=32)).eval()
+    with torch.no_grad():  # weights that float16 holds exactly, as the real encoder's are
+        for p in model.encoder.parameters():
+            p.copy_(p.half().float())
+    meta = {"labels": '["anger", "disgust", "fear", "happy", "neutral", "sad"]', "sample_rate": "16000", "window_s": "5.0",
+            "variant": "whisper", "name": "t", **{k: str(v) for k, v in model.chunking.items()}}
+    path = tmp_path / "m.onnx"
+    export_chunked_onnx(model, path, meta)
+    assert chunked_parity(model, path) < 1e-4
+    fp32_bytes = sum(p.numel() * 4 for p in model.parameters())
+    assert path.stat().st_size < 0.6 * fp32_bytes  # encoder weights stored as float16
+    eng = load_engine(path, backend="onnxruntime")
+    assert eng.chunked and eng.chunks_per_window == 9
+    audio = (np.random.default_rng(0).standard_normal(WINDOW_SAMPLES + 4 * CH.hop) * 0.1).astype(np.float32)
+    # Streaming: every chunk encoded once, windows assembled from the last 9 embeddings.
+    starts = np.arange(0, len(audio) - CH.chunk + 1, CH.hop)
+    emb = eng.encode_chunks(np.stack([audio[s : s + CH.chunk] for s in starts]))
+    streamed = eng.classify(np.stack([emb[i : i + 9] for i in range(len(starts) - 8)]))
+    offline = eng.infer(np.stack([audio[i * CH.hop : i * CH.hop + WINDOW_SAMPLES] for i in range(len(starts) - 8)]))
+    np.testing.assert_allclose(streamed, offline, atol=1e-5)
+    with torch.inference_mode():
+        ref = torch.softmax(model(torch.from_numpy(audio[:WINDOW_SAMPLES])[None]), -1).numpy()
+    np.testing.assert_allclose(offline[:1], ref, atol=1e-4)
