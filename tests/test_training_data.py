@@ -150,3 +150,39 @@ def test_audio_cache_decodes_once_and_skips_unreadable(tmp_path: Path) -> None:
     ev = EvalWindows([audios[0], tone(100, 1.0)], [5, 0], WINDOW_SAMPLES, WINDOW_SAMPLES // 2)
     clips = [ev[i][2] for i in range(len(ev))]
     assert clips.count(0) == len(window_starts(7 * SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_SAMPLES // 2)) and clips.count(1) == 1
+
+
+def _write_opus(path: Path, audio: np.ndarray) -> None:
+    import soundfile as sf
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), audio, SAMPLE_RATE, format="OGG", subtype="OPUS")
+
+
+def test_labels_csv_corpora_read_their_listing(tmp_path: Path) -> None:
+    """nEMO / ASED / TurEV / emotiontts / BanglaSER layout: <speaker>/<stem>.ogg listed in labels.csv."""
+    root = tmp_path / "nemo"
+    for spk, stem in (("EB0", "EB0_anger_1"), ("EB0", "EB0_sadness_2"), ("KD0", "KD0_surprised_1"), ("KD0", "KD0_neutral_3")):
+        _write_opus(root / spk / f"{stem}.ogg", _clip(0.4))
+    (root / "labels.csv").write_text(
+        "path,speaker,label\n"
+        "EB0/EB0_anger_1.ogg,EB0,anger\n"
+        "EB0/EB0_sadness_2.ogg,EB0,sadness\n"     # a synonym
+        "KD0/KD0_surprised_1.ogg,KD0,surprise\n"  # not one of the six: dropped and counted
+        "KD0/KD0_neutral_3.ogg,KD0,neutral\n"
+        "KD0/gone.ogg,KD0,happy\n"                # listed but missing: unparsed, named
+    )
+    scan = scan_corpus("nemo", root)
+    assert sorted((r.label, r.speaker) for r in scan.records) == [("anger", "nemo:EB0"), ("neutral", "nemo:KD0"), ("sad", "nemo:EB0")]
+    assert scan.dropped == {"surprise": 1}
+    assert [p.name for p in scan.unparsed] == ["gone.ogg"]
+    assert load_audio(scan.records[0].path).size > 0  # Ogg Opus decodes
+
+
+def test_labels_csv_without_listing_or_header_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "ased").mkdir()
+    with pytest.raises(DataError, match="labels.csv is missing"):
+        scan_corpus("ased", tmp_path / "ased")
+    (tmp_path / "ased" / "labels.csv").write_text("file,who,emotion\na.ogg,x,anger\n")
+    with pytest.raises(DataError, match="header must name path, speaker and label"):
+        scan_corpus("ased", tmp_path / "ased")
