@@ -1,148 +1,198 @@
-"""Speaker-independent cross-validation on RAVDESS (TESS in training only), plus robustness.
+"""Accuracy of the default (Whisper chunk) recipe on voices and languages it never heard, several seeds each.
 
-Trains one model per fold of RAVDESS actors with ``ser-train`` (the recipe in
-conf/train.yaml plus any overrides given here), scores each fold's test actors
-(never seen in training or validation), then scores the same test clips with
-white noise at 20 and 10 dB SNR and with small-room reverberation, and prints
-a table (per fold and mean) and writes JSON. Resumable: a fold whose run
-already holds its test report is not trained again; an interrupted fold
-resumes from its last checkpoint.
+    python bench/accuracy.py                               # 5 RAVDESS folds x 3 seeds, robustness, calibration, LOCO
+    python bench/accuracy.py --seeds 0 1 2 --folds 0 1     # a subset
+    python bench/accuracy.py model.head.mix=weighted       # another recipe (any conf/model/whisper.yaml key)
+    python bench/accuracy.py --no-loco --tag weighted model.head.mix=weighted
 
-    python bench/accuracy.py                      # 5 folds, default recipe
-    python bench/accuracy.py --folds 5 trainer.max_epochs=30
+RAVDESS actor cross-validation: fold f tests 4 actors (the folds of
+``ser-train split.k=5``, so the same actors as the compact model's CV in
+bench/accuracy_compact.py), 2 others calibrate the temperature, and the
+head trains on the rest plus every other corpus. Each (fold, seed) is a
+fresh head; the tables show the mean over seeds per fold, then the mean and
+spread over folds, and the spread over seeds. Robustness scores the same
+test clips degraded (white noise at 20 and 10 dB SNR, reverberation RT60
+0.4 s, Opus at 16 kbps). Leave-one-corpus-out scores all of nEMO (Polish)
+and ASED (Amharic) with heads trained without them, and, in the same run,
+the shipped compact model (RAVDESS + TESS, engine/models/compact.onnx) and
+the chunk recipe trained on RAVDESS + TESS only (like for like).
 
-Each fold is scored with its ``last.ckpt`` (the end of the fixed schedule), the
-same rule that picks the shipped model's weights, so the figures measure the
-recipe that is shipped; ``--checkpoint best`` scores the best-on-validation
-checkpoint instead.
+Features come from the on-disk cache (training/features.py); the first run
+encodes what is missing (about 12 ms of CPU per 1 s chunk). Prints tables,
+writes bench/results/accuracy[-TAG].json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
-import subprocess
 import sys
+import time
 from pathlib import Path
 
-LABELS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
-CONDITIONS = {"clean": [], "snr20": ["--snr", "20"], "snr10": ["--snr", "10"], "reverb": ["--reverb", "0.4"]}
-TAGS = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}  # ser-eval file names
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from training.audio import LABELS  # noqa: E402
+
+NAMES = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR",
+         "reverb": "reverb RT60 0.4 s", "opus16": "Opus 16 kbps"}
+ALL_CORPORA = ("ravdess", "tess", "nemo", "ased", "turev", "emotiontts", "banglaser_ext")
+LOCO = ("nemo", "ased")
 
 
-def run(cmd: list[str]) -> None:
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+def mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def compact_on(records: list, model_path: Path) -> dict:
+    """The shipped compact model through the engine, as ser-predict scores files (clip-level)."""
+    from engine import load_engine
+    from engine.predict import classify_files
+    from training.metrics import classification_metrics
+
+    eng = load_engine(model_path, backend="onnxruntime")
+    truth = {str(r.path): r.label_index for r in records}
+    y, p = [], []
+    for res in classify_files(eng, [r.path for r in records], batch=32):
+        if res.error is None:
+            y.append(truth[str(res.path)])
+            p.append(LABELS.index(res.top))
+    return classification_metrics(y, p)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--runs-dir", type=Path, default=Path("runs/cv"))
-    ap.add_argument("--out", type=Path, default=Path("bench/results/accuracy.json"))
-    ap.add_argument("--markdown", type=Path, default=Path("bench/results/accuracy.md"),
-                    help="the same figures as Markdown tables (what the READMEs show)")
-    ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of each fold to score")
-    ap.add_argument("--only", type=int, nargs="*", help="train only these folds (the table uses every finished one)")
-    ap.add_argument("overrides", nargs="*", help="extra ser-train overrides (key=value)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache-dir", default="~/.cache/ser")
+    ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
+    ap.add_argument("--no-loco", action="store_true", help="skip leave-one-corpus-out")
+    ap.add_argument("--compact", type=Path, default=REPO / "engine" / "models" / "compact.onnx")
+    ap.add_argument("--tag", default="", help="suffix of the result files (for recipe comparisons)")
+    ap.add_argument("overrides", nargs="*", help="conf/model/whisper.yaml overrides, key=value (e.g. model.head.mix=weighted)")
     args = ap.parse_args()
-    bindir = Path(sys.executable).parent
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    for fold in args.only if args.only is not None else range(args.folds):
-        run_dir = args.runs_dir / f"fold{fold}"
-        if not (run_dir / "checkpoints" / "best_test.json").is_file():
-            run([str(bindir / "ser-train"), "data=ravdess+tess", f"split.k={args.folds}", f"split.fold={fold}", f"run.dir={run_dir}", *args.overrides])
-        ckpt = run_dir / "checkpoints" / f"{args.checkpoint}.ckpt"
-        robust = run_dir / f"robustness-{args.checkpoint}"
-        for cond, extra in CONDITIONS.items():
-            if not (robust / f"eval_{TAGS[cond]}.json").is_file():
-                run([str(bindir / "ser-eval"), str(ckpt), "--data", "ravdess", "--split-of", str(run_dir), "--out", str(robust), *extra])
+    import torch
+    import yaml
+    from omegaconf import OmegaConf
 
-    rows = []
-    for fold in range(args.folds):
-        run_dir = args.runs_dir / f"fold{fold}"
-        robust = run_dir / f"robustness-{args.checkpoint}"
-        files = {c: robust / f"eval_{t}.json" for c, t in TAGS.items()}
-        if not files["clean"].is_file():
-            continue
-        m = {c: json.loads(p.read_text()) for c, p in files.items() if p.is_file()}
-        clean = m["clean"]
-        speakers = json.loads((run_dir / "splits.json").read_text())["test"]
-        rows.append({
-            "fold": fold,
-            "test_speakers": speakers,
-            "n": clean["n"],
-            "accuracy": clean["accuracy"],
-            "ua": clean["ua"],
-            "macro_f1": clean["macro_f1"],
-            "recall": {lab: clean["per_class"][lab]["recall"] for lab in LABELS},
-            "confusion": clean["confusion"],
-            "ua_by_condition": {c: v["ua"] for c, v in m.items()},
-        })
-    if not rows:
-        print("no finished folds")
-        return 1
+    from training.chunk_cv import cross_validate, leave_corpus_out
+    from training.corpora import scan_corpora
+    from training.features import Chunking, FeatureCache
 
-    def mean(xs: list[float]) -> float:
-        return statistics.fmean(xs)
+    torch.set_num_threads(1)  # a head trains fastest single-threaded; the feature encoder is another process
+    cfg = OmegaConf.create({"model": OmegaConf.load(REPO / "conf" / "model" / "whisper.yaml")})
+    for o in args.overrides:
+        key, value = o.split("=", 1)
+        OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+    mc = OmegaConf.to_container(cfg.model, resolve=True)
+    trainer = dict(mc.get("head_trainer") or {})
+    records, _ = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ALL_CORPORA])
+    enc = mc["encoder"]
+    cache = FeatureCache(args.cache_dir, Chunking(int(float(enc["chunk_s"]) * 16000), int(float(enc["hop_s"]) * 16000)), int(enc["blocks"]))
+    conditions = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
 
-    def sd(xs: list[float]) -> float:
-        return statistics.stdev(xs) if len(xs) > 1 else 0.0
-
-    print()
-    done = "" if len(rows) == args.folds else f" ({len(rows)} of {args.folds} folds finished)"
-    print(f"RAVDESS speaker-independent {args.folds}-fold CV{done} (TESS in training only); "
-          f"clip-level, unseen actors, {args.checkpoint}.ckpt")
-    print(f"{'fold':>4} {'actors':<28} {'n':>4} {'acc':>6} {'UA':>6} {'F1':>6} " + " ".join(f"{lab[:5]:>6}" for lab in LABELS))
-    for r in rows:
-        actors = ",".join(s.split(":")[1] for s in r["test_speakers"])
-        print(f"{r['fold']:>4} {actors:<28} {r['n']:>4} {r['accuracy']:6.3f} {r['ua']:6.3f} {r['macro_f1']:6.3f} "
-              + " ".join(f"{r['recall'][lab]:6.2f}" for lab in LABELS))
-    summary = {k: (mean([r[k] for r in rows]), sd([r[k] for r in rows])) for k in ("accuracy", "ua", "macro_f1")}
-    recall_mean = {lab: mean([r["recall"][lab] for r in rows]) for lab in LABELS}
-    print(f"{'mean':>4} {'':<28} {sum(r['n'] for r in rows):>4} {summary['accuracy'][0]:6.3f} {summary['ua'][0]:6.3f} "
-          f"{summary['macro_f1'][0]:6.3f} " + " ".join(f"{recall_mean[lab]:6.2f}" for lab in LABELS))
-    print(f"{'sd':>4} {'':<28} {'':>4} {summary['accuracy'][1]:6.3f} {summary['ua'][1]:6.3f} {summary['macro_f1'][1]:6.3f}")
-
-    conds = [c for c in CONDITIONS if all(c in r["ua_by_condition"] for r in rows)]
-    rob = {c: mean([r["ua_by_condition"][c] for r in rows]) for c in conds}
-    print()
-    print("Robustness (same test clips, UA per fold and mean over folds)")
-    print(f"{'condition':<22} " + " ".join(f"{'fold' + str(r['fold']):>6}" for r in rows) + f" {'UA':>6} {'drop':>7}")
-    names = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR", "reverb": "reverb RT60 0.4 s"}
-    for c in conds:
-        per_fold = " ".join(f"{r['ua_by_condition'][c]:6.3f}" for r in rows)
-        print(f"{names[c]:<22} {per_fold} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
-
-    result = {"checkpoint": args.checkpoint, "folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
-              "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(markdown(rows, summary, recall_mean, rob, names))
-    print(f"\nwrote {args.out} and {args.markdown}")
+    t0 = time.time()
+    cv = cross_validate(mc, trainer, records, cache, args.seeds, conditions, folds=args.folds)
+    loco: list[dict] = []
+    compact: dict[str, dict] = {}
+    if not args.no_loco:
+        for corpus in LOCO:
+            loco += [{**r, "recipe": "chunk, all other corpora"} for r in leave_corpus_out(mc, trainer, records, cache, corpus, args.seeds)]
+            loco += [{**r, "recipe": "chunk, RAVDESS + TESS"} for r in leave_corpus_out(mc, trainer, records, cache, corpus, args.seeds, ("ravdess", "tess"))]
+            if args.compact.is_file():
+                compact[corpus] = compact_on([r for r in records if r.corpus == corpus], args.compact)
+    report = summarise(cv, loco, compact, list(conditions))
+    report.update(overrides=args.overrides, seeds=args.seeds, folds=args.folds, minutes=(time.time() - t0) / 60)
+    out = REPO / "bench" / "results" / f"accuracy{'-' + args.tag if args.tag else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": report, "cv_runs": cv, "loco_runs": loco, "compact_loco": compact}, indent=1, default=float))
+    md = markdown(report)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out} and {out.with_suffix('.md')} ({report['minutes']:.1f} min)")
     return 0
 
 
-def markdown(rows: list[dict], summary: dict, recall_mean: dict, rob: dict, names: dict) -> str:
-    """Per-fold table with mean ± sd, summed confusion matrix, robustness: as pasted into the READMEs."""
-    out = ["| fold | test actors | clips | accuracy | UA | macro F1 | " + " | ".join(LABELS) + " |",
-           "|---" * (6 + len(LABELS)) + "|"]
-    for r in rows:
-        actors = ", ".join(s.split(":")[1] for s in r["test_speakers"])
-        out.append(f"| {r['fold']} | {actors} | {r['n']} | {r['accuracy']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} | "
-                   + " | ".join(f"{r['recall'][lab]:.2f}" for lab in LABELS) + " |")
-    (acc, acc_sd), (ua, ua_sd), (f1, f1_sd) = (summary[k] for k in ("accuracy", "ua", "macro_f1"))
-    out.append(f"| **mean** | | {sum(r['n'] for r in rows)} | **{acc:.3f}** ± {acc_sd:.3f} | **{ua:.3f}** ± {ua_sd:.3f} | "
-               f"**{f1:.3f}** ± {f1_sd:.3f} | " + " | ".join(f"{recall_mean[lab]:.2f}" for lab in LABELS) + " |")
-    total = [[sum(r["confusion"][i][j] for r in rows) for j in range(len(LABELS))] for i in range(len(LABELS))]
-    out += ["", "Confusion matrix summed over the folds (rows: true, columns: predicted):", "",
+def summarise(cv: list[dict], loco: list[dict], compact: dict, conditions: list[str]) -> dict:
+    folds = sorted({r["fold"] for r in cv})
+    per_fold = []
+    for f in folds:
+        runs = [r for r in cv if r["fold"] == f]
+        clean = [r["test"]["clean"] for r in runs]
+        per_fold.append({
+            "fold": f, "test_speakers": runs[0]["test_speakers"], "n": clean[0]["n"], "seeds": len(runs),
+            "ua": mean([m["ua"] for m in clean]), "ua_seed_sd": sd([m["ua"] for m in clean]),
+            "accuracy": mean([m["accuracy"] for m in clean]), "macro_f1": mean([m["macro_f1"] for m in clean]),
+            "recall": {lab: mean([m["per_class"][lab]["recall"] for m in clean]) for lab in LABELS},
+            "by_condition": {c: mean([r["test"][c]["ua"] for r in runs]) for c in conditions},
+        })
+    clean_runs = [r["test"]["clean"] for r in cv]
+    confusion = np.sum([m["confusion"] for m in clean_runs], axis=0).tolist()
+    loco_rows = []
+    for corpus in LOCO:
+        for recipe in ("chunk, all other corpora", "chunk, RAVDESS + TESS"):
+            runs = [r for r in loco if r["held_out"] == corpus and r["recipe"] == recipe]
+            if runs:
+                ms = [r["test"]["clean"] for r in runs]
+                loco_rows.append({"corpus": corpus, "recipe": recipe, "ua": mean([m["ua"] for m in ms]), "ua_seed_sd": sd([m["ua"] for m in ms]),
+                                  "recall": {lab: mean([m["per_class"][lab]["recall"] for m in ms]) for lab in LABELS
+                                             if ms[0]["per_class"][lab]["support"]}, "n": ms[0]["n"]})
+        if corpus in compact:
+            m = compact[corpus]
+            loco_rows.append({"corpus": corpus, "recipe": "compact (shipped before), RAVDESS + TESS", "ua": m["ua"], "ua_seed_sd": 0.0,
+                              "recall": {lab: m["per_class"][lab]["recall"] for lab in LABELS if m["per_class"][lab]["support"]}, "n": m["n"]})
+    return {
+        "per_fold": per_fold,
+        "ua": mean([f["ua"] for f in per_fold]), "ua_fold_sd": sd([f["ua"] for f in per_fold]),
+        "ua_seed_sd": mean([f["ua_seed_sd"] for f in per_fold]),
+        "accuracy": mean([f["accuracy"] for f in per_fold]), "macro_f1": mean([f["macro_f1"] for f in per_fold]),
+        "recall": {lab: mean([f["recall"][lab] for f in per_fold]) for lab in LABELS},
+        "robustness": {c: mean([f["by_condition"][c] for f in per_fold]) for c in conditions},
+        "calibration": {"temperature": mean([r["temperature"] for r in cv]),
+                        "ece_before": mean([r["ece_uncalibrated"] for r in cv]),
+                        "ece_after": mean([r["test"]["clean"]["ece"] for r in cv])},
+        "layer_weights": [r["layer_weights"] for r in cv if r.get("layer_weights")][:1],
+        "confusion": confusion,
+        "loco": loco_rows,
+    }
+
+
+def markdown(s: dict) -> str:
+    out = ["| fold | test actors | clips | seeds | UA (mean over seeds) | seed sd | accuracy | macro F1 | " + " | ".join(LABELS) + " |",
+           "|---" * (8 + len(LABELS)) + "|"]
+    for f in s["per_fold"]:
+        actors = ", ".join(x.split(":")[1] for x in f["test_speakers"])
+        out.append(f"| {f['fold']} | {actors} | {f['n']} | {f['seeds']} | {f['ua']:.3f} | {f['ua_seed_sd']:.3f} | {f['accuracy']:.3f} | "
+                   f"{f['macro_f1']:.3f} | " + " | ".join(f"{f['recall'][lab]:.2f}" for lab in LABELS) + " |")
+    out.append(f"| **mean** | | | | **{s['ua']:.3f}** ± {s['ua_fold_sd']:.3f} (folds) | {s['ua_seed_sd']:.3f} | {s['accuracy']:.3f} | "
+               f"{s['macro_f1']:.3f} | " + " | ".join(f"{s['recall'][lab]:.2f}" for lab in LABELS) + " |")
+    out += ["", "Confusion matrix summed over folds and seeds (rows: true, columns: predicted):", "",
             "| true \\ predicted | " + " | ".join(LABELS) + " |", "|---" * (1 + len(LABELS)) + "|"]
-    out += [f"| {lab} | " + " | ".join(str(v) for v in total[i]) + " |" for i, lab in enumerate(LABELS)]
-    out += ["", "Robustness: the same test clips, degraded, mean UA over the folds:", "",
+    out += [f"| {lab} | " + " | ".join(str(v) for v in s["confusion"][i]) + " |" for i, lab in enumerate(LABELS)]
+    rob = s["robustness"]
+    out += ["", "Robustness (same test clips degraded before padding; UA, mean over folds and seeds):", "",
             "| condition | UA | drop |", "|---|---|---|"]
-    out += [f"| {names[c]} | {rob[c]:.3f} | {rob[c] - rob['clean']:+.3f} |" for c in rob]
+    out += [f"| {NAMES.get(c, c)} | {rob[c]:.3f} | {rob[c] - rob['clean']:+.3f} |" for c in rob]
+    cal = s["calibration"]
+    out += ["", f"Calibration (temperature scaling on each run's 2 validation actors; clip-level top-class ECE, 15 bins, "
+            f"on the test actors): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after (mean T = {cal['temperature']:.2f})."]
+    if s["loco"]:
+        out += ["", "Leave one corpus out (all clips of the held-out corpus; UA, mean over seeds):", "",
+                "| held out | clips | recipe | UA | seed sd | per-class recall |", "|---|---|---|---|---|---|"]
+        out += [f"| {r['corpus']} | {r['n']} | {r['recipe']} | {r['ua']:.3f} | {r['ua_seed_sd']:.3f} | "
+                + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()) + " |" for r in s["loco"]]
     return "\n".join(out) + "\n"
 
 
