@@ -346,14 +346,16 @@ class Scheduler:
 
     @staticmethod
     def _prune(batch: list[Window]) -> None:
-        """Keep, per stream, only the chunks of its newest window in this batch (at most K)."""
+        """Keep, per stream, only the chunks of its newest window so far (at most K; 2K if one came late)."""
         newest: dict[int, tuple[Stream, Window]] = {}
         for w in batch:
             cur = newest.get(id(w.stream))
             if cur is None or w.end > cur[1].end:
                 newest[id(w.stream)] = (w.stream, w)
         for s, w in newest.values():
-            s.chunks.keep_only(s.chunk_keys(w))
+            if w.end >= s.chunks.newest_end:  # a window served late (out of order) must not evict newer chunks
+                s.chunks.newest_end = w.end
+                s.chunks.keep_only(s.chunk_keys(w))
 
     def _report_drops(self, windows: list[Window], reason: str) -> None:
         self.metrics.windows_dropped.inc(len(windows), reason)

@@ -131,6 +131,7 @@ class ChunkCache:
 
     def __init__(self) -> None:
         self._emb: dict[int, np.ndarray] = {}
+        self.newest_end = -1  # end sample of the newest window whose chunks the cache was pruned to
 
     def __len__(self) -> int:
         return len(self._emb)

@@ -741,3 +741,25 @@ def test_daemon_config_is_typed_once():
     cfg = load_daemon_config(["audio.hop_s=1", "server.token='0123'", "scheduler.max_batch_cpu=null"])
     assert cfg.audio.hop_s == 1.0 and isinstance(cfg.audio.hop_s, float)
     assert cfg.server.token == "0123" and cfg.scheduler.max_batch_cpu is None
+
+
+def test_a_window_served_late_is_still_scored_right_and_keeps_the_cache_bounded(chunked_model):
+    """Windows of one stream can be served out of order (priority classes); chunks are re-encoded if need be."""
+    from engine import load_engine
+
+    eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
+    sched, col, _ = make_scheduler(eng, max_batch=1, max_wait_s=0.0)
+    stream = Stream("s", "test", engine_settings(eng), SR, 1, lambda w: None, LABELS)
+    rng = np.random.default_rng(9)
+    audio = (0.1 * rng.standard_normal(8 * SR)).astype(np.float32)
+    stream.push(audio)
+    now = time.monotonic()
+    ends = [96_000, 120_000, 104_000, 128_000]  # the 6.5 s window after the 7.5 s one
+    for k, end in enumerate(ends):
+        sched.submit(Window(stream, k, end, now, droppable=False))
+    sched.start()
+    results = col.wait(4)
+    sched.stop()
+    for r in results:
+        np.testing.assert_allclose(r.probs, eng.infer(audio[r.window.end - WINDOW_SAMPLES : r.window.end][None])[0], atol=1e-5)
+    assert len(stream.chunks) <= eng.chunks_per_window
