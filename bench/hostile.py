@@ -5,7 +5,7 @@ WebSocket clients that stream 16 kHz speech at real-time pace, then, from a
 second process, well over a hundred hostile clients of six kinds at once:
 
 - ``garbage``: floods of broken JSON, unknown types, bad frames, oversized messages, never reading;
-- ``fast_audio``: audio far faster than real time;
+- ``fast_audio``: audio at about 25x real time;
 - ``cycler``: start/stop ten times a second with audio in between;
 - ``non_reader``: subscribes to every stream, then never reads (tiny TCP window);
 - ``vanisher``: streams for a moment, then drops the TCP connection without a close;
@@ -95,6 +95,8 @@ class Tally:
         self.errors: Counter[str] = Counter()  # error codes received (where the client reads)
         self.open_now = 0
         self.max_open = 0
+        self.sent = 0  # messages sent
+        self.sent_bytes = 0
 
     def opened(self) -> None:
         self.sessions += 1
@@ -107,8 +109,13 @@ class Tally:
         self.closes[str(code) if code is not None else "none"] += 1
 
     def as_dict(self) -> dict:
-        return {"sessions": self.sessions, "refused": self.refused, "max_open": self.max_open,
-                "closes": dict(self.closes), "errors": dict(self.errors)}
+        return {"sessions": self.sessions, "refused": self.refused, "max_open": self.max_open, "sent": self.sent,
+                "sent_bytes": self.sent_bytes, "closes": dict(self.closes), "errors": dict(self.errors)}
+
+    async def send(self, ws, msg: str | bytes) -> None:
+        await ws.send(msg)
+        self.sent += 1
+        self.sent_bytes += len(msg) if isinstance(msg, bytes) else len(msg.encode())
 
 
 async def _reader(ws, tally: Tally) -> None:
@@ -149,6 +156,7 @@ async def _session(url: str, tally: Tally, body, *, reader: bool = True, **kw) -
 
 
 async def garbage(url: str, t_end: float, rng: np.random.Generator, tally: Tally) -> None:
+    """Junk as fast as it goes, never reading; every other session ends on an oversized message."""
     junk = [
         b"\x00\x01\x02",
         "{this is not json",
@@ -157,33 +165,38 @@ async def garbage(url: str, t_end: float, rng: np.random.Generator, tally: Tally
         json.dumps({"type": "subscribe", "streams": 42}),
         json.dumps({"type": "stop"}),
         "[" * 5000,
-        "é" * 300_000,  # 600 kB of text: the text byte budget
         bytes(rng.integers(0, 256, 999, dtype=np.uint8)),
     ]
-    big = b"\x00" * (1 << 20) + b"\x00\x00"  # over max_message_bytes: close 1009
+    finales = ["é" * 300_000, b"\x00" * ((1 << 20) + 2)]  # 600 kB of text (the byte budget); 1 MiB + 2 (too large)
+    session = 0
 
     async def body(ws) -> None:
         for k in range(1000):
-            msg = big if k == 500 else junk[int(rng.integers(len(junk)))]
-            await ws.send(msg)
+            if k == 50 and session % 2 == 0:
+                await tally.send(ws, finales[(session // 2) % 2])
+            else:
+                await tally.send(ws, junk[int(rng.integers(len(junk)))])
             if k % 25 == 0:
                 await asyncio.sleep(0.005)
         await ws.wait_closed()
 
     while time.monotonic() < t_end:
+        session += 1
         await _session(url, tally, body, reader=False)
         await asyncio.sleep(float(rng.uniform(0.2, 0.6)))
 
 
 async def fast_audio(url: str, t_end: float, rng: np.random.Generator, tally: Tally, pcm: np.ndarray) -> None:
+    """Audio at about 25x real time (a quarter second every 10 ms) until the daemon closes it."""
     start = json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le"})
+    n = SAMPLE_RATE // 4
 
     async def body(ws) -> None:
-        await ws.send(start)
+        await tally.send(ws, start)
         k = 0
         while time.monotonic() < t_end:
-            i = (k * SAMPLE_RATE) % (len(pcm) - SAMPLE_RATE)
-            await ws.send(pcm[i : i + SAMPLE_RATE].tobytes())  # 1 s of audio per frame, no pause
+            i = (k * n) % (len(pcm) - n)
+            await tally.send(ws, pcm[i : i + n].tobytes())
             k += 1
             await asyncio.sleep(0.01)
 
@@ -199,9 +212,9 @@ async def cycler(url: str, t_end: float, rng: np.random.Generator, tally: Tally,
 
     async def body(ws) -> None:
         while time.monotonic() < t_end:
-            await ws.send(start)
-            await ws.send(chunk)
-            await ws.send(stop)
+            await tally.send(ws, start)
+            await tally.send(ws, chunk)
+            await tally.send(ws, stop)
             await asyncio.sleep(0.1)
 
     while time.monotonic() < t_end:
@@ -211,7 +224,7 @@ async def cycler(url: str, t_end: float, rng: np.random.Generator, tally: Tally,
 
 async def non_reader(url: str, t_end: float, rng: np.random.Generator, tally: Tally) -> None:
     async def body(ws) -> None:
-        await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
+        await tally.send(ws, json.dumps({"type": "subscribe", "streams": "*"}))
         while time.monotonic() < t_end:  # never read: the client library stops reading at max_queue
             await asyncio.sleep(0.25)
 
@@ -236,10 +249,10 @@ async def vanisher(url: str, t_end: float, rng: np.random.Generator, tally: Tall
     frame = int(FRAME_S * SAMPLE_RATE)
 
     async def body(ws) -> None:
-        await ws.send(start)
+        await tally.send(ws, start)
         for k in range(int(rng.integers(5, 30))):
             i = (k * frame) % (len(pcm) - frame)
-            await ws.send(pcm[i : i + frame].tobytes())
+            await tally.send(ws, pcm[i : i + frame].tobytes())
             await asyncio.sleep(FRAME_S)
         ws.transport.abort()  # gone mid-stream: no stop, no close frame
 
@@ -482,6 +495,7 @@ def run(args: argparse.Namespace) -> dict:
         "no crash": not row["crashed"],
         "sigterm exit <= 2 s": row["sigterm_exit_s"] <= TARGET_SIGTERM_S and row["sigterm_exit_code"] == 0,
     }
+    row["kinds"] = kinds
     row["backend"] = f"{health['backend']} on {health['device']}"
     row["model_name"] = health["model"]
     return row
@@ -511,11 +525,12 @@ def fmt(row: dict, seconds: float) -> str:
         f"| predictions dropped for slow readers | | {int(row['client_messages_dropped'])} | |",
         f"| engine: batches, busy time | | {int(row['engine_batches'])}, {row['engine_busy_s']:.1f} s | |",
         "",
-        "| hostile kind | clients | sessions | refused | closes by code |",
-        "|---|---|---|---|---|",
+        "| hostile kind | clients | sessions | refused | messages sent | MB sent | closes by code |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, h in row["hostile"].items():
-        lines.append(f"| {kind} | {KINDS.get(kind, '')} | {h['sessions']} | {h['refused']} | {labels(h['closes'])} |")
+        lines.append(f"| {kind} | {row['kinds'][kind]} | {h['sessions']} | {h['refused']} | {h['sent']} | "
+                     f"{h['sent_bytes'] / 1e6:.1f} | {labels(h['closes'])} |")
     lines.append("")
     for i, g in enumerate(row["good_streams"]):
         lines.append(

@@ -79,13 +79,22 @@ class PutResult(Generic[T]):
 class _Class(Generic[T]):
     """The items of one priority class: arrival order, and per group -> key -> FIFO for fairness."""
 
-    __slots__ = ("arrival", "dead", "groups", "size")
+    __slots__ = ("arrival", "dead", "droppable", "groups", "size")
 
     def __init__(self) -> None:
         self.arrival: deque[_Entry[T]] = deque()  # lazy deletion: entries taken elsewhere are marked dead
         self.dead = 0
         self.groups: OrderedDict[Hashable, OrderedDict[Hashable, deque[_Entry[T]]]] = OrderedDict()
+        self.droppable: dict[int, int] = {}  # id(key's deque) -> droppable items in it (only while non-zero)
         self.size = 0
+
+    def _count(self, fifo: deque[_Entry[T]], e: _Entry[T], delta: int) -> None:
+        if e.droppable:
+            n = self.droppable.get(id(fifo), 0) + delta
+            if n:
+                self.droppable[id(fifo)] = n
+            else:
+                self.droppable.pop(id(fifo), None)
 
     def add(self, e: _Entry[T]) -> None:
         self.arrival.append(e)
@@ -96,6 +105,7 @@ class _Class(Generic[T]):
         if fifo is None:
             fifo = keys[e.key] = deque()
         fifo.append(e)
+        self._count(fifo, e, +1)
         self.size += 1
 
     def _forget(self, e: _Entry[T]) -> None:
@@ -114,6 +124,7 @@ class _Class(Generic[T]):
             fifo.popleft()
         else:
             fifo.remove(e)
+        self._count(fifo, e, -1)
         if not fifo:
             del keys[e.key]
             if not keys:
@@ -134,6 +145,7 @@ class _Class(Generic[T]):
         group, keys = next(iter(self.groups.items()))
         key, fifo = next(iter(keys.items()))
         e = fifo.popleft()
+        self._count(fifo, e, -1)
         if fifo:
             keys.move_to_end(key)
         else:
@@ -147,10 +159,12 @@ class _Class(Generic[T]):
 
     def victim(self) -> _Entry[T] | None:
         """The oldest droppable item of the key holding the most items (ties: the first such key)."""
+        if not self.droppable:
+            return None
         best: deque[_Entry[T]] | None = None
         for keys in self.groups.values():
             for fifo in keys.values():
-                if (best is None or len(fifo) > len(best)) and any(x.droppable for x in fifo):
+                if (best is None or len(fifo) > len(best)) and id(fifo) in self.droppable:
                     best = fifo
         if best is None:
             return None

@@ -225,6 +225,7 @@ def public_health(state: dict[str, Any]) -> dict[str, Any]:
 
 DRAIN_STALL_S = 0.1  # a closing client that takes no message for this long is not reading: stop waiting for it
 STREAMS_UPDATE_INTERVAL_S = 0.25  # `streams` messages go out at most this often (the latest list)
+POLICY_CLOSE_WAIT_S = 0.25  # a client closed for breaking a rule gets this long to answer the close, then is dropped
 SHUTDOWN_CLOSE_WAIT_S = 0.25  # on shutdown, the wait for closing handshakes before connections are dropped
 CONTROL_KEY = "control"  # outbox key of replies, errors and stream-list updates
 OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control first, others' predictions after
@@ -454,8 +455,8 @@ class Server:
             hello = protocol.hello(self.daemon.model_info(), self.daemon.stream_list(), self._limits())
             self._enqueue_control(client, protocol.dumps(hello))
             async for message in ws:
-                if client.closing:
-                    break
+                if client.closing:  # a close is under way (its code, after the drain): ignore, do not end early
+                    continue
                 if not await self._on_message(client, message):
                     break
         except ConnectionClosed:
@@ -497,7 +498,7 @@ class Server:
         self._send_replies(client, outcome)
         if outcome.close is not None:
             self.metrics.clients_closed.inc(1, reason)
-            await self._close(client, outcome.close)
+            await self._close(client, outcome.close, handshake_s=POLICY_CLOSE_WAIT_S)
             return False
         return not client.closing
 
@@ -598,9 +599,18 @@ class Server:
             await asyncio.sleep(0.01)
 
     async def _close(self, client: Client, close: Close, drain: bool = True, handshake_s: float | None = None) -> None:
-        """Let the queued messages go out (bounded), then close; a client that does not read is closed at once."""
+        """Let the queued messages go out (bounded), then close; a client that does not read is closed at once.
+
+        With ``handshake_s``, a client that has not answered the close by then is dropped, so one
+        that keeps sending (a flood already over its budget) costs no more reading.
+        """
         client.closing = True
         if drain:
             await self._drain(client, self.settings.drain_timeout_s)
-        with contextlib.suppress(ConnectionClosed, asyncio.TimeoutError):
+        try:
             await asyncio.wait_for(client.ws.close(close.code, close.reason), handshake_s)
+        except ConnectionClosed:
+            pass
+        except asyncio.TimeoutError:  # no closing handshake in time: stop reading what it still sends
+            if client.ws.transport is not None:
+                client.ws.transport.abort()
