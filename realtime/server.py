@@ -517,7 +517,7 @@ class Server:
         self._count_drops(client, r.dropped)
         if r.overflow and not client.closing:
             self.metrics.clients_closed.inc(1, "not_reading")
-            self._spawn(self._close(client, protocol.NOT_READING, drain=False))
+            self._spawn(self._close(client, protocol.NOT_READING, drain=False, handshake_s=POLICY_CLOSE_WAIT_S))
             return
         client.wakeup.set()
 
@@ -601,14 +601,16 @@ class Server:
     async def _close(self, client: Client, close: Close, drain: bool = True, handshake_s: float | None = None) -> None:
         """Let the queued messages go out (bounded), then close; a client that does not read is closed at once.
 
-        With ``handshake_s``, a client that has not answered the close by then is dropped, so one
-        that keeps sending (a flood already over its budget) costs no more reading.
+        A client that has not answered the close within ``handshake_s`` (default
+        ``close_timeout_s``) is dropped, so one that keeps sending (a flood already over its
+        budget) costs no more reading, and one that never reads cannot hold its close open.
         """
         client.closing = True
         if drain:
             await self._drain(client, self.settings.drain_timeout_s)
-        try:
-            await asyncio.wait_for(client.ws.close(close.code, close.reason), handshake_s)
+        wait = handshake_s if handshake_s is not None else self.settings.close_timeout_s
+        try:  # bounded: sending the close frame itself waits while a non-reader's buffers are full
+            await asyncio.wait_for(client.ws.close(close.code, close.reason), wait)
         except ConnectionClosed:
             pass
         except asyncio.TimeoutError:  # no closing handshake in time: stop reading what it still sends
