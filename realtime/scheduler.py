@@ -375,6 +375,7 @@ def describe_state(state: EngineState) -> dict[str, Any]:
     return {
         "status": "failing" if state.failing else "ok",
         "consecutive_failures": state.consecutive_failures,
-        "last_error": state.last_error,
+        # The kind of error only: its message may name the model's file (the log has it in full).
+        "last_error": state.last_error.split(":", 1)[0] if state.last_error else None,
         "backoff_s": round(state.backoff_s, 3),
     }

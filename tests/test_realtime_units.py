@@ -6,6 +6,7 @@ All real: numpy, soxr, webrtcvad and the tiny ONNX engine from conftest through 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -594,6 +595,7 @@ def test_a_failing_engine_backs_off_and_reports_itself(tmp_path, caplog):
     d.scheduler.stop()
     assert health["status"] == "failing" and health["engine"]["status"] == "failing"
     assert health["engine"]["consecutive_failures"] >= 3 and health["engine"]["backoff_s"] >= 0.4
+    assert health["engine"]["last_error"] and "fails.onnx" not in json.dumps(health)  # no file names
     assert state.consecutive_failures <= 1 + elapsed / 0.2  # backed off: not one call per window
     assert sum("Traceback" in (r.exc_text or "") or r.exc_info is not None for r in caplog.records) == 1
 
