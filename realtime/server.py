@@ -517,6 +517,7 @@ class Server:
         self._count_drops(client, r.dropped)
         if r.overflow and not client.closing:
             self.metrics.clients_closed.inc(1, "not_reading")
+            client.closing = True  # at once: more overflows before the close task runs are the same close
             self._spawn(self._close(client, protocol.NOT_READING, drain=False, handshake_s=POLICY_CLOSE_WAIT_S))
             return
         client.wakeup.set()

@@ -638,3 +638,23 @@ def test_shutdown_closes_a_client_that_keeps_sending_with_1001(engine):
         for _ in range(1000):
             ws.recv(timeout=5)
     assert exc.value.rcvd is not None and exc.value.rcvd.code == 1001, exc.value
+
+
+def test_a_client_that_floods_and_never_reads_is_closed_and_forgotten(engine):
+    """Its errors fill its queue (they cannot be dropped): it is closed as not reading, within a bound,
+    though its full buffers keep even the close frame from reaching it (found by bench/hostile.py)."""
+    overrides = ["server.client_queue=16", "server.send_buffer_bytes=4096", "server.max_messages_per_s=100000",
+                 "server.max_text_bytes_per_s=100000000"]
+    with Running(engine, overrides) as d, ExitStack() as stack:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", d.port))
+        ws = stack.enter_context(connect(d.url, sock=sock, open_timeout=5, max_queue=1, close_timeout=0.2))
+        with suppress(ConnectionClosed, OSError):
+            for _ in range(3000):  # 3000 errors of ~100 bytes: far past 16 queued plus the socket buffers
+                ws.send("{not json")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and in_loop(d, lambda: len(d.daemon.server.clients)):
+            time.sleep(0.05)
+        assert in_loop(d, lambda: len(d.daemon.server.clients)) == 0
+        assert d.metric('ser_clients_closed_total{reason="not_reading"}') == 1
