@@ -77,6 +77,7 @@ def main() -> int:
     ap.add_argument("--cache-dir", default="~/.cache/ser")
     ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
     ap.add_argument("--no-loco", action="store_true", help="skip leave-one-corpus-out")
+    ap.add_argument("--no-cv", action="store_true", help="skip the RAVDESS cross-validation (LOCO only)")
     ap.add_argument("--compact", type=Path, default=REPO / "engine" / "models" / "compact.onnx")
     ap.add_argument("--tag", default="", help="suffix of the result files (for recipe comparisons)")
     ap.add_argument("overrides", nargs="*", help="conf/model/whisper.yaml overrides, key=value (e.g. model.head.mix=weighted)")
@@ -104,7 +105,7 @@ def main() -> int:
     conditions = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
 
     t0 = time.time()
-    cv = cross_validate(mc, trainer, records, cache, args.seeds, conditions, folds=args.folds)
+    cv = [] if args.no_cv else cross_validate(mc, trainer, records, cache, args.seeds, conditions, folds=args.folds)
     loco: list[dict] = []
     compact: dict[str, dict] = {}
     if not args.no_loco:
@@ -127,7 +128,9 @@ def main() -> int:
 
 def summarise(cv: list[dict], loco: list[dict], compact: dict, conditions: list[str]) -> dict:
     folds = sorted({r["fold"] for r in cv})
-    per_fold = []
+    per_fold: list[dict] = []
+    if not cv:
+        return {"per_fold": [], "loco": _loco_rows(loco, compact)}
     for f in folds:
         runs = [r for r in cv if r["fold"] == f]
         clean = [r["test"]["clean"] for r in runs]
@@ -140,6 +143,23 @@ def summarise(cv: list[dict], loco: list[dict], compact: dict, conditions: list[
         })
     clean_runs = [r["test"]["clean"] for r in cv]
     confusion = np.sum([m["confusion"] for m in clean_runs], axis=0).tolist()
+    return {
+        "per_fold": per_fold,
+        "ua": mean([f["ua"] for f in per_fold]), "ua_fold_sd": sd([f["ua"] for f in per_fold]),
+        "ua_seed_sd": mean([f["ua_seed_sd"] for f in per_fold]),
+        "accuracy": mean([f["accuracy"] for f in per_fold]), "macro_f1": mean([f["macro_f1"] for f in per_fold]),
+        "recall": {lab: mean([f["recall"][lab] for f in per_fold]) for lab in LABELS},
+        "robustness": {c: mean([f["by_condition"][c] for f in per_fold]) for c in conditions},
+        "calibration": {"temperature": mean([r["temperature"] for r in cv]),
+                        "ece_before": mean([r["ece_uncalibrated"] for r in cv]),
+                        "ece_after": mean([r["test"]["clean"]["ece"] for r in cv])},
+        "layer_weights": [r["layer_weights"] for r in cv if r.get("layer_weights")][:1],
+        "confusion": confusion,
+        "loco": _loco_rows(loco, compact),
+    }
+
+
+def _loco_rows(loco: list[dict], compact: dict) -> list[dict]:
     loco_rows = []
     for corpus in LOCO:
         for recipe in ("chunk, all other corpora", "chunk, RAVDESS + TESS"):
@@ -153,23 +173,12 @@ def summarise(cv: list[dict], loco: list[dict], compact: dict, conditions: list[
             m = compact[corpus]
             loco_rows.append({"corpus": corpus, "recipe": "compact (shipped before), RAVDESS + TESS", "ua": m["ua"], "ua_seed_sd": 0.0,
                               "recall": {lab: m["per_class"][lab]["recall"] for lab in LABELS if m["per_class"][lab]["support"]}, "n": m["n"]})
-    return {
-        "per_fold": per_fold,
-        "ua": mean([f["ua"] for f in per_fold]), "ua_fold_sd": sd([f["ua"] for f in per_fold]),
-        "ua_seed_sd": mean([f["ua_seed_sd"] for f in per_fold]),
-        "accuracy": mean([f["accuracy"] for f in per_fold]), "macro_f1": mean([f["macro_f1"] for f in per_fold]),
-        "recall": {lab: mean([f["recall"][lab] for f in per_fold]) for lab in LABELS},
-        "robustness": {c: mean([f["by_condition"][c] for f in per_fold]) for c in conditions},
-        "calibration": {"temperature": mean([r["temperature"] for r in cv]),
-                        "ece_before": mean([r["ece_uncalibrated"] for r in cv]),
-                        "ece_after": mean([r["test"]["clean"]["ece"] for r in cv])},
-        "layer_weights": [r["layer_weights"] for r in cv if r.get("layer_weights")][:1],
-        "confusion": confusion,
-        "loco": loco_rows,
-    }
+    return loco_rows
 
 
 def markdown(s: dict) -> str:
+    if not s["per_fold"]:
+        return "\n".join(_loco_markdown(s["loco"])) + "\n"
     out = ["| fold | test actors | clips | seeds | UA (mean over seeds) | seed sd | accuracy | macro F1 | " + " | ".join(LABELS) + " |",
            "|---" * (8 + len(LABELS)) + "|"]
     for f in s["per_fold"]:
@@ -188,12 +197,18 @@ def markdown(s: dict) -> str:
     cal = s["calibration"]
     out += ["", f"Calibration (temperature scaling on each run's 2 validation actors; clip-level top-class ECE, 15 bins, "
             f"on the test actors): ECE {cal['ece_before']:.3f} before, {cal['ece_after']:.3f} after (mean T = {cal['temperature']:.2f})."]
-    if s["loco"]:
+    out += _loco_markdown(s["loco"])
+    return "\n".join(out) + "\n"
+
+
+def _loco_markdown(rows: list[dict]) -> list[str]:
+    out: list[str] = []
+    if rows:
         out += ["", "Leave one corpus out (all clips of the held-out corpus; UA, mean over seeds):", "",
                 "| held out | clips | recipe | UA | seed sd | per-class recall |", "|---|---|---|---|---|---|"]
         out += [f"| {r['corpus']} | {r['n']} | {r['recipe']} | {r['ua']:.3f} | {r['ua_seed_sd']:.3f} | "
-                + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()) + " |" for r in s["loco"]]
-    return "\n".join(out) + "\n"
+                + ", ".join(f"{k} {v:.2f}" for k, v in r["recall"].items()) + " |" for r in rows]
+    return out
 
 
 if __name__ == "__main__":

@@ -258,7 +258,8 @@ def _seed(*parts: object) -> int:
 
 def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray],
                    progress: Callable[[int, int], None] | None = None) -> FeatureSet:
-    """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random).
+    """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random,
+    ``fraction``: the share of clips it covers, drawn per clip).
 
     Each clip's degradation and placement come from a seed of (variant, file
     name), so a rerun or another machine caches the same features.
@@ -282,7 +283,9 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
             log.warning("skipping %s", exc)
             continue
         rng = np.random.default_rng(_seed(name, Path(r.path).name, r.speaker))
-        if any(k for k in variant if k not in ("name", "place")):
+        if rng.random() >= float(variant.get("fraction", 1.0)):
+            continue  # a variant may cover a fixed random share of the clips (training falls back to clean)
+        if any(k for k in variant if k not in ("name", "place", "fraction")):
             audio = degrade(audio, variant, rng)
         left = None
         if variant.get("place") == "random" and len(audio) <= ch.window:
