@@ -93,6 +93,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.source: Source | None = None
         self.exit_code = 0
+        self.finished_input = False  # --once: the file was read to its end (no signal): every line is owed
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.scheduler = Scheduler(
@@ -149,11 +150,16 @@ class Daemon:
             self.metrics.streams.set(len(self.streams))
         self._streams_changed()
         if self.once and stream.kind in ("file", "demo") and self.stop_event is not None:
+            self.finished_input = True
             self.stop_event.set()
 
     def _streams_changed(self) -> None:
         if self.loop is not None:
             self.loop.call_soon_threadsafe(lambda: self.server.broadcast(protocol.streams_changed(self.stream_list())))
+
+    def _output_ready(self) -> bool:
+        """--fast reads no further while --jsonl has half its queue unwritten: offline output loses no line."""
+        return self.jsonl is None or self.jsonl.pending() < self.cfg.output.jsonl_queue_lines // 2
 
     def _make_local_source(self) -> Source | None:
         """The source ``--device`` names; raises SourceError with a clear message if it cannot be opened."""
@@ -179,6 +185,7 @@ class Daemon:
                 loop=not self.once,
                 chunk_s=a.file_chunk_s,
                 fast_ahead_windows=self.effective_max_batch(),
+                output_ready=self._output_ready,
             )
 
         def make_dev(rate: int, channels: int) -> Stream:
@@ -373,6 +380,8 @@ class Daemon:
         await self.server.shutdown()
         await asyncio.to_thread(self.scheduler.stop, 0.2)
         if self.jsonl is not None:
+            if self.finished_input:  # --once at its natural end: a slow reader gets every line, a stalled one cannot hold us
+                await asyncio.to_thread(self.jsonl.drain, self.cfg.output.jsonl_flush_timeout_s)
             left = max(0.05, min(self.cfg.output.jsonl_flush_timeout_s, deadline - time.monotonic()))
             await asyncio.to_thread(self.jsonl.close, left)
         log.info("stopped in %.2f s", time.monotonic() - t0)

@@ -31,6 +31,7 @@ class JsonlWriter:
             raise ValueError(f"max_lines must be >= 1, got {max_lines}")
         self.fd = fd
         self.dropped = 0
+        self.accepted = 0
         self.written = 0
         self.broken = False
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_lines)
@@ -45,6 +46,7 @@ class JsonlWriter:
             return False
         try:
             self._queue.put_nowait((line + "\n").encode())
+            self.accepted += 1
         except queue.Full:
             self.dropped += 1
             if self.dropped == 1:
@@ -53,7 +55,23 @@ class JsonlWriter:
         return True
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Lines accepted but not yet written."""
+        return 0 if self.broken else self.accepted - self.written
+
+    def drain(self, idle_timeout: float) -> bool:
+        """Wait until every accepted line is written, as long as the reader keeps taking them.
+
+        Gives up (False) only when no line went out for ``idle_timeout`` s: a
+        slow reader gets everything, a stalled one cannot hold the exit.
+        """
+        last, since = self.written, time.monotonic()
+        while self.pending() > 0 and self._thread.is_alive():
+            if self.written != last:
+                last, since = self.written, time.monotonic()
+            elif time.monotonic() - since > idle_timeout:
+                return False
+            time.sleep(0.01)
+        return self.pending() == 0
 
     def close(self, timeout: float = 1.0) -> bool:
         """Let queued lines out for up to ``timeout`` s; True when all were written. Never blocks longer."""

@@ -204,8 +204,10 @@ class FileSource(Source):
         loop: bool = True,
         chunk_s: float = 0.05,
         fast_ahead_windows: int = 32,
+        output_ready: Callable[[], bool] | None = None,
     ) -> None:
         super().__init__(path.name)
+        self.output_ready = output_ready  # --fast: also wait while the output (--jsonl) is behind
         import soundfile as sf
 
         try:
@@ -245,8 +247,12 @@ class FileSource(Source):
                         self.stop_event.wait(delay)
                 else:
                     while not self.stop_event.is_set():
-                        if self.stream.wait_outstanding_below(self.fast_ahead_windows, timeout=0.1):
+                        if self.stream.wait_outstanding_below(self.fast_ahead_windows, timeout=0.1) and (
+                            self.output_ready is None or self.output_ready()
+                        ):
                             break
+                        if self.output_ready is not None and not self.output_ready():
+                            self.stop_event.wait(0.01)
         if not self.stop_event.is_set():
             self.stream.finish()
 

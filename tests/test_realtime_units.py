@@ -681,7 +681,8 @@ def test_jsonl_writer_never_blocks_on_a_stalled_reader():
         first = os.read(r, 1001)
         assert first == (line + "\n").encode()  # what was written is whole lines, in order
     finally:
-        os.close(r)
+        os.close(r)  # the writer's next write fails (EPIPE) and it stops; only then may its fd number be reused
+        assert out._done.wait(30)
         os.close(w)
 
 
