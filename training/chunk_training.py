@@ -32,7 +32,7 @@ from training.features import FeatureSet
 log = logging.getLogger(__name__)
 
 DEFAULT_TRAINER = {
-    "steps": 3000,
+    "steps": 1500,
     "batch_size": 64,
     "lr": 1e-3,
     "weight_decay": 0.01,
@@ -60,7 +60,7 @@ def select_windows(fs: FeatureSet, records: Sequence[Record], silent_fill: str) 
     idx = np.nonzero(clip_pos[fs.clip] >= 0)[0]
     missing = len(records) - len(set(clip_pos[clip_pos >= 0].tolist()))
     if missing:
-        log.warning("%d of %d clips have no cached features (unreadable?)", missing, len(records))
+        log.info("%d of %d clips have no features in this variant (outside its fraction, or unreadable)", missing, len(records))
     return Windows(fs, idx, clip_pos[fs.clip[idx]], silent_fill)
 
 
@@ -160,9 +160,12 @@ def _windows_by_clip(w: Windows, n_clips: int) -> list[np.ndarray]:
     return [order[bounds[i] : bounds[i + 1]] for i in range(n_clips)]
 
 
-def _set_standardisation(model: Any, clean: Windows, layers: Sequence[int]) -> None:
+def _set_standardisation(model: Any, clean: Windows, layers: Sequence[int], max_chunks: int = 20_000) -> None:
+    """Mean and deviation of each used layer's statistics over (a fixed sample of) the training chunks."""
     fs = clean.fs
     rows = np.concatenate([np.arange(fs.offset[i], fs.offset[i] + fs.count[i]) for i in clean.index])
+    if len(rows) > max_chunks:
+        rows = np.sort(np.random.default_rng(0).choice(rows, max_chunks, replace=False))
     x = fs.feats[rows][:, layers].astype(np.float32)
     model.mix.mean.copy_(torch.from_numpy(x.mean(0)))
     model.mix.std.copy_(torch.from_numpy(x.std(0) + 1e-3))

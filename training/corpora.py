@@ -141,7 +141,7 @@ def scan_corpus(name: str, root: str | Path) -> Scan:
     """Records of one corpus under ``root``; raises :class:`DataError` for a bad path or nothing usable."""
     if name not in READERS and name not in CSV_CORPORA:
         raise DataError(f"unknown corpus {name!r}; readers exist for {', '.join((*READERS, *CSV_CORPORA))}")
-    root = Path(root).expanduser()
+    root = Path(root).expanduser().resolve()  # absolute paths: caches are keyed by them
     if not root.is_dir():
         raise DataError(f"data path for {name} does not exist: {root}")
     scan = _scan_labels_csv(name, root) if name in CSV_CORPORA else _scan_names(name, root, READERS[name])

@@ -256,6 +256,15 @@ def _seed(*parts: object) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode())
 
 
+def _clip_rng(variant: dict, r: Record) -> np.random.Generator:
+    return np.random.default_rng(_seed(str(variant.get("name", "clean")), Path(r.path).name, r.speaker))
+
+
+def covers(variant: dict, r: Record) -> bool:
+    """Whether ``variant`` holds clip ``r`` (its ``fraction`` draw, the first of the clip's generator)."""
+    return "fraction" not in variant or _clip_rng(variant, r).random() < float(variant["fraction"])
+
+
 def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray],
                    progress: Callable[[int, int], None] | None = None) -> FeatureSet:
     """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random,
@@ -264,7 +273,6 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
     Each clip's degradation and placement come from a seed of (variant, file
     name), so a rerun or another machine caches the same features.
     """
-    name = str(variant.get("name", "clean"))
     paths: list[str] = []
     pending: list[np.ndarray] = []
     offset, count, silent, clip = [], [], [], []
@@ -282,7 +290,7 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
         except AudioError as exc:
             log.warning("skipping %s", exc)
             continue
-        rng = np.random.default_rng(_seed(name, Path(r.path).name, r.speaker))
+        rng = _clip_rng(variant, r)
         if rng.random() >= float(variant.get("fraction", 1.0)):
             continue  # a variant may cover a fixed random share of the clips (training falls back to clean)
         if any(k for k in variant if k not in ("name", "place", "fraction")):
@@ -361,13 +369,18 @@ class FeatureCache:
             path = self.dir / variant_key(variant) / f"{corpus}.npz"
             fs = FeatureSet.load(path) if path.is_file() else None
             have = set(fs.paths) if fs is not None else set()
-            todo = [r for r in recs if str(r.path) not in have]
+            todo = [r for r in recs if str(r.path) not in have and covers(variant, r)]
             if todo:  # only the clips this file lacks; unreadable ones are tried again next time
                 log.info("encoding %s / %s: %d clips", variant.get("name"), corpus, len(todo))
                 new = encode_variant(todo, variant, self.ch, self.encoder, _progress(f"{variant.get('name')}/{corpus}"))
-                fs = new if fs is None else FeatureSet.concat([fs, new])
-                fs.save(path)
+                if new.paths:
+                    fs = new if fs is None else FeatureSet.concat([fs, new])
+                    fs.save(path)
+            if fs is None:
+                continue
             sets.append(fs)
+        if not sets:
+            raise ValueError(f"variant {variant.get('name')} holds none of these {len(records)} clips")
         return FeatureSet.concat(sets)
 
     def bank(self) -> np.ndarray:
