@@ -38,7 +38,7 @@ SHARED = REPO.parent / "shared" / "data" / "ravdess"
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", type=Path, default=default_model_path())
+    ap.add_argument("--model", type=Path, default=default_model_path().parent / "compact.onnx")
     ap.add_argument("--calib", type=Path, default=SHARED / "Actor_01", help="calibration audio folder")
     ap.add_argument("--eval", type=Path, nargs="+", default=[SHARED / "Actor_12", SHARED / "Actor_14"],
                     help="evaluation audio folder(s)")
