@@ -68,7 +68,9 @@ class ChunkHead(nn.Module):
         self.pooling = pooling
         # hidden 0: pool the standardised chunk embeddings themselves and classify linearly (a probe,
         # cheap enough to compare recipes over many seeds); otherwise a GELU projection first.
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.GELU()) if hidden else nn.Dropout(dropout)
+        # (Dropout acts after the projection and pooling: on every chunk's full embedding it cost more
+        # than the rest of a training step.)
+        self.proj = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout)) if hidden else nn.Identity()
         hidden = hidden or dim
         self.score = nn.Linear(hidden, 1)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, n_classes))
