@@ -225,6 +225,7 @@ def evaluate_checkpoint(checkpoint: Path | list[Path], corpora: list[dict], spea
     from training.audio import SAMPLE_RATE, WINDOW_SAMPLES
     from training.corpora import scan_corpora
     from training.dataset import AudioCache, EvalWindows
+    from training.features import add_noise, reverberate
     from training.model import load_checkpoint
     from training.module import ClipScores
 
@@ -241,40 +242,12 @@ def evaluate_checkpoint(checkpoint: Path | list[Path], corpora: list[dict], spea
         raise DataError("no readable clips to score")
     rng = np.random.default_rng(seed)
     if reverb is not None:
-        audios = [corrupt_reverb(a, reverb, rng) for a in audios]
+        audios = [reverberate(a, reverb, rng) for a in audios]
     if snr is not None:
-        audios = [corrupt_noise(a, snr, rng) for a in audios]
+        audios = [add_noise(a, snr, rng) for a in audios]
     ds = EvalWindows(audios, [r.label_index for r in records], WINDOW_SAMPLES, int(float(ckpt_cfg["dataset"]["eval_hop_s"]) * SAMPLE_RATE))
     scores = ClipScores()
     with torch.inference_mode():
         for wav, y, clip in torch.utils.data.DataLoader(ds, batch_size=batch_size):
             scores.add(torch.stack([torch.softmax(model(wav), dim=-1) for model in models]).mean(0), y, clip)
     return scores.metrics()
-
-
-def corrupt_noise(audio, snr_db: float, rng):  # noqa: ANN001, ANN201 - numpy arrays
-    """White noise at ``snr_db`` relative to the clip's active-speech power (frames within 40 dB of the peak)."""
-    import numpy as np
-
-    frames = audio[: len(audio) // 400 * 400].reshape(-1, 400) if len(audio) >= 400 else audio[None, :]
-    power = np.mean(frames.astype(np.float64) ** 2, axis=1)
-    active = power[power > power.max() * 1e-4] if power.max() > 0 else power
-    signal_power = float(active.mean()) if active.size else 0.0
-    noise = rng.standard_normal(len(audio)) * np.sqrt(signal_power / 10 ** (snr_db / 10))
-    return (audio + noise).astype(np.float32)
-
-
-def corrupt_reverb(audio, rt60: float, rng):  # noqa: ANN001, ANN201 - numpy arrays
-    """Fully wet synthetic small-room reverberation, peak level kept."""
-    import random
-
-    import numpy as np
-    from scipy.signal import fftconvolve
-
-    from training.audio import SAMPLE_RATE
-    from training.augment import synthetic_rir
-
-    rir = synthetic_rir(rt60, SAMPLE_RATE, random.Random(int(rng.integers(1 << 31))))
-    wet = fftconvolve(audio, rir)[: len(audio)]
-    peak_in, peak_out = float(np.max(np.abs(audio))), float(np.max(np.abs(wet)))
-    return (wet * (peak_in / peak_out) if peak_out > 0 else wet).astype(np.float32)

@@ -72,6 +72,8 @@ def active_power(audio: np.ndarray) -> float:
 
 def coloured_noise(n: int, rng: np.random.Generator, exponent: float) -> np.ndarray:
     """Unit-power noise with a ``1 / f**exponent`` power spectrum (0 white, 1 pink, 2 brown)."""
+    if exponent == 0:
+        return rng.standard_normal(n)
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.arange(spec.size, dtype=np.float64)
     f[0] = 1.0
