@@ -32,15 +32,11 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from engine.base import CHUNKS_INPUT, EMBEDDINGS_OUTPUT, OUTPUT_NAME, WINDOW_EMBEDDINGS_INPUT
-from engine.onnx_graph import double_tensors, unsupported_ops, uses_external_data
+from engine.export import ExportError, check_graph
 from engine.signals import speech_like
 
 OPSET = 17
 MIN_HALF_SIZE = 4096  # smaller tensors are not worth a Cast node
-
-
-class ExportError(Exception):
-    """The export failed or does not match the torch model."""
 
 
 class _BothHalves(nn.Module):
@@ -79,7 +75,7 @@ def export_chunked_onnx(model: nn.Module, output: Path, metadata: dict[str, str]
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    _check(proto, output)
+    check_graph(proto, output, (CHUNKS_INPUT, WINDOW_EMBEDDINGS_INPUT), (EMBEDDINGS_OUTPUT, OUTPUT_NAME))
     onnx.save_model(proto, str(tmp), save_as_external_data=False)
     os.replace(tmp, output)
     try:
@@ -112,21 +108,6 @@ def store_exact_float16(proto: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(casts + nodes)
     return saved
-
-
-def _check(proto: onnx.ModelProto, output: Path) -> None:
-    inputs = [i.name for i in proto.graph.input]
-    outputs = [o.name for o in proto.graph.output]
-    if inputs != [CHUNKS_INPUT, WINDOW_EMBEDDINGS_INPUT] or outputs != [EMBEDDINGS_OUTPUT, OUTPUT_NAME]:
-        raise ExportError(f"{output}: graph has inputs {inputs} and outputs {outputs}")
-    bad = unsupported_ops(proto)
-    if bad:
-        raise ExportError(f"{output}: graph uses ops TensorRT's ONNX parser lacks: {', '.join(bad)}")
-    doubles = double_tensors(proto)
-    if doubles:
-        raise ExportError(f"{output}: graph holds float64 constants ({', '.join(doubles[:5])})")
-    if uses_external_data(proto):
-        raise ExportError(f"{output}: initializers were written as external data; the model must be one file")
 
 
 def chunked_parity(model: nn.Module, onnx_path: Path, seed: int = 0) -> float:
