@@ -103,31 +103,32 @@ class DaemonAPI(Protocol):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """The server's frozen view of ``server.*`` (realtime.config.ServerConfig validates them; this only reads)."""
+    """The server's frozen view of ``server.*``: no defaults here, realtime.config.ServerConfig owns them
+    (and validates them once); ``from_config`` copies every field from that section."""
 
-    host: str = "127.0.0.1"
-    port: int = 8765
-    token: str | None = None
-    allowed_origins: tuple[str, ...] = ()
-    max_clients: int = 64
-    max_message_bytes: int = 1 << 20
-    hard_max_message_factor: int = 4
-    max_messages_per_s: float = 200.0
-    max_text_bytes_per_s: float = 65536.0
-    max_starts_per_s: float = 1.0
-    max_start_burst: int = 4
-    client_queue: int = 64
-    send_buffer_bytes: int = 65536
-    max_audio_realtime_factor: float = 1.5
-    max_audio_burst_s: float = 10.0
-    close_timeout_s: float = 1.0
-    drain_timeout_s: float = 0.5
-    ping_interval_s: float = 20.0
+    host: str
+    port: int
+    token: str | None
+    allowed_origins: tuple[str, ...]
+    max_clients: int
+    max_message_bytes: int
+    hard_max_message_factor: int
+    max_messages_per_s: float
+    max_text_bytes_per_s: float
+    max_starts_per_s: float
+    max_start_burst: int
+    client_queue: int
+    send_buffer_bytes: int
+    max_audio_realtime_factor: float
+    max_audio_burst_s: float
+    close_timeout_s: float
+    drain_timeout_s: float
+    ping_interval_s: float
 
     @classmethod
     def from_config(cls, s: Any) -> ServerSettings:
         """The ``server`` section of the daemon config; types and ranges are checked once, by realtime.config."""
-        values = {f.name: s[f.name] for f in fields(cls) if f.name in s}
+        values = {f.name: s[f.name] for f in fields(cls)}
         values["token"] = str(s.token) if s.token not in (None, "") else None
         values["allowed_origins"] = tuple(str(o).rstrip("/") for o in (s.allowed_origins or []))
         return cls(**values)
