@@ -95,10 +95,17 @@ def export_onnx(
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed for the {metadata.get('variant')} model: {exc}") from exc
     proto = program.model_proto
+    save_checked(proto, output, metadata)
+    return proto
+
+
+def save_checked(proto: onnx.ModelProto, output: Path, metadata: dict[str, str],
+                 inputs: Sequence[str] = (INPUT_NAME,), outputs: Sequence[str] = (OUTPUT_NAME,)) -> None:
+    """Set the metadata, check the contract, write ``output`` atomically (one file), run ``onnx.checker``."""
     del proto.metadata_props[:]
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    check_graph(proto, output)
+    check_graph(proto, output, inputs, outputs)
     tmp = output.with_name(output.name + ".tmp")
     onnx.save_model(proto, str(tmp), save_as_external_data=False)
     os.replace(tmp, output)
@@ -106,7 +113,6 @@ def export_onnx(
         onnx.checker.check_model(str(output), full_check=True)
     except Exception as exc:
         raise ExportError(f"{output}: onnx.checker rejects the exported graph: {exc}") from exc
-    return proto
 
 
 def check_graph(proto: onnx.ModelProto, output: Path, inputs: Sequence[str] = (INPUT_NAME,),

@@ -21,7 +21,6 @@ so only the batch axes are dynamic, which it traces correctly; opset 17 keeps
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from engine.base import CHUNKS_INPUT, EMBEDDINGS_OUTPUT, OUTPUT_NAME, WINDOW_EMBEDDINGS_INPUT
-from engine.export import ExportError, check_graph
+from engine.export import ExportError, save_checked
 from engine.signals import speech_like
 
 OPSET = 17
@@ -71,17 +70,9 @@ def export_chunked_onnx(model: nn.Module, output: Path, metadata: dict[str, str]
     except Exception as exc:
         raise ExportError(f"torch.onnx.export failed for the {metadata.get('variant')} model: {exc}") from exc
     proto = onnx.load(str(tmp))
+    tmp.unlink()
     store_exact_float16(proto)
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    check_graph(proto, output, (CHUNKS_INPUT, WINDOW_EMBEDDINGS_INPUT), (EMBEDDINGS_OUTPUT, OUTPUT_NAME))
-    onnx.save_model(proto, str(tmp), save_as_external_data=False)
-    os.replace(tmp, output)
-    try:
-        onnx.checker.check_model(str(output), full_check=True)
-    except Exception as exc:
-        raise ExportError(f"{output}: onnx.checker rejects the exported graph: {exc}") from exc
+    save_checked(proto, output, metadata, (CHUNKS_INPUT, WINDOW_EMBEDDINGS_INPUT), (EMBEDDINGS_OUTPUT, OUTPUT_NAME))
     return proto
 
 
