@@ -255,15 +255,11 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
     stats = fit_head(model, train_w, train, bank, trainer_cfg, seed)
     clean = {"name": "clean"}
     val_w = select_windows(cache.get(val, clean), val, "zeros")
-    results: dict[str, dict] = {}
+    test_w = {name: select_windows(cache.get(recs, v), recs, "zeros") for name, (recs, v) in test.items()}
     first = next(iter(test), None)
-    ece_before = None
-    if first is not None:
-        recs, v = test[first]
-        ece_before = score_clips(model, select_windows(cache.get(recs, v), recs, "zeros"), bank, recs)["ece"]
+    ece_before = score_clips(model, test_w[first], bank, test[first][0])["ece"] if first is not None else None
     t, nll_before, nll_after = fit_temperature(model, val_w, bank, val)
-    for name, (recs, v) in test.items():
-        results[name] = score_clips(model, select_windows(cache.get(recs, v), recs, "zeros"), bank, recs)
+    results = {name: score_clips(model, test_w[name], bank, recs) for name, (recs, _) in test.items()}
     return SplitResult(model, t, (nll_before, nll_after), results, ece_before, stats)
 
 
