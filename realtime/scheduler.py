@@ -120,6 +120,9 @@ class Scheduler:
         self._state = EngineState()
         k, d = engine.chunks_per_window, engine.embedding_dim
         self._chunks = np.zeros((max_batch * k, engine.chunk_samples), dtype=np.float32)
+        # Every new stream's first windows hold chunks of silence from before its start: their embedding is the
+        # same for all streams, so it is encoded once (a burst of new streams then costs one chunk each).
+        self._silence: np.ndarray | None = None
         self._embeddings = np.zeros((max_batch, k, d), dtype=np.float32)
         self._thread = threading.Thread(target=self._run, name="ser-inference", daemon=True)
 
@@ -286,6 +289,9 @@ class Scheduler:
                 ck = (id(s), key)
                 if key in s.chunks or ck in rows or ck in unreadable:
                     continue
+                if key == 0 and self._silence is not None:  # the all-zero chunk before a stream's start: one for all
+                    s.chunks.put(0, self._silence)
+                    continue
                 if s.read_chunk(key, self._chunks[len(owners)]):
                     rows[ck] = len(owners)
                     owners.append((s, key))
@@ -302,6 +308,8 @@ class Scheduler:
         for i, (s, key) in enumerate(owners):
             if (id(s), key) not in bad_chunks:
                 s.chunks.put(key, emb[i].copy())
+                if key == 0 and self._silence is None:
+                    self._silence = emb[i].copy()
 
         overwritten: list[Window] = []
         non_finite: list[Window] = []

@@ -435,6 +435,25 @@ def test_streaming_gives_the_offline_probabilities_and_encodes_each_chunk_once(a
         assert sum(eng.encoded) == len(results)  # the window is the chunk
 
 
+def test_the_silence_before_a_stream_start_is_encoded_once_for_all_streams(chunked_model):
+    """A new stream's first window is mostly chunks of zeros from before its start: one embedding serves all."""
+    from engine import load_engine
+
+    eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
+    sched, col, _ = make_scheduler(eng, max_batch=8, max_wait_s=0.0)
+    sched.start()
+    clips = [tone(seconds=1.0, freq=300, amp=0.2), tone(seconds=1.0, freq=450, amp=0.05)]
+    for i, clip in enumerate(clips):
+        Stream(f"s{i}", "test", engine_settings(eng), SR, 1, sched.submit, LABELS).push(clip)
+        col.wait(i + 1)
+    sched.stop()
+    # first stream: the zero chunk (key 0) and the chunks ending at 0.5 s and 1.0 s; second: only its own two
+    assert eng.encoded == [3, 2]
+    for r, clip in zip(sorted(col.results, key=lambda r: r.window.stream.id), clips, strict=True):
+        want = eng.eng.infer(expected_window(clip, r.window.end, True)[None])[0]
+        np.testing.assert_allclose(r.probs, want, atol=1e-5)
+
+
 def test_one_encode_and_one_classify_call_per_batch_across_streams(chunked_model):
     from engine import load_engine
 
