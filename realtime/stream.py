@@ -47,14 +47,15 @@ class StreamSettings:
     hop_samples: int
     min_audio_samples: int
     buffer_samples: int
-    resample_quality: str = "HQ"
-    vad_aggressiveness: int = 2
-    vad_frame_ms: int = 30
-    vad_noise_window_s: float = 3.0
-    vad_margin_db: float = 6.0
-    vad_min_dbfs: float = -60.0
-    vad_min_voiced_fraction: float = 0.2
-    smoothing_tau_s: float = 1.5
+    # No defaults for what the config holds: realtime.config owns them (one schema), from_config copies them.
+    resample_quality: str
+    vad_aggressiveness: int
+    vad_frame_ms: int
+    vad_noise_window_s: float
+    vad_margin_db: float
+    vad_min_dbfs: float
+    vad_min_voiced_fraction: float
+    smoothing_tau_s: float
     sample_rate: int = SAMPLE_RATE
     chunk_samples: int = 0  # 0: the window is the one chunk (a whole-window model)
     chunk_hop_samples: int = 0
