@@ -130,6 +130,16 @@ class _Class(Generic[T]):
             if not keys:
                 del self.groups[e.group]
 
+    def head_fifo(self) -> _Entry[T]:
+        while not self.arrival[0].alive:
+            self.arrival.popleft()
+            self.dead -= 1
+        return self.arrival[0]
+
+    def head_fair(self) -> _Entry[T]:
+        keys = next(iter(self.groups.values()))
+        return next(iter(keys.values()))[0]
+
     def pop_fifo(self) -> _Entry[T]:
         while True:
             e = self.arrival.popleft()
@@ -265,6 +275,20 @@ class BoundedQueue(Generic[T]):
                     self._cond.notify_all()
                     return e.item
             return None
+
+    def peek(self, priority: int | None = None) -> T | None:
+        """The item ``get_nowait(priority)`` would return next, left in place (a batch that stops short of it)."""
+        with self._cond:
+            for p, cls in enumerate(self._classes):
+                if priority is not None and p != priority:
+                    continue
+                if cls.size:
+                    return cls.head_fifo().item if self.order == "fifo" else cls.head_fair().item
+            return None
+
+    def locked(self) -> threading.Condition:
+        """The queue's lock, to hold across several calls (``peek`` then ``get_nowait`` of the same item)."""
+        return self._cond
 
     def head_priority(self) -> int | None:
         """The class the next ``get_nowait()`` serves from, or None when empty."""

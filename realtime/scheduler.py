@@ -55,7 +55,8 @@ BACKOFF_MIN_S = 0.1  # first pause after a failed engine call, doubled per conse
 BACKOFF_MAX_S = 5.0  # ... up to this
 ESTABLISHED_S = 2.0  # a live stream is served first once it has run this long ...
 AHEAD_OF_REAL_TIME_S = 0.5  # ... and while its audio runs no further ahead of the wall clock than this
-BACKGROUND_BATCH_DIVISOR = 4  # ... the others' windows go in batches of at most max_batch / this
+BACKGROUND_BATCH_DIVISOR = 4  # ... the others' windows go in batches of at most max_batch / this ...
+BACKGROUND_SHARE = 0.25  # ... and take at most this share of the engine's time ...
 LIVE_RECENT_S = 1.0  # ... while an established stream had a window due this recently
 
 
@@ -114,6 +115,7 @@ class Scheduler:
         self.active_streams = active_streams
         self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=2)
         self._live_at = float("-inf")  # when an established live stream last had a window due
+        self._background_after = float("-inf")  # no background batch before this while live streams are served
         self._lock = threading.Lock()
         self._stopping = False
         self._busy = False
@@ -182,13 +184,24 @@ class Scheduler:
 
     # ------------------------------------------------------------ worker
 
-    def _take(self) -> tuple[list[Window], list[Window]]:
-        """Wait for due windows and take a fair batch; also return the stale ones skipped."""
+    def _live_recent(self, now: float) -> bool:
+        return now - self._live_at < LIVE_RECENT_S
+
+    def _take(self) -> tuple[list[Window], list[Window], bool]:
+        """Wait for due windows and take a fair batch; also return the stale ones skipped, and whether
+        the batch is background work done while live streams are served (it then rests the engine after)."""
         q = self._queue
         while not q.wait_for(lambda: bool(q) or self._stopping, timeout=0.25):
             pass
+        # Background work rests between its batches while live streams are served: a live window then
+        # mostly finds the engine idle, and the cores are left to the event loop that carries its result.
+        while not self._stopping:
+            now = time.monotonic()
+            if q.head_priority() != 1 or now >= self._background_after or not self._live_recent(now):
+                break
+            q.wait_for(lambda: q.head_priority() == 0 or self._stopping, timeout=self._background_after - now)
         if self._stopping:
-            return [], []
+            return [], [], False
         deadline = time.monotonic() + self.max_wait_s
         while len(q) < self.max_batch and not self._stopping and not self._everyone_queued():
             left = deadline - time.monotonic()
@@ -204,20 +217,35 @@ class Scheduler:
         # One class per batch: live streams never wait inside a batch of background windows; and while
         # live streams are being served, background batches are small, so a live window that falls due
         # meanwhile waits little for the engine.
+        # The limit counts windows and also the chunks they need encoded (a stream's window after dropped ones
+        # needs up to K): a batch costs about what max_batch one-hop windows cost, so a live window that falls
+        # due meanwhile waits one bounded batch. The first window goes whatever it needs.
         cls = q.head_priority()
-        limit = self.max_batch
-        if cls == 1 and now - self._live_at < LIVE_RECENT_S:
-            limit = max(1, self.max_batch // BACKGROUND_BATCH_DIVISOR)
-        while len(batch) < limit:
-            w = q.get_nowait(priority=cls)
-            if w is None:
-                break
-            if w.droppable and now - w.due > self.stale_after_s:
-                stale.append(w)
-            else:
+        background = cls == 1 and self._live_recent(now)
+        limit = max(1, self.max_batch // BACKGROUND_BATCH_DIVISOR) if background else self.max_batch
+        chunks: set[tuple[int, int]] = set()
+        with q.locked():  # the window peeked is the window taken
+            while len(batch) < limit:
+                w = q.peek(priority=cls)
+                if w is None:
+                    break
+                if w.droppable and now - w.due > self.stale_after_s:
+                    stale.append(w)
+                    q.get_nowait(priority=cls)
+                    continue
+                need = self._chunks_to_encode(w) - chunks
+                if batch and len(chunks) + len(need) > limit:
+                    break
+                q.get_nowait(priority=cls)
+                chunks |= need
                 batch.append(w)
         self.metrics.queue_depth.set(len(q))
-        return batch, stale
+        return batch, stale, background
+
+    def _chunks_to_encode(self, w: Window) -> set[tuple[int, int]]:
+        """The chunks of ``w`` its stream has not encoded yet (the shared silence chunk excepted)."""
+        s = w.stream
+        return {(id(s), k) for k in s.chunk_keys(w) if k not in s.chunks and not (k == 0 and self._silence is not None)}
 
     def _everyone_queued(self) -> bool:
         if self.active_streams is None:
@@ -226,7 +254,7 @@ class Scheduler:
 
     def _run(self) -> None:
         while True:
-            batch, stale = self._take()
+            batch, stale, background = self._take()
             try:
                 if stale:
                     self._report_drops(stale, "stale")
@@ -235,8 +263,12 @@ class Scheduler:
                         return
                     continue
                 try:
+                    t0 = time.monotonic()
                     self._score(batch)
                     self._engine_ok()
+                    if background:
+                        t1 = time.monotonic()
+                        self._background_after = t1 + (t1 - t0) * (1 - BACKGROUND_SHARE) / BACKGROUND_SHARE
                 except Exception as exc:  # a daemon must outlive one bad batch; the windows are reported lost
                     self._engine_failed(exc, len(batch))
                     self._report_drops(batch, "engine_error")

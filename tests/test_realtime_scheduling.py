@@ -14,7 +14,7 @@ import time
 import pytest
 
 from realtime.metrics import DaemonMetrics
-from realtime.scheduler import BACKGROUND_BATCH_DIVISOR, Result, Scheduler
+from realtime.scheduler import BACKGROUND_BATCH_DIVISOR, BACKGROUND_SHARE, LIVE_RECENT_S, Result, Scheduler
 from realtime.stream import Stream, StreamSettings
 from tests.conftest import tone
 from training.audio import LABELS
@@ -53,7 +53,7 @@ def engine(energy_model):
     return eng
 
 
-def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], str]:
+def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], Scheduler]:
     batches = Batches()
     sched = Scheduler(engine, batches, DaemonMetrics(), max_batch=8, max_wait_s=0.0, stale_after_s=60.0, max_queue=256)
     settings = StreamSettings.from_config(compose("daemon", []), engine.window_samples)
@@ -68,15 +68,15 @@ def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], str]:
         n += 3
     sched.start()
     try:
-        return batches.wait(n), "live"
+        return batches.wait(n), sched
     finally:
         sched.stop()
 
 
 def test_an_established_live_stream_goes_first_and_the_backlog_waits_in_small_batches(engine):
-    calls, live = backlog_and_live(engine, live=True)
+    calls, _ = backlog_and_live(engine, live=True)
     first = [r.window.stream.id for r in calls[0]]
-    assert first == [live] * 3, first  # fair order alone would give it one window of the first batch
+    assert first == ["live"] * 3, first  # fair order alone would give it one window of the first batch
     background = [len(c) for c in calls[1:]]
     assert max(background) <= 8 // BACKGROUND_BATCH_DIVISOR
     assert all(r.probs is not None for c in calls for r in c)
@@ -87,3 +87,17 @@ def test_without_live_streams_the_backlog_batches_fully(engine):
     assert max(len(c) for c in calls) == 8
     first = [r.window.stream.id for r in calls[0]]
     assert sorted(set(first)) == [f"burst-{i}" for i in range(4)]  # round robin across the bursts
+
+
+def test_while_a_live_stream_is_served_the_backlog_rests_the_engine_between_its_batches(engine):
+    """Background batches back to back kept the engine (and both cores) busy all the time beside a hostile
+    crowd: a live window then always waited for one, and the event loop carrying its result for the CPU.
+    Each background batch is now followed by a rest of (1 - share) / share times its own cost."""
+    calls, sched = backlog_and_live(engine, live=True)
+    background = [c for c in calls[1:] if c[0].done_at < sched._live_at + LIVE_RECENT_S]
+    assert len(background) >= 2
+    rest = (1 - BACKGROUND_SHARE) / BACKGROUND_SHARE
+    for prev, nxt in zip(background, background[1:], strict=False):
+        # the next batch ends no sooner than the rest after the previous one plus its own inference
+        assert nxt[0].done_at - prev[0].done_at >= rest * prev[0].inference_s + nxt[0].inference_s
+

@@ -458,7 +458,7 @@ def test_one_encode_and_one_classify_call_per_batch_across_streams(chunked_model
     from engine import load_engine
 
     eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
-    sched, col, _ = make_scheduler(eng, max_batch=8, max_wait_s=0.0)
+    sched, col, _ = make_scheduler(eng, max_batch=16, max_wait_s=0.0)  # room for the 6 windows' 12 chunks
     streams = [Stream(f"s{i}", "test", engine_settings(eng), SR, 1, sched.submit, LABELS) for i in range(3)]
     for i, s in enumerate(streams):  # queued before the worker starts: one batch of 6 windows
         s.push(tone(seconds=1.5, freq=200 + 100 * i, amp=0.1 * (i + 1)))
@@ -471,6 +471,23 @@ def test_one_encode_and_one_classify_call_per_batch_across_streams(chunked_model
         s = r.window.stream
         audio = s.ring.read(0, s.ring.written)
         np.testing.assert_allclose(r.probs, eng.infer(expected_window(audio, r.window.end, True)[None])[0], atol=1e-5)
+
+
+def test_a_batch_encodes_at_most_max_batch_chunks_but_its_first_window_goes_whatever_it_needs(chunked_model):
+    """A stream's window after dropped ones needs up to K new chunks, not one: a batch limited in windows
+    alone could cost K times what max_batch one-hop windows cost, and a live window falling due meanwhile
+    waited for all of it (issue 11: a good stream's p99 beside a hostile crowd)."""
+    from engine import load_engine
+
+    eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
+    sched, col, _ = make_scheduler(eng, max_batch=2, max_wait_s=0.0)
+    stream = Stream("s", "test", engine_settings(eng), SR, 1, sched.submit, LABELS)
+    stream.push(tone(seconds=1.5, amp=0.1))  # 2 windows: the first needs chunks ending at 0, 8000, 16000; the next one more
+    sched.start()
+    results = col.wait(2)
+    sched.stop()
+    assert eng.encoded == [3, 1] and eng.classified == [1, 1]  # a window limit alone gave one batch: [4], [2]
+    assert all(r.probs is not None for r in results)
 
 
 def test_hop_off_the_chunk_grid_is_refused(chunked_model):
