@@ -7,10 +7,14 @@ streams, so one stream, or one client's many, cannot starve the rest. Two
 classes: established live streams (running ``ESTABLISHED_S`` at real-time
 pace) come first; new, short-lived and bursting streams (start/stop cycling,
 audio sent faster than spoken) get the rest, in small batches while live
-streams are being served, so churn cannot take a live stream's turn. The
-worker waits for the first window, gives others up to ``max_wait_s`` to join,
-takes at most ``max_batch`` of them and scores them with two engine calls for
-the whole batch, whatever the streams:
+streams are being served, with rests between them (at most ``BACKGROUND_SHARE``
+of the engine's time), so churn cannot take a live stream's turn, nor the cores
+the event loop needs to carry its result. The worker waits for the first
+window, gives others up to ``max_wait_s`` to join, takes at most ``max_batch``
+of them needing at most ``max_batch`` chunks encoded (a window after dropped
+ones needs up to K; the first window goes whatever it needs), so one batch
+costs about what ``max_batch`` one-hop windows cost, and scores them with two
+engine calls for the whole batch, whatever the streams:
 
 1. every chunk the batch's windows need that no stream has encoded yet is read
    into one array and encoded in ONE ``encode_chunks`` call (a chunked model
