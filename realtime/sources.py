@@ -322,11 +322,6 @@ class DeviceSource(Source):
                     return
                 backoff = min(self.reconnect_max_s, backoff * 2)
 
-    @staticmethod
-    def _start(stream_in: Any) -> None:
-        """Start a PortAudio stream that opened; a device can open yet fail here (busy, suspended, gone)."""
-        stream_in.start()
-
     def _capture(self, dev: DeviceInfo) -> None:
         """Capture until stopped or the device fails; returns when it stops delivering."""
         sd = _sd()
@@ -352,7 +347,7 @@ class DeviceSource(Source):
         except Exception as exc:
             raise SourceError(f"cannot open input device {dev.index} {dev.name!r} at {rate} Hz, {channels} ch: {exc}") from exc
         try:
-            self._start(stream_in)
+            stream_in.start()  # a device can open yet fail here (busy, suspended, gone)
         except Exception as exc:  # opened but cannot start: as retryable as a device that cannot open
             with contextlib.suppress(Exception):
                 stream_in.close(ignore_errors=True)

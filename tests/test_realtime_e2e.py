@@ -214,7 +214,9 @@ def test_reconnect_covers_a_device_that_opens_but_fails_to_start(tmp_path, monke
     """Finding 7: a device that opened but whose start failed ended the source even with --reconnect.
 
     The device is real (a private PulseAudio server through PortAudio); its first two starts fail as a
-    busy or suspended device's do (PortAudio's error), then it starts for real and audio flows."""
+    busy or suspended device's do (PortAudio's error, raised by sounddevice's own ``InputStream.start``),
+    then it starts for real and audio flows. Audio flowing is asserted first: the code before the fix
+    lost its capture thread to the first failed start, so no audio ever came."""
     _need_pulse_tools()
     server = PulseServer(tmp_path)
     if not server.start():
@@ -229,15 +231,16 @@ def test_reconnect_covers_a_device_that_opens_but_fails_to_start(tmp_path, monke
 
     _rescan_devices()  # PortAudio was initialised before the private server existed
 
-    class FlakyStart(DeviceSource):
-        fails_left = 2
+    real_start = sd.InputStream.start
+    fails = [2]
 
-        def _start(self, stream_in):
-            if FlakyStart.fails_left > 0:
-                FlakyStart.fails_left -= 1
-                raise sd.PortAudioError("Error starting stream: Device unavailable [PaErrorCode -9985]", -9985)
-            return DeviceSource._start(stream_in)
+    def flaky_start(self):
+        if fails[0] > 0:
+            fails[0] -= 1
+            raise sd.PortAudioError("Error starting stream: Device unavailable [PaErrorCode -9985]", -9985)
+        return real_start(self)
 
+    monkeypatch.setattr(sd.InputStream, "start", flaky_start)
     windows = []
     settings = StreamSettings.from_config(load_daemon_config(), 80_000)
     made = []
@@ -247,17 +250,16 @@ def test_reconnect_covers_a_device_that_opens_but_fails_to_start(tmp_path, monke
         return made[-1]
 
     try:
-        src = FlakyStart("pulse", make, on_xruns=lambda n: None, reconnect=True, reconnect_min_s=0.1, reconnect_max_s=0.2)
+        src = DeviceSource("pulse", make, on_xruns=lambda n: None, reconnect=True, reconnect_min_s=0.1, reconnect_max_s=0.2)
         src.start()
-        assert src.opened.wait(20), (src.state, src.failed)
-        assert FlakyStart.fails_left == 0 and src.failed is None and src.state == "running"
         deadline = time.monotonic() + 20
-        while made[0].ring.written < 8000:  # audio flows (the idle sink's monitor: silence)
-            assert time.monotonic() < deadline, made[0].ring.written
+        while not made or made[0].ring.written < 8000:  # audio flows (the idle sink's monitor: silence)
+            assert time.monotonic() < deadline, "no audio after two failed starts with --reconnect"
             time.sleep(0.05)
+        assert fails[0] == 0 and src.failed is None and src.state == "running"
         src.stop(2.0)
-        FlakyStart.fails_left = 1  # and without --reconnect the failure is a clear SourceError
-        once = FlakyStart("pulse", make, on_xruns=lambda n: None, reconnect=False)
+        fails[0] = 1  # and without --reconnect the failure is a clear SourceError
+        once = DeviceSource("pulse", make, on_xruns=lambda n: None, reconnect=False)
         once.start()
         assert once.finished.wait(20)
         assert isinstance(once.failed, SourceError) and "opened but failed to start" in str(once.failed)
