@@ -11,7 +11,11 @@ second process, well over a hundred hostile clients of six kinds at once:
 - ``vanisher``: streams for a moment, then drops the TCP connection without a close;
 - ``burst``: bursts of connections opened and dropped together.
 
-Each hostile client reconnects when the daemon closes it, until the end. For
+Each hostile client reconnects when the daemon closes it, until the end.
+Halfway through, ``--late`` more well-behaved clients connect and start
+streaming: for them it reports how long their first prediction took and
+their steady state from 3 s on (no target; a daemon that protects its live
+streams must not do it by shutting new ones out). For
 the well-behaved streams it measures predictions per second, the worst gap
 between consecutive predictions, and end-to-end latency (frame holding a
 window's last sample sent -> its prediction received); for the daemon its RSS,
@@ -61,6 +65,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from realtime.client import ClientError, open_stream  # noqa: E402
 from realtime.sources import demo_clip_path  # noqa: E402
 from training.audio import SAMPLE_RATE, load_audio  # noqa: E402
 
@@ -81,6 +86,7 @@ TARGET_P99_MS = 250.0
 TARGET_RSS_MB = 1024.0
 TARGET_SIGTERM_S = 2.0
 KINDS = {"garbage": 20, "fast_audio": 15, "cycler": 15, "non_reader": 30, "vanisher": 20, "burst": 40}
+LATE_SETTLE_S = 3.0  # a late joiner's steady state is measured from this long after its first frame
 BURST_EVERY_S = 2.0
 BURST_HOLD_S = 0.5
 DAEMON_OVERRIDES = ["server.max_clients=200"]  # room for the hostile crowd; every other limit as shipped
@@ -321,7 +327,17 @@ async def good_stream(url: str, pcm: np.ndarray, t_begin: float, t_stop: float, 
     out.update(sends=sends, lags=lags, preds=preds, errors=errors, close=None)
     async with connect(url, max_size=2**22, compression=None, open_timeout=30, close_timeout=1) as ws:
         json.loads(await ws.recv())
-        await ws.send(json.dumps({"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le"}))
+        # As ser-client does: no audio before `started`, and while every stream slot is taken, ask again.
+        t_ask = time.monotonic()
+        start = {"type": "start", "sample_rate": SAMPLE_RATE, "encoding": "pcm_s16le"}
+        try:
+            out["stream"] = await open_stream(ws, start, max(0.0, t_stop - 5.0 - t_ask),
+                                              lambda msg, left: out.update(busy=msg))
+        except ClientError as exc:
+            errors.append({"code": "gave_up", "message": str(exc)})
+            return
+        out["slot_wait_s"] = time.monotonic() - t_ask
+        t_begin = max(t_begin, time.monotonic())
 
         async def receive() -> None:
             try:
@@ -356,6 +372,24 @@ async def good_stream(url: str, pcm: np.ndarray, t_begin: float, t_stop: float, 
             pass
         await asyncio.wait({rx}, timeout=3)  # SIGTERM comes now: the last predictions, then 1001
         rx.cancel()
+
+
+async def late_stream(url: str, pcm: np.ndarray, t_begin: float, t_stop: float, out: dict) -> None:
+    """A well-behaved stream that connects in the middle of the attack (its connection too)."""
+    await asyncio.sleep(max(0.0, t_begin - 0.5 - time.monotonic()))
+    await good_stream(url, pcm, t_begin, t_stop, out)
+
+
+def late_summary(o: dict, t_end: float) -> dict:
+    """A late joiner: seconds from its first audio frame to its first prediction, then its steady state."""
+    if not o.get("sends"):
+        return {"first_prediction_s": float("nan"), "errors": [e.get("code") for e in o.get("errors", [])]}
+    t0 = o["sends"][0]
+    first = next((p[2] for p in o["preds"]), None)
+    steady = good_summary(o, t0 + LATE_SETTLE_S, t_end) if t_end - t0 > LATE_SETTLE_S + 1 else {}
+    return {"slot_wait_s": o.get("slot_wait_s"), "busy": o.get("busy"),
+            "first_prediction_s": (first - t0) if first is not None else float("inf"), "steady": steady,
+            "errors": [e.get("code") for e in o["errors"]]}
 
 
 def good_summary(o: dict, t_from: float, t_to: float) -> dict:
@@ -460,13 +494,17 @@ def run(args: argparse.Namespace) -> dict:
     killer = threading.Thread(target=sigterm_at_end, daemon=True)
     killer.start()
 
-    async def good_all() -> list[dict]:
-        outs = [dict() for _ in range(args.good)]
-        await asyncio.gather(*(good_stream(url, pcm, t_good + i * 0.13, t_end + 5.0, o) for i, o in enumerate(outs)),
-                             return_exceptions=True)
-        return outs
+    t_late = t_hostile + args.seconds / 2  # late joiners: well-behaved streams that start in the thick of it
 
-    outs = asyncio.run(good_all())
+    async def good_all() -> tuple[list[dict], list[dict]]:
+        outs = [dict() for _ in range(args.good)]
+        lates = [dict() for _ in range(args.late)]
+        await asyncio.gather(*(good_stream(url, pcm, t_good + i * 0.13, t_end + 5.0, o) for i, o in enumerate(outs)),
+                             *(late_stream(url, pcm, t_late + i * 0.29, t_end + 5.0, o) for i, o in enumerate(lates)),
+                             return_exceptions=True)
+        return outs, lates
+
+    outs, lates = asyncio.run(good_all())
     killer.join(15)
     stop_sampling.set()
     crowd.join(30)
@@ -477,9 +515,11 @@ def run(args: argparse.Namespace) -> dict:
     span = [s for s in samples if t_hostile <= s[0] <= t_end]
     cpu = 100 * (span[-1][2] - span[0][2]) / (span[-1][0] - span[0][0]) if len(span) > 1 else float("nan")
     goods = [good_summary(o, t_hostile + 1.0, t_end) for o in outs]
+    late = [late_summary(o, t_end) for o in lates]
     m = term.get("metrics", {})
     row = {
         "good_streams": goods,
+        "late_streams": late,
         "predictions_per_s_min": min(g["predictions_per_s"] for g in goods),
         "worst_gap_s": max(g["worst_gap_s"] for g in goods),
         "latency_p99_ms": max(g["latency_p99_ms"] for g in goods),
@@ -553,6 +593,14 @@ def fmt(row: dict, seconds: float) -> str:
             f"sockets and loops p50/p99 {g['outside_daemon_p50_ms']:.0f}/{g['outside_daemon_p99_ms']:.0f} ms), "
             f"seq gaps {g['seq_gaps']}, errors {g['errors']}, send lag p99 {g['send_lag_p99_ms']:.0f} ms, closed {g['close_code']}"
         )
+    for i, g in enumerate(row["late_streams"]):
+        st = g.get("steady") or {}
+        steady = (f"then {st['predictions_per_s']:.2f}/s, worst gap {st['worst_gap_s']:.2f} s, p99 {st['latency_p99_ms']:.0f} ms"
+                  if st else "no steady state measured")
+        wait = g.get("slot_wait_s")
+        waited = f"got a stream after {wait:.2f} s" + (" (server_busy meanwhile)" if g.get("busy") else "") if wait is not None else "got no stream"
+        lines.append(f"late stream {i} (joined mid-attack): {waited}; first prediction {g['first_prediction_s']:.2f} s after its "
+                     f"first frame; from {LATE_SETTLE_S:g} s on {steady}; errors {g['errors']}")
     return "\n".join(lines)
 
 
@@ -563,6 +611,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="seconds of hostile load")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds the good streams run alone first")
     ap.add_argument("--good", type=int, default=2, help="well-behaved streams")
+    ap.add_argument("--late", type=int, default=2, help="well-behaved streams that join halfway through the attack")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the number of hostile clients of each kind")
     ap.add_argument("--kind", action="append", default=[], metavar="NAME=N", help="hostile clients of one kind (repeatable)")
     ap.add_argument("--crowd-nice", type=int, default=10, help="nice level of the hostile crowd's process")

@@ -3,8 +3,10 @@
 Owns nothing the daemon needs; it is the reference for writing a client. With
 ``--device`` it sends ``start`` and binary PCM (s16le for files at their own
 rate, f32le for a microphone at its native rate), then ``stop`` at the end of
-a file, and prints every prediction for its stream. Without ``--device`` it
-subscribes to every stream of the daemon and prints what arrives.
+a file, and prints every prediction for its stream. It sends audio only after
+``started``; while the daemon answers ``server_busy`` (every stream slot taken)
+it asks again with backoff for up to ``--wait`` seconds. Without ``--device``
+it subscribes to every stream of the daemon and prints what arrives.
 
 ``--fast`` sends a file as fast as the daemon allows, not faster: ``hello``
 advertises the connection's audio budget (``max_audio_realtime_factor`` after a
@@ -19,6 +21,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -29,6 +32,9 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 FRAME_S = 0.1  # seconds of audio per binary frame
+START_ANSWER_S = 10.0  # the daemon answers a start with started or an error within this
+BUSY_RETRY_MIN_S = 0.5  # while the daemon is busy (every stream slot taken), ask again after this ...
+BUSY_RETRY_MAX_S = 4.0  # ... doubling up to this
 FAST_BURST_SHARE = 0.5  # --fast: use this share of the advertised audio burst up front ...
 FAST_RATE_SHARE = 0.9  # ... then send at this share of the advertised real-time factor
 
@@ -83,6 +89,59 @@ async def _receive(ws: Any, on_message: Any, stream: list[str | None], done: asy
         pass
 
 
+class ClientError(Exception):
+    """The daemon would not give this client a stream (or never answered): one line for the user."""
+
+
+async def open_stream(ws: Any, start: dict[str, Any], wait_s: float,
+                      on_busy: Callable[[str, float], None] | None = None) -> str:
+    """Send ``start`` and return the stream id once ``started`` arrives.
+
+    Nothing is sent before that: audio ahead of ``started`` would be refused frame by
+    frame (``invalid_audio_frame``). While the daemon answers ``server_busy`` (every
+    stream slot is taken, e.g. by other clients under load) it asks again with
+    backoff for up to ``wait_s`` seconds, telling ``on_busy`` (message, seconds
+    left) once; any other refusal, or giving up, is a :class:`ClientError`.
+    """
+    deadline = time.monotonic() + wait_s
+    pause = BUSY_RETRY_MIN_S
+    told = False
+    while True:
+        await ws.send(json.dumps(start))
+        msg = await _answer_to_start(ws)
+        if msg["type"] == "started":
+            return str(msg["stream"])
+        if msg.get("code") != "server_busy":
+            raise ClientError(f"the daemon refused the stream: {msg.get('code')}: {msg.get('message')}")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClientError(f"the daemon is busy ({msg.get('message')}); gave up after {wait_s:g} s (--wait)")
+        if on_busy is not None and not told:
+            on_busy(str(msg.get("message")), left)
+            told = True
+        await asyncio.sleep(min(pause, left))
+        pause = min(BUSY_RETRY_MAX_S, 2 * pause)
+
+
+async def _answer_to_start(ws: Any) -> dict[str, Any]:
+    """The next ``started`` or ``error``; stream lists and other clients' news that arrive first are skipped."""
+    deadline = time.monotonic() + START_ANSWER_S
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            raw = await asyncio.wait_for(ws.recv(), max(0.0, left))
+        except asyncio.TimeoutError:
+            raise ClientError(f"the daemon did not answer the start within {START_ANSWER_S:g} s") from None
+        if isinstance(raw, str):
+            msg = json.loads(raw)
+            if msg.get("type") in ("started", "error"):
+                return msg
+
+
+def _tell_busy(message: str, left: float) -> None:
+    click.echo(f"ser-client: the daemon is busy ({message}); asking again for up to {left:.0f} s", err=True)
+
+
 class Pacer:
     """When the ``sent``-th second of audio may go: real time, or ``--fast`` within the daemon's audio budget.
 
@@ -109,15 +168,15 @@ class Pacer:
         return self.t0 + (sent_s - self.ahead_s) / self.speed
 
 
-async def stream_file(url: str, path: Path, fast: bool, on_message: Any) -> int:
+async def stream_file(url: str, path: Path, fast: bool, on_message: Any, wait_s: float = 30.0) -> int:
     import soundfile as sf
 
     info = sf.info(str(path))
     rate, channels = int(info.samplerate), min(int(info.channels), 2)
     async with connect(url, max_size=2**22) as ws:
         hello = json.loads(await ws.recv())
-        await ws.send(json.dumps({"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": channels}))
-        stream: list[str | None] = [None]
+        start = {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": channels}
+        stream: list[str | None] = [await open_stream(ws, start, wait_s, _tell_busy)]
         end_s: list[float | None] = [info.frames / rate]  # known up front: the last window may beat our own stop
         done = asyncio.Event()
         receiver = asyncio.create_task(_receive(ws, on_message, stream, done, end_s))
@@ -147,7 +206,7 @@ async def stream_file(url: str, path: Path, fast: bool, on_message: Any) -> int:
         return 1
 
 
-async def stream_device(url: str, device: str, on_message: Any) -> int:
+async def stream_device(url: str, device: str, on_message: Any, wait_s: float = 30.0) -> int:
     import sounddevice as sd
 
     from realtime.sources import resolve_device
@@ -163,9 +222,10 @@ async def stream_device(url: str, device: str, on_message: Any) -> int:
 
     async with connect(url, max_size=2**22) as ws:
         json.loads(await ws.recv())
-        await ws.send(json.dumps({"type": "start", "sample_rate": dev.sample_rate, "encoding": "pcm_f32le", "channels": channels}))
+        start = {"type": "start", "sample_rate": dev.sample_rate, "encoding": "pcm_f32le", "channels": channels}
+        sid = await open_stream(ws, start, wait_s, _tell_busy)
         click.echo(f"ser-client: streaming {dev.name!r} at {dev.sample_rate} Hz; Ctrl-C to stop", err=True)
-        receiver = asyncio.create_task(_receive(ws, on_message, [None], asyncio.Event(), [None]))
+        receiver = asyncio.create_task(_receive(ws, on_message, [sid], asyncio.Event(), [None]))
         with sd.InputStream(device=dev.index, channels=channels, samplerate=dev.sample_rate, dtype="float32",
                             blocksize=int(dev.sample_rate * FRAME_S), callback=callback):
             try:
@@ -195,7 +255,9 @@ async def watch(url: str, on_message: Any) -> int:
 @click.option("--token", default=None, envvar="SER_TOKEN", help="The daemon's token (also $SER_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Print predictions as JSON lines.")
 @click.option("--fast", is_flag=True, help="Send a file as fast as possible instead of at real-time pace.")
-def main(url: str, device: str | None, token: str | None, as_json: bool, fast: bool) -> None:
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to keep asking for a stream while the daemon is busy (every stream slot taken).")
+def main(url: str, device: str | None, token: str | None, as_json: bool, fast: bool, wait_s: float) -> None:
     """Stream audio to a ser-listen daemon (or watch its streams) and print the predictions."""
     url = with_token(url, token)
     printer = Printer(as_json)
@@ -203,9 +265,9 @@ def main(url: str, device: str | None, token: str | None, as_json: bool, fast: b
         if device is None:
             code = asyncio.run(watch(url, printer))
         elif Path(device).expanduser().is_file():
-            code = asyncio.run(stream_file(url, Path(device).expanduser(), fast, printer))
+            code = asyncio.run(stream_file(url, Path(device).expanduser(), fast, printer, wait_s))
         else:
-            code = asyncio.run(stream_device(url, device, printer))
+            code = asyncio.run(stream_device(url, device, printer, wait_s))
     except KeyboardInterrupt:
         code = 0
     except (OSError, ConnectionClosed) as exc:

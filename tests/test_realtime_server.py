@@ -576,6 +576,35 @@ def test_ser_client_fast_on_a_long_file_paces_itself_and_finishes(engine, tmp_pa
     assert preds and preds[-1]["t_end"] == pytest.approx(9.0, abs=1e-3)
 
 
+def test_ser_client_waits_for_a_stream_slot_or_gives_up_in_one_line(engine, tmp_path):
+    """Found by bench/hostile.py (a client joining mid-attack): with every stream slot taken, ser-client
+    streamed anyway, each frame was refused as invalid_audio_frame, and it waited 30 s for a last
+    prediction. Now it sends no audio before `started`, asks again while the daemon is busy, and gives up
+    after --wait with one line."""
+    speech = load_audio(demo_clip_path())
+    path = write_wav(tmp_path / "short.wav", speech[: 2 * SR])
+    start = {"type": "start", "sample_rate": SR, "encoding": "pcm_s16le"}
+    with Running(engine, ["server.max_remote_streams=1"]) as d, client(d.url) as holder:
+        cmd = [*script("ser-client"), d.url, "--json", "--device", str(path)]
+        holder.send(json.dumps(start))
+        assert recv_json(holder)["type"] == "started"  # the one slot is taken
+        p = subprocess.run([*cmd, "--wait", "1"], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1, p.stderr
+        assert "busy" in p.stderr and "gave up after 1 s" in p.stderr and "Traceback" not in p.stderr
+        assert "invalid_audio_frame" not in p.stderr and p.stdout == ""
+        waiting = subprocess.Popen([*cmd, "--wait", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)  # it is asking again meanwhile
+            holder.send(json.dumps({"type": "stop"}))
+            out, err = waiting.communicate(timeout=40)
+        finally:
+            waiting.kill()
+    assert waiting.returncode == 0, err
+    assert "asking again" in err and "invalid_audio_frame" not in err
+    preds = [json.loads(line) for line in out.splitlines()]
+    assert preds and preds[-1]["t_end"] == pytest.approx(2.0, abs=1e-3)
+
+
 def test_public_health_keeps_state_and_drops_names():
     from realtime.server import public_health
 
