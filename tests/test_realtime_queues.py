@@ -2,8 +2,8 @@
 
 Each rule of the module docstring is exercised directly, then checked as a property over
 arbitrary sequences of puts, gets and removals (hypothesis): the cap always holds, every
-item put is accounted for exactly once (served, dropped with a reason, or still held), and
-fair order lets no key starve.
+item put is accounted for exactly once (served, dropped with a reason, or still held),
+``peek`` shows what ``get_nowait`` then takes, and fair order lets no key starve.
 """
 
 from __future__ import annotations
@@ -188,6 +188,7 @@ op = st.one_of(
         st.sampled_from([None, "streams", "other"]),  # coalesce
     ),
     st.tuples(st.just("get")),
+    st.tuples(st.just("get_class"), st.integers(0, 1)),
     st.tuples(st.just("take"), st.integers(0, 5)),
     st.tuples(st.just("remove"), st.integers(0, 4), st.integers(0, 2)),
 )
@@ -210,8 +211,11 @@ def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops
                 assert item not in dropped
                 dropped[item] = reason
             assert r.accepted == (n not in dropped)
-        elif o[0] == "get":
-            item = q.get_nowait()
+        elif o[0] in ("get", "get_class"):
+            prio = o[1] if o[0] == "get_class" else None
+            peeked = q.peek(priority=prio)  # what the scheduler looks at before it takes (or leaves) a window
+            item = q.get_nowait(priority=prio)
+            assert peeked == item
             if item is not None:
                 served.append(item)
         elif o[0] == "take":
