@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -222,6 +225,51 @@ def nan_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def energy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("onnx", reason="onnx is needed to build the test model (pip install 'ser[train]')")
     return make_energy_onnx(tmp_path_factory.mktemp("models") / "energy.onnx")
+
+
+@pytest.fixture(scope="session")
+def engine(energy_model: Path) -> Any:
+    """The energy model on onnxruntime, warmed up: what the daemon's own tests run on."""
+    from engine import load_engine
+
+    eng = load_engine(energy_model, backend="onnxruntime")
+    eng.warmup()
+    return eng
+
+
+class ResultCollector:
+    """A scheduler's ``on_results``: every call kept in order (one per batch), and their results together."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Any]] = []
+        self.results: list[Any] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, results: list[Any]) -> None:
+        with self.lock:
+            self.calls.append(list(results))
+            self.results.extend(results)
+
+    def _wait(self, n: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.results) >= n:
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"only {len(self.results)} of {n} results in {timeout} s")
+
+    def wait(self, n: int, timeout: float = 10.0) -> list[Any]:
+        """The results, once at least ``n`` have come."""
+        self._wait(n, timeout)
+        with self.lock:
+            return list(self.results)
+
+    def wait_calls(self, n: int, timeout: float = 20.0) -> list[list[Any]]:
+        """The calls (batches), once at least ``n`` results have come."""
+        self._wait(n, timeout)
+        with self.lock:
+            return list(self.calls)
 
 
 @pytest.fixture(scope="session")

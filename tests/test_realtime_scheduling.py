@@ -8,53 +8,18 @@ fairness alone gives it one turn per round, so a backlog of bursts still delays 
 
 from __future__ import annotations
 
-import threading
-import time
-
-import pytest
-
 from realtime.metrics import DaemonMetrics
 from realtime.scheduler import BACKGROUND_BATCH_DIVISOR, BACKGROUND_SHARE, LIVE_RECENT_S, Result, Scheduler
 from realtime.stream import Stream, StreamSettings
-from tests.conftest import tone
+from tests.conftest import ResultCollector, tone
 from training.audio import LABELS
 from training.config import compose
 
 SR = 16_000
 
 
-class Batches:
-    """Every on_results call, in order (the scheduler delivers one call per batch)."""
-
-    def __init__(self) -> None:
-        self.calls: list[list[Result]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, results: list[Result]) -> None:
-        with self.lock:
-            self.calls.append(list(results))
-
-    def wait(self, n: int, timeout: float = 20.0) -> list[list[Result]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if sum(len(c) for c in self.calls) >= n:
-                    return list(self.calls)
-            time.sleep(0.01)
-        raise AssertionError(f"fewer than {n} results in {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def engine(energy_model):
-    from engine import load_engine
-
-    eng = load_engine(energy_model, backend="onnxruntime")
-    eng.warmup()
-    return eng
-
-
 def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], Scheduler]:
-    batches = Batches()
+    batches = ResultCollector()
     sched = Scheduler(engine, batches, DaemonMetrics(), max_batch=8, max_wait_s=0.0, stale_after_s=60.0, max_queue=256)
     settings = StreamSettings.from_config(compose("daemon", []), engine.window_samples)
     bursts = [Stream(f"burst-{i}", "remote", settings, SR, 1, sched.submit, LABELS) for i in range(4)]
@@ -68,7 +33,7 @@ def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], Scheduler]
         n += 3
     sched.start()
     try:
-        return batches.wait(n), sched
+        return batches.wait_calls(n), sched
     finally:
         sched.stop()
 

@@ -33,15 +33,6 @@ from training.config import compose
 SR = 16_000
 
 
-@pytest.fixture(scope="module")
-def engine(energy_model):
-    from engine import load_engine
-
-    eng = load_engine(energy_model, backend="onnxruntime")
-    eng.warmup()
-    return eng
-
-
 class Running:
     """A Daemon serving on a free loopback port from a background thread."""
 

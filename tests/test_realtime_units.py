@@ -21,10 +21,10 @@ from realtime.metrics import DaemonMetrics
 from realtime.postprocess import Smoother, VoiceActivity
 from realtime.protocol import ProtocolError
 from realtime.ringbuffer import RingBuffer
-from realtime.scheduler import Result, Scheduler
+from realtime.scheduler import Scheduler
 from realtime.sources import demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
-from tests.conftest import tone
+from tests.conftest import ResultCollector, tone
 from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES, load_audio, pad_or_crop
 
 SR = SAMPLE_RATE
@@ -182,36 +182,8 @@ def test_smoother_time_constant_and_gate():
 # ------------------------------------------------------------------ scheduler
 
 
-class Collector:
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, results: list[Result]) -> None:
-        with self.lock:
-            self.results.extend(results)
-
-    def wait(self, n: int, timeout: float = 10.0) -> list[Result]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.results) >= n:
-                    return list(self.results)
-            time.sleep(0.01)
-        raise AssertionError(f"only {len(self.results)} of {n} results in {timeout} s")
-
-
-@pytest.fixture(scope="module")
-def engine(energy_model):
-    from engine import load_engine
-
-    eng = load_engine(energy_model, backend="onnxruntime")
-    eng.warmup()
-    return eng
-
-
-def make_scheduler(engine, **kw) -> tuple[Scheduler, Collector, DaemonMetrics]:
-    col = Collector()
+def make_scheduler(engine, **kw) -> tuple[Scheduler, ResultCollector, DaemonMetrics]:
+    col = ResultCollector()
     metrics = DaemonMetrics()
     return Scheduler(engine, col, metrics, **kw), col, metrics
 
