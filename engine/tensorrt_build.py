@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from engine.base import CHUNKS_INPUT, INPUT_NAME, WINDOW_EMBEDDINGS_INPUT, EngineError, parse_chunking
+from training.whisper_weights import sha256_of
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 32
@@ -76,14 +77,6 @@ def build_strategy(trt_version: str, precision: str) -> str:
     if major < 10:
         raise EngineError(f"TensorRT {trt_version} is too old; ser needs TensorRT 10 or newer")
     return "strongly-typed" if major >= 11 else "builder-flags"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -141,7 +134,7 @@ def plan_key(onnx_path: Path, precision: str, max_batch: int, samples: int, trt_
     from engine.cuda_memory import current_gpu
 
     gpu = current_gpu()
-    return PlanKey(gpu.name, gpu.compute_capability, trt_version, precision, int(max_batch), int(samples), file_sha256(onnx_path), calibration)
+    return PlanKey(gpu.name, gpu.compute_capability, trt_version, precision, int(max_batch), int(samples), sha256_of(onnx_path), calibration)
 
 
 def ensure_plan(
