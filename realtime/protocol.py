@@ -27,7 +27,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from dataclasses import field as dc_field
 from typing import Any
 
@@ -255,27 +255,25 @@ def prediction(
 
 @dataclass(frozen=True)
 class Limits:
-    """A connection's budgets (``server.*`` in conf/daemon.yaml); the ``hello`` message advertises them."""
+    """A connection's budgets (``server.*`` in conf/daemon.yaml, whose defaults live in realtime.config);
+    the ``hello`` message advertises them."""
 
-    max_message_bytes: int = 1 << 20
-    max_messages_per_s: float = 200.0
-    max_text_bytes_per_s: float = 65536.0
-    max_starts_per_s: float = 1.0
-    max_start_burst: int = 4
-    max_audio_realtime_factor: float = 1.5
-    max_audio_burst_s: float = 10.0
+    max_message_bytes: int
+    max_messages_per_s: float
+    max_text_bytes_per_s: float
+    max_starts_per_s: float
+    max_start_burst: int
+    max_audio_realtime_factor: float
+    max_audio_burst_s: float
+
+    @classmethod
+    def from_server(cls, server: Any) -> Limits:
+        """The budgets out of a ``server`` config section (or anything with these attributes)."""
+        return cls(**{f.name: getattr(server, f.name) for f in fields(cls)})
 
     def advertised(self) -> dict[str, Any]:
         """What a client needs to stay within the budgets (``ser-client --fast`` paces itself by these)."""
-        return {
-            "max_message_bytes": self.max_message_bytes,
-            "max_messages_per_s": self.max_messages_per_s,
-            "max_text_bytes_per_s": self.max_text_bytes_per_s,
-            "max_starts_per_s": self.max_starts_per_s,
-            "max_start_burst": self.max_start_burst,
-            "max_audio_realtime_factor": self.max_audio_realtime_factor,
-            "max_audio_burst_s": self.max_audio_burst_s,
-        }
+        return asdict(self)
 
 
 class TokenBucket:

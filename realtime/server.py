@@ -134,15 +134,7 @@ class ServerSettings:
         return cls(**values)
 
     def limits(self) -> Limits:
-        return Limits(
-            max_message_bytes=self.max_message_bytes,
-            max_messages_per_s=self.max_messages_per_s,
-            max_text_bytes_per_s=self.max_text_bytes_per_s,
-            max_starts_per_s=self.max_starts_per_s,
-            max_start_burst=self.max_start_burst,
-            max_audio_realtime_factor=self.max_audio_realtime_factor,
-            max_audio_burst_s=self.max_audio_burst_s,
-        )
+        return Limits.from_server(self)
 
 
 # ---------------------------------------------------------------- HTTP requests, read once

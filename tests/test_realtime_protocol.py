@@ -6,6 +6,8 @@ The server tests (test_realtime_server.py) prove the same rules hold through rea
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -14,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realtime import protocol
+from realtime.config import load_daemon_config
 from realtime.protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
@@ -27,6 +30,16 @@ from realtime.protocol import (
 
 START = json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le"})
 STOP = json.dumps({"type": "stop"})
+
+
+@functools.cache
+def shipped_limits() -> Limits:
+    return Limits.from_server(load_daemon_config().server)
+
+
+def limits(**over: float) -> Limits:
+    """The shipped budgets (conf/daemon.yaml), with ``over`` changed."""
+    return dataclasses.replace(shipped_limits(), **over)
 
 
 def s16(seconds: float, rate: int = 16000) -> bytes:
@@ -49,7 +62,7 @@ def codes(out: Outcome) -> list[str]:
 
 
 def test_subscribe_start_audio_stop():
-    s = Session(Limits(), now=0.0)
+    s = Session(limits(), now=0.0)
     out = s.receive(json.dumps({"type": "subscribe", "streams": ["demo", "demo"]}), 0.0)
     assert out.replies == [protocol.subscribed(["demo"])]
     assert s.wants("demo") and not s.wants("remote-9")
@@ -79,19 +92,19 @@ def test_subscribe_start_audio_stop():
     ],
 )
 def test_bad_input_earns_its_code_and_the_connection_goes_on(message, code):
-    s = Session(Limits(), now=0.0)
+    s = Session(limits(), now=0.0)
     out = s.receive(message, 0.0)
     assert codes(out) == [code] and out.close is None and s.closed is None
     assert s.receive(json.dumps({"type": "subscribe", "streams": "*"}), 0.1).replies[0]["type"] == "subscribed"
 
 
 def test_bad_frames_after_start_are_dropped_with_an_error():
-    s = Session(Limits(), now=0.0)
+    s = Session(limits(), now=0.0)
     opened(s, 0.0)
     assert codes(s.receive(b"\x00\x01\x02", 0.1)) == ["invalid_audio_frame"]  # odd-length s16
     assert codes(s.receive(b"", 0.1)) == ["invalid_audio_frame"]
     assert codes(s.receive(START, 0.2)) == ["config_invalid"]  # a second start
-    f32 = Session(Limits(), now=0.0)
+    f32 = Session(limits(), now=0.0)
     f32.receive(json.dumps({"type": "start", "sample_rate": 16000, "encoding": "pcm_f32le", "channels": 2}), 0.0)
     f32.stream_opened("remote-2")
     assert codes(f32.receive(np.array([0.1, np.nan], dtype="<f4").tobytes(), 0.1)) == ["invalid_audio_frame"]
@@ -99,7 +112,7 @@ def test_bad_frames_after_start_are_dropped_with_an_error():
 
 
 def test_a_refused_start_leaves_the_session_usable():
-    s = Session(Limits(), now=0.0)
+    s = Session(limits(), now=0.0)
     assert s.receive(START, 0.0).start is not None
     out = s.start_refused(ProtocolError("server_busy", "too many remote streams"))
     assert codes(out) == ["server_busy"] and out.close is None
@@ -119,7 +132,7 @@ def test_refusals_carry_their_close_codes():
 
 def test_message_size_is_counted_in_bytes_not_characters():
     """Finding 10: 40,000 'é' are 80,000 bytes on the wire, over a 65,536-byte limit."""
-    s = Session(Limits(max_message_bytes=65536, max_text_bytes_per_s=1e9), now=0.0)
+    s = Session(limits(max_message_bytes=65536, max_text_bytes_per_s=1e9), now=0.0)
     text = json.dumps({"type": "subscribe", "streams": "*", "pad": "é" * 40_000}, ensure_ascii=False)
     assert len(text) < 65536 < len(text.encode())
     out = s.receive(text, 0.0)
@@ -128,19 +141,19 @@ def test_message_size_is_counted_in_bytes_not_characters():
 
 
 def test_messages_per_second():
-    s = Session(Limits(max_messages_per_s=10), now=0.0)
+    s = Session(limits(max_messages_per_s=10), now=0.0)
     sub = json.dumps({"type": "subscribe", "streams": "*"})
     for i in range(10):
         assert s.receive(sub, 0.0).close is None, i
     out = s.receive(sub, 0.0)
     assert codes(out) == ["rate_limited"] and out.close.code == CLOSE_POLICY
-    t = Session(Limits(max_messages_per_s=10), now=0.0)
+    t = Session(limits(max_messages_per_s=10), now=0.0)
     for i in range(100):  # ten a second for ten seconds is within the rate
         assert t.receive(sub, i * 0.1).close is None
 
 
 def test_text_bytes_per_second():
-    s = Session(Limits(max_text_bytes_per_s=4096, max_messages_per_s=1000), now=0.0)
+    s = Session(limits(max_text_bytes_per_s=4096, max_messages_per_s=1000), now=0.0)
     msg = json.dumps({"type": "subscribe", "streams": "*", "pad": "x" * 1000})
     sent = 0
     while s.closed is None and sent < 100:
@@ -148,14 +161,14 @@ def test_text_bytes_per_second():
         sent += 1
     assert 3 * len(msg) <= 4096 < 4 * len(msg)
     assert sent == 4 and codes(out) == ["rate_limited"] and "bytes of text" in out.replies[0]["message"]
-    t = Session(Limits(max_text_bytes_per_s=4096, max_messages_per_s=1000), now=0.0)
+    t = Session(limits(max_text_bytes_per_s=4096, max_messages_per_s=1000), now=0.0)
     for i in range(40):  # ~2 KB a second: fine
         assert t.receive(msg, i * 0.5).close is None
 
 
 def test_the_audio_budget_belongs_to_the_connection_not_the_stream():
     """Finding 1: start/stop cycling used to reset the budget and let 99x real time through."""
-    lim = Limits(max_audio_realtime_factor=1.5, max_audio_burst_s=2.0, max_starts_per_s=100, max_start_burst=100)
+    lim = limits(max_audio_realtime_factor=1.5, max_audio_burst_s=2.0, max_starts_per_s=100, max_start_burst=100)
     s = Session(lim, now=0.0)
     now, pushed, closed = 0.0, 0.0, None
     for cycle in range(20):
@@ -172,7 +185,7 @@ def test_the_audio_budget_belongs_to_the_connection_not_the_stream():
 
 
 def test_real_time_audio_is_never_limited_and_idle_time_does_not_bank_a_flood():
-    lim = Limits(max_audio_realtime_factor=1.5, max_audio_burst_s=2.0)
+    lim = limits(max_audio_realtime_factor=1.5, max_audio_burst_s=2.0)
     s = Session(lim, now=0.0)
     opened(s, 0.0)
     for k in range(600):  # a minute at real-time pace, 100 ms frames
@@ -188,7 +201,7 @@ def test_real_time_audio_is_never_limited_and_idle_time_does_not_bank_a_flood():
 
 
 def test_stream_starts_per_second():
-    lim = Limits(max_starts_per_s=1.0, max_start_burst=4)
+    lim = limits(max_starts_per_s=1.0, max_start_burst=4)
     s = Session(lim, now=0.0)
     for i in range(4):
         opened(s, 0.0, f"remote-{i}")
@@ -202,7 +215,7 @@ def test_stream_starts_per_second():
 
 
 def test_recent_streams_are_bounded():
-    s = Session(Limits(max_starts_per_s=1000, max_start_burst=1000), now=0.0)
+    s = Session(limits(max_starts_per_s=1000, max_start_burst=1000), now=0.0)
     for i in range(50):
         opened(s, 0.0, f"remote-{i}")
         s.receive(STOP, 0.0)
