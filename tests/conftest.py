@@ -31,6 +31,23 @@ def write_wav(path: Path, audio: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     return path
 
 
+def save_test_model(graph: Any, path: Path, name: str, extra_meta: dict[str, str] | None = None) -> Path:
+    """A test graph as a checked ONNX model with the engine contract's metadata (opset 18, IR 8)."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    meta = {"labels": json.dumps(list(LABELS)), "sample_rate": str(SAMPLE_RATE), "window_s": str(WINDOW_S),
+            "variant": name, "name": name, **(extra_meta or {})}
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
 def make_energy_onnx(path: Path) -> Path:
     """A tiny but real ONNX classifier (two energy features, a linear layer, softmax).
 
@@ -38,7 +55,6 @@ def make_energy_onnx(path: Path) -> Path:
     ``probs [batch, 6]`` out, metadata) so realtime and engine tests can run
     before or without a trained model; louder input shifts the probabilities.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     w = np.array([[4.0, -1.0, 0.5, 2.0, -2.0, -3.0], [2.0, 0.0, 1.0, 1.0, -1.0, -2.0]], dtype=np.float32)
@@ -65,21 +81,7 @@ def make_energy_onnx(path: Path) -> Path:
             helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    meta = {
-        "labels": json.dumps(list(LABELS)),
-        "sample_rate": str(SAMPLE_RATE),
-        "window_s": str(WINDOW_S),
-        "variant": "energy-test",
-        "name": "energy-test",
-    }
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_test_model(graph, path, "energy-test")
 
 
 CHUNK_SAMPLES = SAMPLE_RATE  # the toy chunked model's geometry, as the Whisper model's: 1 s chunks ...
@@ -97,7 +99,6 @@ def make_chunked_onnx(path: Path) -> Path:
     the chunk metadata. The features are order-sensitive enough that a chunk
     encoded from the wrong samples changes the probabilities.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     d = CHUNK_EMBEDDING_DIM
@@ -152,25 +153,13 @@ def make_chunked_onnx(path: Path) -> Path:
             helper.make_tensor("B", TensorProto.FLOAT, b.shape, b),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    meta = {
-        "labels": json.dumps(list(LABELS)),
-        "sample_rate": str(SAMPLE_RATE),
-        "window_s": str(WINDOW_S),
-        "variant": "chunked-test",
-        "name": "chunked-test",
+    extra = {
         "chunk_samples": str(CHUNK_SAMPLES),
         "chunk_hop_samples": str(CHUNK_HOP_SAMPLES),
         "chunks_per_window": str(CHUNKS_PER_WINDOW),
         "embedding_dim": str(d),
     }
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_test_model(graph, path, "chunked-test", extra)
 
 
 def make_nan_onnx(path: Path) -> Path:
@@ -179,7 +168,6 @@ def make_nan_onnx(path: Path) -> Path:
     Stands for a model that goes non-finite on some inputs; windows with a
     mean >= 0 get ordinary probabilities.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [
@@ -198,15 +186,7 @@ def make_nan_onnx(path: Path) -> Path:
             helper.make_tensor("W", TensorProto.FLOAT, [1, len(LABELS)], [1.0, 2.0, 3.0, 0.0, -1.0, 0.5]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    for k, v in {"labels": json.dumps(list(LABELS)), "sample_rate": str(SAMPLE_RATE), "window_s": str(WINDOW_S),
-                 "variant": "nan-test", "name": "nan-test"}.items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_test_model(graph, path, "nan-test")
 
 
 @pytest.fixture(scope="session")
