@@ -479,7 +479,8 @@ def run(args: argparse.Namespace) -> dict:
             name: metric_by_label(d, name)
             for name in ("ser_connections_refused_total", "ser_clients_closed_total", "ser_protocol_errors_total",
                          "ser_windows_dropped_total", "ser_client_messages_dropped_total", "ser_windows_scored_total",
-                         "ser_inference_seconds_sum", "ser_inference_seconds_count", "ser_batch_size_sum")
+                         "ser_inference_seconds_sum", "ser_inference_seconds_count", "ser_batch_size_sum",
+                         "ser_chunks_encoded_sum", "ser_chunks_encoded_count")
         }
         term["crashed"] = d.p.poll() is not None
         t0 = time.monotonic()
@@ -534,6 +535,8 @@ def run(args: argparse.Namespace) -> dict:
         "client_messages_dropped": m.get("ser_client_messages_dropped_total", {}).get("total", 0.0),
         "engine_batches": m.get("ser_inference_seconds_count", {}).get("total", 0.0),
         "engine_busy_s": m.get("ser_inference_seconds_sum", {}).get("total", 0.0),
+        "chunks_encoded": m.get("ser_chunks_encoded_sum", {}).get("total", 0.0),
+        "chunk_batches": m.get("ser_chunks_encoded_count", {}).get("total", 0.0),
         "crashed": term.get("crashed", True),
         "sigterm_exit_s": term.get("exit_s", float("inf")),
         "sigterm_exit_code": term.get("code"),
@@ -577,6 +580,9 @@ def fmt(row: dict, seconds: float) -> str:
         f"| windows scored / dropped | | {int(row['windows_scored'])} / {labels(row['windows_dropped'])} | |",
         f"| predictions dropped for slow readers | | {int(row['client_messages_dropped'])} | |",
         f"| engine: batches, busy time | | {int(row['engine_batches'])}, {row['engine_busy_s']:.1f} s | |",
+        f"| engine: chunks encoded, per batch, ms per chunk | | {int(row['chunks_encoded'])}, "
+        f"{row['chunks_encoded'] / max(1.0, row['chunk_batches']):.1f}, "
+        f"{1000 * row['engine_busy_s'] / max(1.0, row['chunks_encoded']):.1f} ms | |",
         "",
         "| hostile kind | clients | sessions | refused | messages sent | MB sent | closes by code |",
         "|---|---|---|---|---|---|---|",

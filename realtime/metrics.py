@@ -140,6 +140,9 @@ class DaemonMetrics:
         )
         self.batch_size = Histogram(r, "ser_batch_size", "Windows per engine call.", BATCH_BUCKETS)
         self.inference_seconds = Histogram(r, "ser_inference_seconds", "Engine time per batch.", LATENCY_BUCKETS)
+        self.chunks_encoded = Histogram(
+            r, "ser_chunks_encoded", "Chunks encoded per engine call (a window after dropped ones needs up to K).", BATCH_BUCKETS
+        )
         self.latency_seconds = Histogram(
             r,
             "ser_end_to_end_latency_seconds",

@@ -334,6 +334,8 @@ class Scheduler:
                 else:
                     unreadable.add(ck)
         bad_chunks: set[tuple[int, int]] = set()
+        if owners:
+            self.metrics.chunks_encoded.observe(len(owners))
         try:
             emb = eng.encode_chunks(self._chunks[: len(owners)])
         except NonFiniteOutput as exc:
