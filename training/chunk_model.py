@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES
-from training.whisper import D_MODEL, HOP_LENGTH, N_LAYERS, WhisperEncoder, WhisperLogMel
+from training.whisper import HOP_LENGTH, TINY_EN, WhisperEncoder, WhisperLogMel
+
+D_MODEL, N_LAYERS = TINY_EN.n_audio_state, TINY_EN.n_audio_layer
 
 STAT_DIM = 2 * D_MODEL  # mean and standard deviation of each hidden state
 
@@ -102,7 +104,7 @@ class WhisperChunkModel(nn.Module):
             raise ValueError("encoder.chunk_s and hop_s must tile the 5 s window")
         self.per_window = (WINDOW_SAMPLES - self.chunk) // self.hop + 1
         self.frontend = WhisperLogMel()
-        self.encoder = WhisperEncoder(blocks, max_positions=self.chunk // HOP_LENGTH // 2)
+        self.encoder = WhisperEncoder(TINY_EN, blocks, max_positions=self.chunk // HOP_LENGTH // 2)
         self.mix = LayerMix(len(self.layers), str(head.get("mix", "concat")))
         self.head = ChunkHead(self.mix.dim, int(head.get("hidden", 256)), float(head.get("dropout", 0.3)), str(head.get("pooling", "attention")))
         self.chunking = {

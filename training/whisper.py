@@ -1,9 +1,10 @@
-"""Whisper tiny.en's log-mel frontend and audio encoder, in plain torch that exports to ONNX.
+"""Whisper's log-mel frontend and audio encoder, in plain torch that exports to ONNX.
 
 Written from the published architecture (Radford et al. 2022; ``whisper/model.py``):
 two conv1d + GELU (the second with stride 2), sinusoidal positions, pre-LayerNorm
-blocks (6 heads, d 384, MLP 1536), a final LayerNorm. Weights come from
-:mod:`training.whisper_weights`. The encoder runs on short chunks (1 s gives
+blocks (MLP 4 d), a final LayerNorm. The sizes are :class:`ModelDimensions`, read
+from the weights file as Whisper keeps them (tiny.en: d 384, 6 heads, 4 blocks;
+base: d 512, 8 heads, 6 blocks). Weights come from :mod:`training.whisper_weights`. The encoder runs on short chunks (1 s gives
 100 mel frames, 50 positions) rather than Whisper's padded 30 s: emotion lives
 in prosody over a second or two, and a chunk is encoded once and reused by
 every window that contains it.
@@ -18,6 +19,7 @@ taken per input (per chunk), as Whisper does per call.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +32,41 @@ from training.audio import SAMPLE_RATE, dft_basis, mel_filterbank
 N_FFT = 400
 HOP_LENGTH = 160
 N_MELS = 80
-D_MODEL = 384
-N_HEADS = 6
-N_LAYERS = 4
 MAX_POSITIONS = 1500  # Whisper's 30 s
 LAYER_NORM_EPS = 1e-5
+FRAME_SAMPLES = 2 * HOP_LENGTH  # one encoder position: two mel frames (conv2 has stride 2), 20 ms
+
+
+@dataclass(frozen=True)
+class ModelDimensions:
+    """The encoder's sizes, as ``whisper/model.py`` names them; read from the weights, never assumed."""
+
+    n_mels: int = N_MELS
+    n_audio_state: int = 384
+    n_audio_head: int = 6
+    n_audio_layer: int = 4
+
+    def __post_init__(self) -> None:
+        if self.n_audio_state % self.n_audio_head:
+            raise ValueError(f"d {self.n_audio_state} is not a multiple of {self.n_audio_head} heads")
+
+    @classmethod
+    def from_weights(cls, weights: dict[str, np.ndarray]) -> ModelDimensions:
+        """Sizes of a CTranslate2 Whisper encoder: conv1's shape, the block count, the stored head count."""
+        try:
+            d, n_mels, _ = weights["encoder/conv1/weight"].shape
+            heads = int(np.asarray(weights["encoder/num_heads"]).item())
+        except KeyError as exc:
+            raise ValueError(f"not a Whisper encoder: no {exc.args[0]}") from None
+        blocks = 0
+        while f"encoder/layer_{blocks}/ffn/linear_0/weight" in weights:
+            blocks += 1
+        return cls(int(n_mels), int(d), heads, blocks)
+
+
+TINY_EN = ModelDimensions(N_MELS, 384, 6, 4)
+BASE = ModelDimensions(N_MELS, 512, 8, 6)
+DIMENSIONS = {"tiny.en": TINY_EN, "base": BASE}  # what each pinned file holds (checked when it is loaded)
 
 
 class WhisperLogMel(nn.Module):
@@ -72,42 +104,49 @@ def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> tor
 class Block(nn.Module):
     """Pre-LayerNorm self-attention + GELU MLP, with Whisper's fused q/k/v projection (k has no bias)."""
 
-    def __init__(self) -> None:
+    def __init__(self, d: int, heads: int) -> None:
         super().__init__()
-        self.attn_ln = nn.LayerNorm(D_MODEL, eps=LAYER_NORM_EPS)
-        self.qkv = nn.Linear(D_MODEL, 3 * D_MODEL)
-        self.out = nn.Linear(D_MODEL, D_MODEL)
-        self.mlp_ln = nn.LayerNorm(D_MODEL, eps=LAYER_NORM_EPS)
-        self.fc1 = nn.Linear(D_MODEL, 4 * D_MODEL)
-        self.fc2 = nn.Linear(4 * D_MODEL, D_MODEL)
+        self.d, self.heads = d, heads
+        self.attn_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.mlp_ln = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
+        self.fc1 = nn.Linear(d, 4 * d)
+        self.fc2 = nn.Linear(4 * d, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
-        q, k, v = self.qkv(self.attn_ln(x)).view(b, t, 3, N_HEADS, D_MODEL // N_HEADS).permute(2, 0, 3, 1, 4)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (D_MODEL // N_HEADS) ** -0.5
+        d_head = self.d // self.heads
+        q, k, v = self.qkv(self.attn_ln(x)).view(b, t, 3, self.heads, d_head).permute(2, 0, 3, 1, 4)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * d_head**-0.5
         attn = torch.matmul(scores.softmax(dim=-1), v)  # [b, heads, t, d_head]
-        x = x + self.out(attn.transpose(1, 2).reshape(b, t, D_MODEL))
+        x = x + self.out(attn.transpose(1, 2).reshape(b, t, self.d))
         return x + self.fc2(F.gelu(self.fc1(self.mlp_ln(x))))
 
 
 class WhisperEncoder(nn.Module):
-    """Log-mel ``[batch, 80, frames]`` -> hidden states of every layer, each ``[batch, frames // 2, 384]``.
+    """Log-mel ``[batch, 80, frames]`` -> hidden states of every layer, each ``[batch, frames // 2, d]``.
 
     ``forward`` returns ``n_layers + 1`` states: the input to the first block
     (conv features plus positions), then the output of each block, the last
     one through the final LayerNorm as Whisper's decoder sees it.
-    ``n_layers`` below 4 drops the top blocks (cheaper, if they do not pay).
+    ``n_layers`` below ``dims.n_audio_layer`` drops the top blocks (cheaper, if they do not pay).
     """
 
-    def __init__(self, n_layers: int = N_LAYERS, max_positions: int = MAX_POSITIONS) -> None:
+    def __init__(self, dims: ModelDimensions = TINY_EN, n_layers: int | None = None, max_positions: int = MAX_POSITIONS) -> None:
         super().__init__()
-        self.conv1 = nn.Conv1d(N_MELS, D_MODEL, 3, padding=1)
-        self.conv2 = nn.Conv1d(D_MODEL, D_MODEL, 3, stride=2, padding=1)
+        self.dims = dims
+        n_layers = dims.n_audio_layer if n_layers is None else n_layers
+        if not 0 <= n_layers <= dims.n_audio_layer:
+            raise ValueError(f"this encoder has {dims.n_audio_layer} blocks; {n_layers} asked")
+        d = dims.n_audio_state
+        self.conv1 = nn.Conv1d(dims.n_mels, d, 3, padding=1)
+        self.conv2 = nn.Conv1d(d, d, 3, stride=2, padding=1)
         # Only as many positions as the longest input (50 for a 1 s chunk); the file's float16 table
         # replaces these when weights are loaded, as CTranslate2 uses it.
-        self.register_buffer("positions", sinusoids(max_positions, D_MODEL))
-        self.blocks = nn.ModuleList(Block() for _ in range(n_layers))
-        self.ln_post = nn.LayerNorm(D_MODEL, eps=LAYER_NORM_EPS)
+        self.register_buffer("positions", sinusoids(max_positions, d))
+        self.blocks = nn.ModuleList(Block(d, dims.n_audio_head) for _ in range(n_layers))
+        self.ln_post = nn.LayerNorm(d, eps=LAYER_NORM_EPS)
 
     def forward(self, mel: torch.Tensor) -> list[torch.Tensor]:
         x = F.gelu(self.conv2(F.gelu(self.conv1(mel)))).transpose(1, 2)
@@ -116,12 +155,15 @@ class WhisperEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
             states.append(x)
-        if len(self.blocks) == N_LAYERS:
+        if len(self.blocks) == self.dims.n_audio_layer:
             states[-1] = self.ln_post(x)
         return states
 
     def load_ctranslate2(self, weights: dict[str, np.ndarray]) -> None:
         """Copy CTranslate2 ``encoder/...`` variables in (cast to float32); every tensor must match."""
+        found = ModelDimensions.from_weights(weights)
+        if found != self.dims:
+            raise ValueError(f"the weights hold an encoder of {found}, this one is {self.dims}")
         own = self.state_dict()
         mapped: dict[str, torch.Tensor] = {}
 
@@ -163,10 +205,12 @@ class WhisperEncoder(nn.Module):
         self.load_state_dict(mapped)
 
 
-def pretrained_encoder(n_layers: int = N_LAYERS, model_bin: Path | None = None) -> WhisperEncoder:
-    """Whisper tiny.en's encoder with the verified weights of the pinned package, in eval mode."""
+def pretrained_encoder(n_layers: int | None = None, model_bin: Path | None = None, name: str = "tiny.en",
+                       max_positions: int = MAX_POSITIONS) -> WhisperEncoder:
+    """Encoder ``name`` (tiny.en, base) with the verified weights of its pinned packages, in eval mode."""
     from training.whisper_weights import load_encoder_weights
 
-    encoder = WhisperEncoder(n_layers)
-    encoder.load_ctranslate2(load_encoder_weights(model_bin))
+    weights = load_encoder_weights(model_bin, name=name)
+    encoder = WhisperEncoder(ModelDimensions.from_weights(weights), n_layers, max_positions)
+    encoder.load_ctranslate2(weights)
     return encoder.eval()
