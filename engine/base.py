@@ -286,8 +286,15 @@ def default_model_path() -> Path:
     return Path(str(resources.files("engine") / "models" / "default.onnx"))
 
 
+def shipped_models() -> dict[str, Path]:
+    """The models shipped in the package by name: ``default``, ``multilingual``, ``compact``."""
+    return {p.stem: p for p in sorted(default_model_path().parent.glob("*.onnx"))}
+
+
 def resolve_model_path(path: str | Path | None) -> Path:
-    """The given path, or the shipped default model; a missing file is a clear error."""
+    """The given path, a shipped model's name (``--model multilingual``), or the default; a missing file is a clear error."""
+    if path is not None and str(path) in shipped_models() and not Path(path).exists():
+        return shipped_models()[str(path)]
     if path is None:
         p = default_model_path()
         if not p.is_file():
@@ -298,7 +305,8 @@ def resolve_model_path(path: str | Path | None) -> Path:
         return p
     p = Path(path).expanduser()
     if not p.exists():
-        raise EngineError(f"model file not found: {p}")
+        names = ", ".join(shipped_models())
+        raise EngineError(f"model file not found: {p} (shipped models by name: {names})")
     if p.is_dir():
         raise EngineError(f"model path is a directory, not a file: {p}")
     return p

@@ -104,13 +104,13 @@ def _build_plan(onnx_path: Path, precision: str, max_batch: int, calibration: Pa
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", type=click.Path(path_type=Path), help="ONNX model, TensorRT .plan or .ckpt (default: the model shipped in the package).")
+@click.option("--model", help="ONNX model, TensorRT .plan or .ckpt, or a shipped model's name: default, multilingual, compact.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help="Inference backend; auto picks TensorRT, onnxruntime CUDA, onnxruntime CPU, then torch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
 @click.option("--json", "as_json", is_flag=True, help='One JSON object per line: {"path", "top", "probs", "windows"}.')
 @click.option("--batch", type=click.IntRange(1, 4096), default=16, show_default=True, help="Windows per inference call (windows of several files share a batch).")
 @click.option("-v", "--verbose", is_flag=True, help="Log which backend was picked.")
-def predict_main(files: tuple[Path, ...], model: Path | None, backend: str, device: str, as_json: bool, batch: int, verbose: bool) -> None:
+def predict_main(files: tuple[Path, ...], model: str | None, backend: str, device: str, as_json: bool, batch: int, verbose: bool) -> None:
     """Classify whole audio FILES offline into anger, disgust, fear, happy, neutral, sad.
 
     Clips shorter than 5 s are zero-padded around the centre as in training;

@@ -85,7 +85,7 @@ def _yaml_str(v: str) -> str:
 @click.option("--port", type=int, default=None, help="Port for WebSocket and HTTP [server.port]; 0 picks a free one.")
 @click.option("--token", default=None, envvar="SER_TOKEN", help="Shared secret clients must send (also $SER_TOKEN).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token.")
-@click.option("--model", default=None, help="ONNX model (default: the model shipped in the package).")
+@click.option("--model", default=None, help="ONNX model, or a shipped model's name: default, multilingual (Whisper base, for non-English speech), compact.")
 @click.option("--backend", default=None, help="Inference backend: auto | tensorrt | onnxruntime | torch [model.backend].")
 @click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")

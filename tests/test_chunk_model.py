@@ -32,8 +32,8 @@ CH = Chunking()
 def small_cfg(**head: object) -> dict:
     return {
         "variant": "whisper",
-        "encoder": {"blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
-        "head": {"layers": [0, 1, 2], "mix": "concat", "hidden": 0, "dropout": 0.1, "pooling": "attention", **head},
+        "encoder": {"name": "tiny.en", "blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
+        "head": {"kind": "moments", "layers": [0, 1, 2], "mix": "concat", "hidden": 0, "dropout": 0.1, "pooling": "attention", **head},
     }
 
 
@@ -117,43 +117,90 @@ def test_sampling_balances_corpora_and_classes() -> None:
     assert np.all(class_w[~present] == 0)
 
 
-def synthetic_features(recs: list[Record], seed: int, layers: int = 3) -> FeatureSet:
-    """Chunk features whose class shows in a few dimensions of every chunk, plus noise."""
+def synthetic_features(recs: list[Record], seed: int, layers: int = 3, d: int = 384) -> FeatureSet:
+    """Chunk features whose class shows in a few dimensions of every chunk (all four statistics), plus noise."""
     rng = np.random.default_rng(seed)
-    feats, offset, count, silent = [], [], [], []
+    feats, voiced, offset, count, silent = [], [], [], [], []
     total = 0
     for r in recs:
         n = int(rng.integers(3, 10))
-        x = rng.normal(size=(n, layers, 768)).astype(np.float32)
-        x[:, :, r.label_index * 8 : r.label_index * 8 + 8] += 1.5
+        x = rng.normal(size=(n, layers, 4 * d)).astype(np.float32)
+        for q in range(4):
+            x[:, :, q * d + r.label_index * 8 : q * d + r.label_index * 8 + 8] += 1.5
+        x[:, :, d : 2 * d] = np.abs(x[:, :, d : 2 * d])  # deviations are >= 0
+        x[:, :, 3 * d :] = np.abs(x[:, :, 3 * d :])
         feats.append(x.astype(np.float16))
+        voiced.append(np.stack([rng.uniform(0.3, 1.0, n), rng.uniform(-30, -10, n)], 1).astype(np.float32))
         offset.append(total)
         count.append(n)
         silent.append(9 - n)
         total += n
-    return FeatureSet([str(r.path) for r in recs], np.concatenate(feats), np.array(offset), np.array(count),
-                      np.array(silent), np.arange(len(recs)))
+    return FeatureSet([str(r.path) for r in recs], np.concatenate(feats), np.concatenate(voiced), np.array(offset),
+                      np.array(count), np.array(silent), np.arange(len(recs)))
 
 
 def windows_of(fs: FeatureSet, fill: str) -> Windows:
     return Windows(fs, np.arange(len(fs.offset)), np.arange(len(fs.offset)), fill)
 
 
-def test_head_learns_calibrates_and_scores() -> None:
+def silent_bank(layers: int = 3, d: int = 384) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((4, layers, 4 * d), np.float16), np.tile(np.array([[0.01, -100.0]], np.float32), (4, 1))
+
+
+@pytest.mark.parametrize("kind,trainer", [("moments", {}), ("moments", {"optimizer": "adamw", "steps": 300}),
+                                          ("attention", {"steps": 150, "warmup_steps": 10})])
+def test_head_learns_calibrates_and_scores(kind: str, trainer: dict) -> None:
     from training.chunk_model import WhisperChunkModel
 
     spec = {("a", lab): 40 for lab in LABELS}
     train, test = records(spec), records({("t", lab): 15 for lab in LABELS})
-    bank = np.zeros((4, 3, 768), np.float16)
-    model = WhisperChunkModel(small_cfg())
+    bank = silent_bank()
+    model = WhisperChunkModel(small_cfg(kind=kind))
     stats = fit_head(model, [windows_of(synthetic_features(train, 0), "zeros"), windows_of(synthetic_features(train, 1), "bank")],
-                     train, bank, {"steps": 150, "warmup_steps": 10}, seed=0)
+                     train, bank, trainer, seed=0)
     assert stats["final_loss"] < 1.0
     m = score_clips(model, windows_of(synthetic_features(test, 2), "zeros"), bank, test)
     assert m["ua"] > 0.9 and m["n"] == len(test)
     val = records({("v", lab): 10 for lab in LABELS})
     t, before, after = fit_temperature(model, windows_of(synthetic_features(val, 3), "zeros"), bank, val)
     assert after <= before and float(model.head.temperature) == pytest.approx(t)
+
+
+def test_lbfgs_fit_is_the_regularised_optimum() -> None:
+    """The closed-form fit reaches the minimum of scikit-learn's objective (its gradient vanishes there)."""
+    from torch.nn import functional as F
+
+    from training.chunk_training import fit_linear
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 6, 600)
+    x = rng.normal(size=(600, 20)) + np.eye(6, 20)[y] * 1.5
+    weight = rng.uniform(0.2, 2.0, 600)
+    c = 0.05
+    xt, yt, wt = torch.from_numpy(x).float(), torch.from_numpy(y), torch.from_numpy(weight).float()
+    w, b = fit_linear(xt, yt, wt, c)
+    w64, b64 = w.double().requires_grad_(), b.double().requires_grad_()
+    loss = 0.5 * (w64 * w64).sum() + c * (wt.double() * F.cross_entropy(xt.double() @ w64.T + b64, yt, reduction="none")).sum()
+    loss.backward()
+    assert float(w64.grad.abs().max()) < 1e-3 * float(w.abs().max()) and float(b64.grad.abs().max()) < 1e-2
+    # A stronger penalty shrinks the weights: the regulariser is really there.
+    w_small, _ = fit_linear(xt, yt, wt, c / 50)
+    assert float(w_small.norm()) < 0.5 * float(w.norm())
+
+
+def test_row_weights_split_each_clip_between_clean_and_augmented() -> None:
+    from training.chunk_training import row_weights
+
+    recs = records({("a", "anger"): 4, ("a", "sad"): 4})
+    clean = Windows(None, np.arange(8), np.arange(8), "zeros")  # type: ignore[arg-type]
+    aug = Windows(None, np.arange(6), np.array([0, 0, 1, 2, 3, 4]), "bank")  # type: ignore[arg-type]
+    wc, wa = row_weights([clean, aug], recs, alpha=0.5, clean_p=0.25)
+    assert np.concatenate([wc, wa]).mean() == pytest.approx(1.0)
+    per_clip = wc.copy()
+    np.add.at(per_clip, aug.clip_of, wa)
+    assert np.allclose(per_clip, per_clip[0])  # every clip weighs the same in total (balanced classes here)
+    assert wc[0] == pytest.approx(0.25 * per_clip[0]) and wa[0] == pytest.approx(0.375 * per_clip[0])
+    assert wc[7] == pytest.approx(per_clip[7])  # no augmented window: all of it on the clean one
 
 
 def test_expected_calibration_error() -> None:

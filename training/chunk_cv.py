@@ -44,8 +44,9 @@ def _summary(r: Any) -> dict:
 
 
 def cross_validate(model_cfg: Any, trainer_cfg: dict, records: Sequence[Record], cache: Any, seeds: Sequence[int],
-                   conditions: dict[str, dict], folds: Sequence[int] | None = None, k: int = 5) -> list[dict]:
-    """One result per (fold, seed): test metrics under each condition (RAVDESS test actors)."""
+                   conditions: dict[str, dict], folds: Sequence[int] | None = None, k: int = 5,
+                   keep_models: bool = False) -> list[dict]:
+    """One result per (fold, seed): test metrics under each condition (RAVDESS test actors); ``model`` too if kept."""
     splits = ravdess_folds(records, k)
     out = []
     for f in folds if folds is not None else range(k):
@@ -56,6 +57,8 @@ def cross_validate(model_cfg: Any, trainer_cfg: dict, records: Sequence[Record],
             r = train_split(model_cfg, trainer_cfg, s.train, s.val, test, cache, seed)
             row = {"fold": f, "seed": seed, "test_speakers": sorted({x.speaker for x in s.test}),
                    "val_speakers": sorted({x.speaker for x in s.val}), "seconds": time.time() - t0, **_summary(r)}
+            if keep_models:
+                row["model"] = r.model
             log.info("fold %d seed %d: UA %.3f (%.0f s)", f, seed, r.test["clean"]["ua"], row["seconds"])
             out.append(row)
     return out

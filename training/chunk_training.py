@@ -1,15 +1,18 @@
-"""Training the chunk model's head on cached encoder features: data, loop, calibration, scoring.
+"""Fitting the chunk model's head on cached encoder features: data, fit, calibration, scoring.
 
 The split follows Lightning's (data apart from the model) without its
-machinery: a fold trains a few thousand steps of a head that sees
-``[batch, K, layers, 768]`` feature tensors, which takes seconds to minutes
-on a CPU, so the loop is plain torch and recipes can be compared over
-several seeds per fold.
+machinery. The shipped head is one linear layer on the standardised mean and
+deviation of a window's voiced frames (:class:`training.chunk_model.MomentHead`),
+fitted in closed form by L-BFGS (convex: seconds per fold, no schedule, no
+seed to tune); because a window's pooled features do not depend on the fold,
+they are computed once per feature set and shared by every fold and seed.
+The previous attention head still trains here (``head.kind: attention``)
+so the ablation can run it beside the new one.
 
-Sampling is corpus- and class-balanced: a corpus weighs ``clips**alpha``
-(alpha 0.5: big corpora count more, but not in proportion), and within a
-corpus every class weighs the same; the loss then gives each class equal
-total weight, because some corpora lack some classes (nEMO has no disgust).
+Weighting is corpus- and class-balanced: a corpus weighs ``clips**alpha``
+(alpha 0.5: big corpora count more, but not in proportion), within a corpus
+every class weighs the same, and then every class gets the same total
+weight, because some corpora lack some classes (nEMO has no disgust).
 """
 
 from __future__ import annotations
@@ -25,21 +28,25 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.audio import LABELS
+from training.audio import LABELS, SAMPLE_RATE
 from training.corpora import Record
 from training.features import FeatureSet
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRAINER = {
+    "optimizer": "lbfgs",  # lbfgs: the convex fit of the moments head; adamw: minibatches (the attention head's only choice)
+    "c": 0.05,  # inverse L2 strength of the L-BFGS fit, as scikit-learn's C (sample weights of mean 1)
+    "max_iter": 300,
     "steps": 1500,
     "batch_size": 64,
     "lr": 1e-3,
     "weight_decay": 0.01,
     "warmup_steps": 200,
     "label_smoothing": 0.05,
+    "dropout": 0.3,  # adamw on the moments head: dropout on the standardised pooled features
     "corpus_alpha": 0.5,
-    "clean_p": 0.25,  # share of training windows drawn from the clean variant (the rest: augmented ones)
+    "clean_p": 0.25,  # share of each clip's training weight on the clean variant (the rest: augmented ones)
 }
 
 
@@ -64,19 +71,114 @@ def select_windows(fs: FeatureSet, records: Sequence[Record], silent_fill: str) 
     return Windows(fs, idx, clip_pos[fs.clip[idx]], silent_fill)
 
 
-def assemble(w: Windows, rows: np.ndarray, bank: np.ndarray, k: int, layers: Sequence[int], rng: np.random.Generator | None) -> torch.Tensor:
-    """``[len(rows), K, len(layers), 768]`` float32: each window's stored chunks, then its silent ones."""
+# ----------------------------------------------------------------------------- from the cache to the head's input
+
+
+def chunk_rich(feats: np.ndarray, voiced: np.ndarray, layers: Sequence[int]) -> np.ndarray:
+    """Cached chunks ``[n, L + 1, 4 d]`` + ``[n, 2]`` -> ``[n, 4 f + 2]`` float32 (``f = len(layers) * d``).
+
+    Layout: all-frame means of the used layers, all-frame deviations, voiced
+    means, voiced deviations (each ``f``, layer after layer), voiced share,
+    loudest frame (dBFS). Every pooling below reads from this.
+    """
+    x = feats[:, list(layers)].astype(np.float32)
+    n, d = len(x), x.shape[-1] // 4
+    parts = [x[..., i * d : (i + 1) * d].reshape(n, -1) for i in range(4)]
+    return np.concatenate([*parts, voiced.astype(np.float32)], axis=1)
+
+
+def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int],
+             rng: np.random.Generator | None) -> torch.Tensor:
+    """``[len(rows), K, 4 f + 2]``: each window's stored chunks (:func:`chunk_rich`), then its silent ones.
+
+    Silent chunks are digital silence (the bank's first entry) for clean and
+    evaluation windows, random entries of the noise bank for ``bank`` windows.
+    """
     fs = w.fs
-    out = np.empty((len(rows), k, len(layers), fs.feats.shape[-1]), dtype=np.float32)
+    bank_rich = chunk_rich(bank[0], bank[1], layers)
+    out = np.empty((len(rows), k, bank_rich.shape[1]), dtype=np.float32)
     for j, wi in enumerate(w.index[rows]):
         o, n = int(fs.offset[wi]), int(fs.count[wi])
-        out[j, :n] = fs.feats[o : o + n][:, layers]
+        out[j, :n] = chunk_rich(fs.feats[o : o + n], fs.voiced[o : o + n], layers)
         if n < k:
             if w.silent_fill == "bank" and rng is not None:
-                out[j, n:] = bank[rng.integers(0, len(bank), k - n)][:, layers]
+                out[j, n:] = bank_rich[rng.integers(0, len(bank_rich), k - n)]
             else:
-                out[j, n:] = bank[0][layers]
+                out[j, n:] = bank_rich[0]
     return torch.from_numpy(out)
+
+
+def served_embeddings(rich: torch.Tensor) -> torch.Tensor:
+    """``[..., 4 f + 2]`` -> what ``encode_chunks`` returns for those chunks: ``[mean, second moment, share, peak]``."""
+    f = (rich.shape[-1] - 2) // 4
+    m, sd = rich[..., 2 * f : 3 * f], rich[..., 3 * f : 4 * f]
+    return torch.cat([m, sd * sd + m * m, rich[..., 4 * f :]], dim=-1)
+
+
+def attention_input(rich: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """``[B, K, 4 f + 2]`` -> ``[B, K, L, 2 d]``: per layer all-frame mean and deviation (the previous head's input)."""
+    f = (rich.shape[-1] - 2) // 4
+    shape = (*rich.shape[:-1], n_layers, f // n_layers)
+    return torch.cat([rich[..., :f].reshape(shape), rich[..., f : 2 * f].reshape(shape)], dim=-1)
+
+
+def _weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    a = weight[..., None] / weight.sum(-1, keepdim=True)[..., None]
+    return (a * x).sum(-2)
+
+
+def _chunk_weight(rich: torch.Tensor) -> torch.Tensor:
+    from training.voicing import chunk_gate
+
+    f = (rich.shape[-1] - 2) // 4
+    return rich[..., 4 * f] * chunk_gate(rich[..., 4 * f + 1])
+
+
+# Window poolings ``[B, K, 4 f + 2] -> [B, 2 f]`` for the ablation; ``window_moments`` is the one the model computes.
+POOLINGS: dict[str, Any] = {
+    "window_moments": None,  # MomentHead.pooled of served_embeddings (set below)
+    "voiced_chunk_stats": lambda r: _weighted_mean(r[..., 2 * _f(r) : 4 * _f(r)], _chunk_weight(r)),
+    "all_frames_by_share": lambda r: _weighted_mean(r[..., : 2 * _f(r)], _chunk_weight(r)),
+    "all_frames_every_chunk": lambda r: r[..., : 2 * _f(r)].mean(-2),
+}
+
+
+def _f(rich: torch.Tensor) -> int:
+    return (rich.shape[-1] - 2) // 4
+
+
+def _window_moments(rich: torch.Tensor) -> torch.Tensor:
+    from training.chunk_model import MomentHead
+
+    return MomentHead.pool(served_embeddings(rich), _f(rich))
+
+
+POOLINGS["window_moments"] = _window_moments
+
+# (feature set id, layers, pooling, fill, K) -> (the set, [windows, 2 f]): folds share them; holding the set
+# keeps its id from being reused while the entry lives.
+_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
+
+
+def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
+           batch: int = 512) -> np.ndarray:
+    """The pooled feature of every window of ``w`` (``[len(w.index), 2 f]``), computed once per feature set.
+
+    A ``bank`` window's silent chunks are drawn with a generator seeded by the
+    feature set's size, so every fold and seed sees the same draw.
+    """
+    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k)
+    if key not in _POOLED:
+        fn = POOLINGS[pooling]
+        every = Windows(w.fs, np.arange(len(w.fs.offset)), np.zeros(len(w.fs.offset), np.int64), w.silent_fill)
+        rng = np.random.default_rng(len(w.fs.offset))
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(every.index), batch):
+                rows = np.arange(i, min(i + batch, len(every.index)))
+                out.append(fn(assemble(every, rows, bank, k, layers, rng)).numpy())
+        _POOLED[key] = (w.fs, np.concatenate(out) if out else np.zeros((0, 0), np.float32))
+    return _POOLED[key][1][w.index]
 
 
 def sample_weights(records: Sequence[Record], alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +200,123 @@ def sample_weights(records: Sequence[Record], alpha: float) -> tuple[np.ndarray,
     return p, class_w
 
 
-def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], bank: np.ndarray, cfg: dict, seed: int) -> dict:
-    """Train ``model.mix`` and ``model.head`` on windows of the training clips; returns training stats.
+def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: float, clean_p: float) -> list[np.ndarray]:
+    """Per window of each variant, its share of the training loss (mean 1 over all windows).
+
+    A clip weighs ``p_clip * class_weight`` (:func:`sample_weights`), spread
+    over its windows; ``clean_p`` of it goes to the clean variant and the rest
+    to the augmented ones, and a clip without augmented windows keeps it all clean.
+    """
+    p_clip, class_w = sample_weights(records, alpha)
+    clip_w = p_clip * class_w[[r.label_index for r in records]]
+    n = len(records)
+    counts = [np.bincount(w.clip_of, minlength=n) for w in train]
+    aug = np.sum(counts[1:], axis=0) if len(train) > 1 else np.zeros(n)
+    aug_variants = np.sum([c > 0 for c in counts[1:]], axis=0) if len(train) > 1 else np.zeros(n)
+    out = []
+    for v, (w, c) in enumerate(zip(train, counts, strict=True)):
+        if v == 0:
+            share = np.where(aug > 0, clean_p, 1.0)
+        else:
+            share = np.where(c > 0, (1 - clean_p) / np.maximum(aug_variants, 1), 0.0)
+        out.append(clip_w[w.clip_of] * share[w.clip_of] / np.maximum(c[w.clip_of], 1))
+    total = np.concatenate(out)
+    scale = len(total) / total.sum()
+    return [o * scale for o in out]
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, c: float, n_classes: int = len(LABELS),
+               max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial L2 logistic regression by L-BFGS: ``0.5 |W|^2 + c * sum_i weight_i * nll_i``, as scikit-learn's.
+
+    Convex, so the result does not depend on a seed or a schedule; written in
+    torch so training needs nothing beyond it.
+    """
+    n, f = x.shape
+    w = torch.zeros(n_classes, f, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    x64, wt = x.double(), weight.double()
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
+                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
+    scale = 1.0 / (c * float(wt.sum()))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = (wt * F.cross_entropy(x64 @ w.T + b, y, reduction="none")).sum() / wt.sum() + 0.5 * scale * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+def fit_minibatch(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cfg: dict, seed: int,
+                  n_classes: int = len(LABELS)) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same linear layer trained the previous head's way: AdamW, warm-up + cosine, dropout, label smoothing."""
+    c = {**DEFAULT_TRAINER, **cfg}
+    gen = torch.Generator().manual_seed(seed)
+    lin = torch.nn.Linear(x.shape[1], n_classes)
+    drop = torch.nn.Dropout(float(c["dropout"]))
+    opt = torch.optim.AdamW(lin.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
+    steps, warm = int(c["steps"]), int(c["warmup_steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
+    )
+    torch.manual_seed(seed)
+    for _ in range(steps):
+        rows = torch.multinomial(weight, int(c["batch_size"]), replacement=True, generator=gen)
+        loss = F.cross_entropy(lin(drop(x[rows])), y[rows], label_smoothing=float(c["label_smoothing"]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return lin.weight.detach(), lin.bias.detach()
+
+
+def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], bank: tuple[np.ndarray, np.ndarray],
+             cfg: dict, seed: int, pooling: str = "window_moments") -> dict:
+    """Fit ``model``'s head on windows of the training clips; returns training stats.
 
     ``train[0]`` must be the clean variant: it sets the standardisation
-    statistics and is drawn with probability ``clean_p``; the other
-    variants share the rest.
+    statistics. The moments head is one linear layer on standardised pooled
+    features (``pooling`` other than ``window_moments`` exists for the
+    ablation and is not what the model serves); the attention head trains as before.
     """
     c = {**DEFAULT_TRAINER, **(cfg or {})}
+    if model.kind == "attention":
+        return _fit_attention(model, train, records, bank, c, seed)
+    k, layers = model.per_window, model.layers
+    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
+    ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
+    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]))
+    keep = [wt > 0 for wt in weights]
+    x = torch.cat([xi[m] for xi, m in zip(xs, keep, strict=True)])
+    y = torch.cat([yi[m] for yi, m in zip(ys, keep, strict=True)])
+    weight = torch.from_numpy(np.concatenate([wt[m] for wt, m in zip(weights, keep, strict=True)])).float()
+    mean, std = xs[0].mean(0), xs[0].std(0) + 1e-3
+    z = (x - mean) / std
+    if c["optimizer"] == "lbfgs":
+        w, b = fit_linear(z, y, weight, float(c["c"]), max_iter=int(c["max_iter"]))
+    elif c["optimizer"] == "adamw":
+        w, b = fit_minibatch(z, y, weight, c, seed)
+    else:
+        raise ValueError(f"head_trainer.optimizer must be lbfgs or adamw, got {c['optimizer']!r}")
+    head = model.head
+    with torch.no_grad():
+        head.mean.copy_(mean)
+        head.std.copy_(std)
+        head.linear.weight.copy_(w)
+        head.linear.bias.copy_(b)
+    model.eval()
+    with torch.inference_mode():
+        logits = head.linear(z)
+        nll = float((weight * F.cross_entropy(logits, y, reduction="none")).sum() / weight.sum())
+    return {"final_loss": nll, "windows": len(x), "layer_weights": None, "pooling": pooling}
+
+
+def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Record], bank: tuple[np.ndarray, np.ndarray],
+                   c: dict, seed: int) -> dict:
+    """The previous head: attention over per-chunk all-frame statistics, minibatches of sampled windows, AdamW."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     layers = model.layers
@@ -134,12 +345,12 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         order: list[list[int]] = [[] for _ in range(n_var)]
         for j, (v, clip) in enumerate(zip(variants, clips, strict=True)):
             options = by_clip[v][clip]
-            if not len(options):  # the clip failed to decode in this variant: fall back to the clean one
+            if not len(options):  # the clip has no windows in this variant: fall back to the clean one
                 v, options = 0, by_clip[0][clip]
             rows[v].append(int(rng.choice(options)))
             order[v].append(j)
         parts = [(assemble(train[v], np.array(rows[v]), bank, k, layers, rng), order[v]) for v in range(n_var) if rows[v]]
-        x = torch.cat([p for p, _ in parts])
+        x = attention_input(torch.cat([p for p, _ in parts]), len(layers))
         y = labels[clips[np.concatenate([o for _, o in parts])]]
         logits = model.head(model.mix(x))
         loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=float(c["label_smoothing"]))
@@ -161,40 +372,56 @@ def _windows_by_clip(w: Windows, n_clips: int) -> list[np.ndarray]:
 
 
 def _set_standardisation(model: Any, clean: Windows, layers: Sequence[int], max_chunks: int = 20_000) -> None:
-    """Mean and deviation of each used layer's statistics over (a fixed sample of) the training chunks."""
+    """Mean and deviation of each used layer's all-frame statistics over (a fixed sample of) the training chunks."""
     fs = clean.fs
     rows = np.concatenate([np.arange(fs.offset[i], fs.offset[i] + fs.count[i]) for i in clean.index])
     if len(rows) > max_chunks:
         rows = np.sort(np.random.default_rng(0).choice(rows, max_chunks, replace=False))
-    x = fs.feats[rows][:, layers].astype(np.float32)
+    rich = torch.from_numpy(chunk_rich(fs.feats[rows], fs.voiced[rows], layers))
+    x = attention_input(rich[:, None], len(layers))[:, 0].numpy()
     model.mix.mean.copy_(torch.from_numpy(x.mean(0)))
     model.mix.std.copy_(torch.from_numpy(x.std(0) + 1e-3))
 
 
 @torch.inference_mode()
-def window_logits(model: Any, w: Windows, bank: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Logits of every window of ``w`` (the temperature in the head applies)."""
+def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], batch: int = 256,
+                  pooling: str = "window_moments") -> np.ndarray:
+    """Logits of every window of ``w`` (the temperature in the head applies).
+
+    The moments head scores what the served model computes from these chunks
+    (``classify`` of :func:`served_embeddings`); an ablation ``pooling``
+    applies the same standardisation and linear layer to its own pooled features.
+    """
     model.eval()
+    if model.kind == "moments" and pooling != "window_moments":
+        head = model.head
+        x = torch.from_numpy(pooled(w, bank, model.per_window, model.layers, pooling))
+        return (head.linear((x - head.mean) / head.std) / head.temperature).numpy()
     out = []
     for i in range(0, len(w.index), batch):
         rows = np.arange(i, min(i + batch, len(w.index)))
-        out.append(model.head(model.mix(assemble(w, rows, bank, model.per_window, model.layers, None))).numpy())
+        rich = assemble(w, rows, bank, model.per_window, model.layers, None)
+        if model.kind == "moments":
+            out.append(model.classify(served_embeddings(rich)).numpy())
+        else:
+            out.append(model.head(model.mix(attention_input(rich, len(model.layers)))).numpy())
     return np.concatenate(out) if out else np.zeros((0, len(LABELS)), np.float32)
 
 
-def clip_probs(model: Any, w: Windows, bank: np.ndarray, n_clips: int) -> np.ndarray:
+def clip_probs(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], n_clips: int, pooling: str = "window_moments") -> np.ndarray:
     """Per clip, the mean of its windows' probabilities (as ser-predict averages a long clip)."""
-    probs = torch.softmax(torch.from_numpy(window_logits(model, w, bank)), -1).numpy()
+    probs = torch.softmax(torch.from_numpy(window_logits(model, w, bank, pooling=pooling)), -1).numpy()
     out = np.zeros((n_clips, probs.shape[1]))
     np.add.at(out, w.clip_of, probs)
     counts = np.bincount(w.clip_of, minlength=n_clips)
     return out / np.maximum(counts, 1)[:, None]
 
 
-def fit_temperature(model: Any, val: Windows, bank: np.ndarray, records: Sequence[Record]) -> tuple[float, float, float]:
+def fit_temperature(model: Any, val: Windows, bank: tuple[np.ndarray, np.ndarray], records: Sequence[Record],
+                    pooling: str = "window_moments") -> tuple[float, float, float]:
     """Temperature scaling on validation clips: the T minimising NLL; sets it in the head. Returns (T, nll before, after)."""
     model.head.temperature.fill_(1.0)
-    logits = torch.from_numpy(window_logits(model, val, bank)).double()
+    logits = torch.from_numpy(window_logits(model, val, bank, pooling=pooling)).double()
     y = torch.tensor([records[i].label_index for i in val.clip_of])
     grid = torch.exp(torch.linspace(math.log(0.2), math.log(10.0), 300, dtype=torch.float64))
     nll = torch.stack([F.cross_entropy(logits / t, y) for t in grid])
@@ -217,11 +444,12 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def score_clips(model: Any, w: Windows, bank: np.ndarray, records: Sequence[Record]) -> dict:
+def score_clips(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], records: Sequence[Record],
+                pooling: str = "window_moments") -> dict:
     """Clip-level metrics (UA, accuracy, macro F1, per-class recall, confusion) and ECE of ``records``."""
     from training.metrics import classification_metrics
 
-    probs = clip_probs(model, w, bank, len(records))
+    probs = clip_probs(model, w, bank, len(records), pooling)
     seen = np.bincount(w.clip_of, minlength=len(records)) > 0
     y = np.array([r.label_index for r in records])[seen]
     m = classification_metrics(y.tolist(), probs[seen].argmax(1).tolist())
@@ -250,16 +478,17 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
 
     bank = cache.bank()
     model = WhisperChunkModel(model_cfg)
+    pooling = str((trainer_cfg or {}).get("pooling", "window_moments"))  # another one only in the ablation
     variants = [dict(v) for v in model_cfg["features"]["train_variants"]]
     train_w = [select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank") for v in variants]
-    stats = fit_head(model, train_w, train, bank, trainer_cfg, seed)
+    stats = fit_head(model, train_w, train, bank, trainer_cfg, seed, pooling)
     clean = {"name": "clean"}
     val_w = select_windows(cache.get(val, clean), val, "zeros")
     test_w = {name: select_windows(cache.get(recs, v), recs, "zeros") for name, (recs, v) in test.items()}
     first = next(iter(test), None)
-    ece_before = score_clips(model, test_w[first], bank, test[first][0])["ece"] if first is not None else None
-    t, nll_before, nll_after = fit_temperature(model, val_w, bank, val)
-    results = {name: score_clips(model, test_w[name], bank, recs) for name, (recs, _) in test.items()}
+    ece_before = score_clips(model, test_w[first], bank, test[first][0], pooling)["ece"] if first is not None else None
+    t, nll_before, nll_after = fit_temperature(model, val_w, bank, val, pooling)
+    results = {name: score_clips(model, test_w[name], bank, recs, pooling) for name, (recs, _) in test.items()}
     return SplitResult(model, t, (nll_before, nll_after), results, ece_before, stats)
 
 
@@ -276,7 +505,7 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
     from training.features import Chunking, FeatureCache
     from training.metrics import summary_line, write_report
     from training.splits import split_records
-    from training.whisper_weights import SOURCE
+    from training.whisper_weights import weights_source
 
     run_dir = Path(run_dir)
     mc = cfg["model"]
@@ -286,8 +515,8 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
     if not splits.val:
         raise ValueError("the validation split is empty (needed for calibration): set split.val_fraction > 0 or split.val_speakers")
     enc = mc["encoder"]
-    ch = Chunking(int(round(float(enc["chunk_s"]) * 16000)), int(round(float(enc["hop_s"]) * 16000)))
-    cache = FeatureCache(cfg["dataset"]["cache_dir"], ch, int(enc.get("blocks", 4)))
+    ch = Chunking(int(round(float(enc["chunk_s"]) * SAMPLE_RATE)), int(round(float(enc["hop_s"]) * SAMPLE_RATE)))
+    cache = FeatureCache(cfg["dataset"]["cache_dir"], ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
     test = {"test": (splits.test, {"name": "clean"})} if splits.test else {}
     r = train_split(mc, dict(mc.get("head_trainer") or {}), splits.train, splits.val, test, cache, int(cfg["seed"]))
     bank = cache.bank()
@@ -304,7 +533,7 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
         "hyper_parameters": {"cfg": cfg},
         "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
         "ser": {"val_metrics": {"val/ua": val_m["ua"], "val/acc": val_m["accuracy"]}, "data": data_name,
-                "variant": mc.get("variant", "whisper"), "calibration": calibration, "encoder_weights": SOURCE,
+                "variant": mc.get("variant", "whisper"), "calibration": calibration, "encoder_weights": weights_source(model.encoder_name).source,
                 "layer_weights": r.train_stats.get("layer_weights")},
     }, ckpt_dir / "last.ckpt")
     for stage, m in (("val", val_m), *((("test", r.test["test"]),) if "test" in r.test else ())):

@@ -181,30 +181,48 @@ def placed_windows(audio: np.ndarray, ch: Chunking, left: int | None = None) -> 
 
 
 class ChunkEncoder:
-    """Frozen Whisper encoder -> per-layer mean/std of each chunk, ``[n, layers + 1, 768]`` float16."""
+    """Frozen Whisper encoder -> per-layer statistics of each chunk and its voiced share.
 
-    def __init__(self, n_layers: int = 4, batch: int = 64) -> None:
+    Returns ``(stats [n, layers + 1, 4 d] float16, voiced [n, 2] float32)``:
+    per hidden state, the mean and standard deviation over all of the chunk's
+    frames, then the mean and deviation over its frames weighted by
+    :func:`training.voicing.frame_weights` (the served head's input); and per
+    chunk its voiced share (mean frame weight) and its loudest frame, dBFS.
+    """
+
+    def __init__(self, n_layers: int = 3, batch: int = 128, name: str = "tiny.en") -> None:
         import torch
 
         from training.whisper import WhisperLogMel, pretrained_encoder
 
         self.torch = torch
         self.frontend = WhisperLogMel()
-        self.encoder = pretrained_encoder(n_layers)
+        self.encoder = pretrained_encoder(n_layers, name=name)
+        self.d = self.encoder.dims.n_audio_state
         self.batch = batch
 
-    def __call__(self, chunks: np.ndarray) -> np.ndarray:
+    def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from training.voicing import frame_levels, frame_weights, weighted_moments
+
         torch = self.torch
-        out = []
+        stats, shares = [], []
         with torch.inference_mode():
             for i in range(0, len(chunks), self.batch):
                 x = torch.from_numpy(np.ascontiguousarray(chunks[i : i + self.batch], dtype=np.float32))
+                db = frame_levels(x)
+                w = frame_weights(db)
+                per_layer = []
                 states = self.encoder(self.frontend(x))
-                stats = torch.stack([torch.cat([h.mean(1), h.std(1)], dim=-1) for h in states], dim=1)
-                out.append(stats.numpy().astype(np.float16))
-        if not out:
-            return np.zeros((0, len(self.encoder.blocks) + 1, 768), dtype=np.float16)
-        return np.concatenate(out)
+                for h in states:
+                    m, s2 = weighted_moments(h, w)
+                    vsd = torch.sqrt(torch.clamp(s2 - m * m, min=0.0))
+                    per_layer.append(torch.cat([h.mean(1), h.std(1), m, vsd], dim=-1))
+                stats.append(torch.stack(per_layer, dim=1).numpy().astype(np.float16))
+                t = states[0].shape[1]
+                shares.append(torch.stack([w[:, :t].mean(1), db[:, :t].amax(1)], 1).numpy().astype(np.float32))
+        if not stats:
+            return np.zeros((0, len(self.encoder.blocks) + 1, 4 * self.d), np.float16), np.zeros((0, 2), np.float32)
+        return np.concatenate(stats), np.concatenate(shares)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -214,13 +232,15 @@ class ChunkEncoder:
 class FeatureSet:
     """Encoded windows of many clips under one variant.
 
-    ``feats [chunks, layers, 768]`` holds the stored chunks back to back;
-    window ``w`` of the set is ``feats[offset[w] : offset[w] + count[w]]``
+    ``feats [chunks, layers, 4 d]`` holds the stored chunks back to back
+    (:class:`ChunkEncoder`'s statistics) and ``voiced [chunks, 2]`` their voiced
+    shares and loudest frames (dBFS); window ``w`` of the set is ``feats[offset[w] : offset[w] + count[w]]``
     plus ``silent[w]`` padding chunks; ``clip[w]`` indexes ``paths``.
     """
 
     paths: list[str]
     feats: np.ndarray
+    voiced: np.ndarray
     offset: np.ndarray
     count: np.ndarray
     silent: np.ndarray
@@ -229,19 +249,19 @@ class FeatureSet:
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{random.getrandbits(32):08x}.tmp.npz")
-        np.savez(tmp, paths=np.array(self.paths), feats=self.feats, offset=self.offset, count=self.count,
-                 silent=self.silent, clip=self.clip)
+        np.savez(tmp, paths=np.array(self.paths), feats=self.feats, voiced=self.voiced, offset=self.offset,
+                 count=self.count, silent=self.silent, clip=self.clip)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: Path) -> FeatureSet:
         with np.load(path) as z:
-            return cls([str(p) for p in z["paths"]], z["feats"], z["offset"], z["count"], z["silent"], z["clip"])
+            return cls([str(p) for p in z["paths"]], z["feats"], z["voiced"], z["offset"], z["count"], z["silent"], z["clip"])
 
     @classmethod
     def concat(cls, sets: Sequence[FeatureSet]) -> FeatureSet:
         paths: list[str] = []
-        feats, offset, count, silent, clip = [], [], [], [], []
+        feats, voiced, offset, count, silent, clip = [], [], [], [], [], []
         base = 0
         for s in sets:
             offset.append(s.offset + base)
@@ -249,9 +269,10 @@ class FeatureSet:
             base += len(s.feats)
             paths.extend(s.paths)
             feats.append(s.feats)
+            voiced.append(s.voiced)
             count.append(s.count)
             silent.append(s.silent)
-        return cls(paths, np.concatenate(feats), *(np.concatenate(a) for a in (offset, count, silent, clip)))
+        return cls(paths, *(np.concatenate(a) for a in (feats, voiced, offset, count, silent, clip)))
 
 
 def _seed(*parts: object) -> int:
@@ -267,7 +288,10 @@ def covers(variant: dict, r: Record) -> bool:
     return "fraction" not in variant or _clip_rng(variant, r).random() < float(variant["fraction"])
 
 
-def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray],
+Encoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Encoder,
                    progress: Callable[[int, int], None] | None = None) -> FeatureSet:
     """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random,
     ``fraction``: the share of clips it covers, drawn per clip).
@@ -280,10 +304,13 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
     offset, count, silent, clip = [], [], [], []
     total = 0
     feats: list[np.ndarray] = []
+    voiced: list[np.ndarray] = []
 
     def flush() -> None:
         if pending:
-            feats.append(encoder(np.concatenate(pending)))
+            f, v = encoder(np.concatenate(pending))
+            feats.append(f)
+            voiced.append(v)
             pending.clear()
 
     for i, r in enumerate(records):
@@ -320,12 +347,16 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
     return FeatureSet(
         paths,
         np.concatenate(feats) if feats else np.zeros((0, *dim), np.float16),
+        np.concatenate(voiced) if voiced else np.zeros((0, 2), np.float32),
         np.asarray(offset, np.int64), np.asarray(count, np.int32), np.asarray(silent, np.int32), np.asarray(clip, np.int64),
     )
 
 
-def noise_bank(ch: Chunking, encoder: Callable[[np.ndarray], np.ndarray], n: int = 96, seed: int = 0) -> np.ndarray:
-    """Encoded chunks with no speech: digital silence first, then white/pink/brown noise from -90 to -30 dBFS."""
+def noise_bank(ch: Chunking, encoder: Encoder, n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded chunks with no speech: digital silence first, then white/pink/brown noise from -90 to -30 dBFS.
+
+    Returns ``(feats, voiced)`` as :class:`ChunkEncoder` does.
+    """
     rng = np.random.default_rng(seed)
     chunks = [np.zeros(ch.chunk, np.float32)]
     for _ in range(n - 1):
@@ -341,35 +372,50 @@ def variant_key(variant: dict) -> str:
     return f"{variant.get('name', 'clean')}-{zlib.crc32(json.dumps(variant, sort_keys=True).encode()):08x}"
 
 
-def encoder_tag(n_layers: int, ch: Chunking) -> str:
-    from training.whisper_weights import MODEL_BIN_SHA256
+FORMAT = "m3"  # the statistics ChunkEncoder stores (all-frame and voiced moments, voiced share)
 
-    return f"whisper-tiny.en-{MODEL_BIN_SHA256[:8]}-b{n_layers}-c{ch.chunk}-h{ch.hop}-w{ch.window}"
+
+def encoder_tag(n_layers: int, ch: Chunking, name: str = "tiny.en") -> str:
+    from training.whisper_weights import weights_source
+
+    sha = weights_source(name).sha256
+    return f"whisper-{name}-{sha[:8]}-b{n_layers}-c{ch.chunk}-h{ch.hop}-w{ch.window}-{FORMAT}"
 
 
 class FeatureCache:
     """Feature sets on disk, one file per (encoder, variant, corpus); built on first use, resumable by corpus."""
 
-    def __init__(self, root: str | Path, ch: Chunking, n_layers: int = 4) -> None:
-        self.ch, self.n_layers = ch, n_layers
-        self.dir = Path(root).expanduser() / "features" / encoder_tag(n_layers, ch)
+    def __init__(self, root: str | Path, ch: Chunking, n_layers: int = 3, name: str = "tiny.en") -> None:
+        self.ch, self.n_layers, self.name = ch, n_layers, name
+        self.dir = Path(root).expanduser() / "features" / encoder_tag(n_layers, ch, name)
         self._encoder: ChunkEncoder | None = None
+        self._loaded: dict[Path, FeatureSet] = {}  # a run reads each file once (folds share them)
+        self._sets: dict[tuple, tuple[FeatureSet, set[str]]] = {}
 
     @property
     def encoder(self) -> ChunkEncoder:
         if self._encoder is None:
-            self._encoder = ChunkEncoder(self.n_layers)
+            self._encoder = ChunkEncoder(self.n_layers, name=self.name)
         return self._encoder
+
+    def _load(self, path: Path) -> FeatureSet | None:
+        if path not in self._loaded and path.is_file():
+            self._loaded[path] = FeatureSet.load(path)
+        return self._loaded.get(path)
 
     def get(self, records: Sequence[Record], variant: dict) -> FeatureSet:
         """The variant's features of ``records`` (grouped by corpus; each corpus file holds all of its clips)."""
         by_corpus: dict[str, list[Record]] = {}
         for r in records:
             by_corpus.setdefault(r.corpus, []).append(r)
+        memo = (variant_key(variant), tuple(sorted(by_corpus)))
+        hit = self._sets.get(memo)  # the same object for the same request: folds share what is pooled from it
+        if hit is not None and all(str(r.path) in hit[1] or not covers(variant, r) for r in records):
+            return hit[0]
         sets = []
         for corpus, recs in sorted(by_corpus.items()):
             path = self.dir / variant_key(variant) / f"{corpus}.npz"
-            fs = FeatureSet.load(path) if path.is_file() else None
+            fs = self._load(path)
             have = set(fs.paths) if fs is not None else set()
             todo = [r for r in recs if str(r.path) not in have and covers(variant, r)]
             if todo:  # only the clips this file lacks; unreadable ones are tried again next time
@@ -378,19 +424,27 @@ class FeatureCache:
                 if new.paths:
                     fs = new if fs is None else FeatureSet.concat([fs, new])
                     fs.save(path)
+                    self._loaded[path] = fs
             if fs is None:
                 continue
             sets.append(fs)
         if not sets:
             raise ValueError(f"variant {variant.get('name')} holds none of these {len(records)} clips")
-        return FeatureSet.concat(sets)
+        fs = sets[0] if len(sets) == 1 else FeatureSet.concat(sets)
+        self._sets[memo] = (fs, set(fs.paths))
+        return fs
 
-    def bank(self) -> np.ndarray:
-        path = self.dir / "noise_bank.npy"
+    def bank(self) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`noise_bank`'s ``(feats, voiced)``, encoded once."""
+        path = self.dir / "noise_bank.npz"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, noise_bank(self.ch, self.encoder))
-        return np.load(path)
+            feats, voiced = noise_bank(self.ch, self.encoder)
+            tmp = path.with_suffix(f".{random.getrandbits(32):08x}.tmp.npz")
+            np.savez(tmp, feats=feats, voiced=voiced)
+            tmp.replace(path)
+        with np.load(path) as z:
+            return z["feats"], z["voiced"]
 
 
 def _progress(label: str) -> Callable[[int, int], None]:

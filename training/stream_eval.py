@@ -1,0 +1,128 @@
+"""Scoring the product as a user meets it: one long stream of a speaker's clips, through the daemon's own path.
+
+Clip-level scores place each clip alone in a window of silence; the daemon
+scores 5 s windows of continuous audio with pauses, noise, level changes and
+several utterances per window, smoothed and VAD-gated. :func:`build_stream`
+lays clips end to end with random pauses (and a few long gaps, so silence is
+tested too), adds coloured background noise at a fixed SNR and a random
+overall level; :func:`score_stream` then takes the daemon's ``--jsonl``
+predictions and scores every window that is mostly one clip against that
+clip's label, and counts how often a window without speech is reported as an
+emotion. Imports numpy and the training audio helpers only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from training.audio import LABELS, SAMPLE_RATE
+
+DOMINANT_SHARE = 2 / 3  # a window is "one clip" when one clip holds this share of its speech ...
+DOMINANT_MIN_S = 1.0  # ... and at least this much of it (or all of a shorter clip)
+PAUSE_MAX_SPEECH_S = 0.1  # a window with at most this much clip audio is a pause
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Where one clip lies in the stream, in seconds, and its label."""
+
+    start: float
+    end: float
+    label: str
+
+
+def build_stream(clips: Sequence[tuple[np.ndarray, str]], rng: np.random.Generator, pause_s: tuple[float, float] = (0.3, 1.5),
+                 snr_db: float = 30.0, level_db: tuple[float, float] = (-12.0, 0.0), gap_every: int = 8,
+                 gap_s: float = 6.0) -> tuple[np.ndarray, list[Segment]]:
+    """Clips ``(audio, label)`` one after another -> ``(stream, segments)``.
+
+    Pauses are drawn uniformly from ``pause_s``; after every ``gap_every``
+    clips a gap of ``gap_s`` holds no speech at all (longer than a window).
+    Each clip keeps its own level relative to the others (speakers vary); the
+    whole stream is then scaled so its peak lands at a random ``level_db``
+    dBFS, and brown-to-white noise is added ``snr_db`` below the speech's
+    active power, over pauses too, as a room or a line would.
+    """
+    from training.features import active_power, coloured_noise
+
+    pieces: list[np.ndarray] = [np.zeros(int(rng.uniform(*pause_s) * SAMPLE_RATE), np.float32)]
+    segments: list[Segment] = []
+    t = len(pieces[0])
+    for i, (audio, label) in enumerate(clips):
+        segments.append(Segment(t / SAMPLE_RATE, (t + len(audio)) / SAMPLE_RATE, label))
+        pieces.append(audio.astype(np.float32))
+        t += len(audio)
+        pause = gap_s if gap_every and (i + 1) % gap_every == 0 else rng.uniform(*pause_s)
+        pieces.append(np.zeros(int(pause * SAMPLE_RATE), np.float32))
+        t += len(pieces[-1])
+    stream = np.concatenate(pieces)
+    speech = np.concatenate([p for p in pieces if p.any()]) if any(p.any() for p in pieces) else stream
+    noise = coloured_noise(len(stream), rng, rng.uniform(0.0, 2.0)) * np.sqrt(active_power(speech) / 10 ** (snr_db / 10))
+    stream = stream + noise.astype(np.float32)
+    peak = float(np.max(np.abs(stream))) or 1.0
+    stream *= 10 ** (rng.uniform(*level_db) / 20) / peak
+    return stream.astype(np.float32), segments
+
+
+def _overlaps(t0: float, t1: float, segments: Sequence[Segment]) -> list[tuple[float, Segment]]:
+    return [(min(t1, s.end) - max(t0, s.start), s) for s in segments if s.end > t0 and s.start < t1]
+
+
+def window_truth(t0: float, t1: float, segments: Sequence[Segment]) -> str | None:
+    """The label a window ``[t0, t1)`` is scored against: its dominant clip's, ``"pause"``, or None (mixed)."""
+    ov = _overlaps(t0, t1, segments)
+    speech = sum(o for o, _ in ov)
+    if speech <= PAUSE_MAX_SPEECH_S:
+        return "pause"
+    o, seg = max(ov, key=lambda x: x[0])
+    if o >= DOMINANT_SHARE * speech and o >= min(DOMINANT_MIN_S, 0.9 * (seg.end - seg.start)):
+        return seg.label
+    return None
+
+
+def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> dict:
+    """Score ``--jsonl`` prediction messages of one stream against its segments.
+
+    A window that is mostly one clip counts for that clip's label: right
+    when the daemon's smoothed leader (``top``) is the label, wrong when it
+    names another emotion or reports silence (``top`` null: the user sees
+    nothing). Windows without speech count as false alarms when ``top``
+    names an emotion. Returns counts and, per label, hits and totals, so
+    several streams can be pooled with :func:`pool_scores`.
+    """
+    hits = {lab: 0 for lab in LABELS}
+    totals = {lab: 0 for lab in LABELS}
+    out = {"windows": 0, "scored": 0, "mixed": 0, "pause": 0, "pause_reported": 0, "scored_silent": 0}
+    for p in predictions:
+        if p.get("type", "prediction") != "prediction":
+            continue
+        out["windows"] += 1
+        truth = window_truth(float(p["t_start"]), float(p["t_end"]), segments)
+        if truth is None:
+            out["mixed"] += 1
+        elif truth == "pause":
+            out["pause"] += 1
+            out["pause_reported"] += p.get("top") is not None
+        else:
+            out["scored"] += 1
+            totals[truth] += 1
+            hits[truth] += p.get("top") == truth
+            out["scored_silent"] += p.get("top") is None
+    return {**out, "hits": hits, "totals": totals}
+
+
+def pool_scores(scores: Sequence[dict]) -> dict:
+    """Sum :func:`score_stream` results and derive UA, per-class recall and the false-alarm rate."""
+    keys = ("windows", "scored", "mixed", "pause", "pause_reported", "scored_silent")
+    out: dict = {k: sum(s[k] for s in scores) for k in keys}
+    hits = {lab: sum(s["hits"][lab] for s in scores) for lab in LABELS}
+    totals = {lab: sum(s["totals"][lab] for s in scores) for lab in LABELS}
+    recall = {lab: hits[lab] / totals[lab] for lab in LABELS if totals[lab]}
+    out.update(hits=hits, totals=totals, recall=recall,
+               ua=float(np.mean(list(recall.values()))) if recall else float("nan"),
+               pause_reported_share=out["pause_reported"] / out["pause"] if out["pause"] else float("nan"),
+               scored_silent_share=out["scored_silent"] / out["scored"] if out["scored"] else float("nan"))
+    return out
