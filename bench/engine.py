@@ -1,10 +1,10 @@
 """Engine benchmark: per-window (offline) and per-hop (streaming) cost of every backend and model variant.
 
-Run:  python bench/engine.py [--budget 4] [--batches 1 8 32] [--variants whisper compact seed]
+Run:  python bench/engine.py [--budget 4] [--batches 1 8 32] [--variants whisper whisper-base compact seed]
 
 Offline: ``infer`` on whole 5 s windows (what ser-predict does). Streaming:
 what the daemon spends per stream at each 0.5 s hop: for the chunked
-``whisper`` model one new 1 s chunk encoded plus one window classified from
+``whisper`` and ``whisper-base`` models one new 1 s chunk encoded plus one window classified from
 cached embeddings, at b streams per batch; for whole-window models
 (``compact``, ``seed``) a whole window re-scored.
 
@@ -95,7 +95,7 @@ def hop_step(eng):  # noqa: ANN001, ANN201 - an Engine; returns the per-hop work
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variants", nargs="+", default=["whisper", "compact", "seed"])
+    ap.add_argument("--variants", nargs="+", default=["whisper", "whisper-base", "compact", "seed"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per cell")
     ap.add_argument("--out", type=Path, default=RESULTS)

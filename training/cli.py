@@ -30,8 +30,9 @@ OVERRIDES pick config groups and set keys, for example:
   ser-train data=ravdess+tess model=compact trainer.max_epochs=30
   ser-train data=cremad data_root=/data split.k=5 split.fold=2
   ser-train model=seed augment=none optim.lr=3e-4 run.dir=runs/seed
-Groups: model (compact, seed), data (ravdess, tess, cremad, emodb, folder,
-joined with +), augment (default, none). A run directory that already holds
+Groups: model (whisper: the default; whisper-base: multilingual; compact,
+seed), data (all, ravdess, tess, nemo, ased, turev, emotiontts, banglaser_ext,
+cremad, emodb, folder, joined with +), augment (default, none). A run directory that already holds
 checkpoints/last.ckpt resumes from it. Use --show-config to print the resolved
 config and exit.
 """
