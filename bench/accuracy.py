@@ -193,10 +193,11 @@ def stream_scores(mc: dict, cv: list[dict], records: list, encoder: str, seed: i
                 logging.info("stream fold %d %s: %d windows, %d scored", run["fold"], speaker, s["windows"], s["scored"])
             pooled = pool_scores(fold_scores)
             per_fold.append({"fold": run["fold"], "clip_ua": run["test"]["clean"]["ua"], **pooled,
-                             "speakers": [{k: v for k, v in s.items() if k not in ("hits", "totals")} for s in fold_scores]})
+                             "speakers": [{k: v for k, v in s.items() if k not in ("hits", "raw_hits", "totals")} for s in fold_scores]})
             all_scores += fold_scores
     total = pool_scores(all_scores)
     return {"per_fold": per_fold, "ua": mean([f["ua"] for f in per_fold]), "clip_ua": mean([f["clip_ua"] for f in per_fold]),
+            "raw_ua": mean([f["raw_ua"] for f in per_fold]),
             "recall": {lab: mean([f["recall"][lab] for f in per_fold if lab in f["recall"]]) for lab in LABELS},
             "pause_reported_share": total["pause_reported_share"], "scored_silent_share": total["scored_silent_share"],
             "windows": total["windows"], "scored": total["scored"], "mixed": total["mixed"], "pause": total["pause"],
@@ -300,12 +301,13 @@ def markdown(result: dict) -> str:
         st = e.get("stream")
         if st:
             out += [f"Live-like streams ({name}; {st['hours']:.2f} h of audio through ser-listen --fast --once --jsonl, shipped smoothing and VAD):", "",
-                    "| fold | clip UA (same head) | stream UA | windows | scored | mixed | pause | pause reported as emotion | scored but gated silent |",
-                    "|---|---|---|---|---|---|---|---|---|"]
+                    "| fold | clip UA (same head) | stream UA | window's own UA (no smoothing, no VAD) | windows | scored | mixed | pause | "
+                    "pause reported as emotion | scored but gated silent |",
+                    "|---|---|---|---|---|---|---|---|---|---|"]
             for f in st["per_fold"]:
-                out.append(f"| {f['fold']} | {f['clip_ua']:.3f} | {f['ua']:.3f} | {f['windows']} | {f['scored']} | {f['mixed']} | {f['pause']} | "
+                out.append(f"| {f['fold']} | {f['clip_ua']:.3f} | {f['ua']:.3f} | {f['raw_ua']:.3f} | {f['windows']} | {f['scored']} | {f['mixed']} | {f['pause']} | "
                            f"{f['pause_reported_share']:.3f} | {f['scored_silent_share']:.3f} |")
-            out.append(f"| **mean** | **{st['clip_ua']:.3f}** | **{st['ua']:.3f}** ({st['ua'] - st['clip_ua']:+.3f}) | {st['windows']} | "
+            out.append(f"| **mean** | **{st['clip_ua']:.3f}** | **{st['ua']:.3f}** ({st['ua'] - st['clip_ua']:+.3f}) | {st['raw_ua']:.3f} | {st['windows']} | "
                        f"{st['scored']} | {st['mixed']} | {st['pause']} | {st['pause_reported_share']:.3f} | {st['scored_silent_share']:.3f} |")
             out += ["", "Stream recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in st["recall"].items()), ""]
     return "\n".join(out) + "\n"

@@ -34,6 +34,14 @@ def test_stream_lays_clips_out_with_pauses_gaps_and_noise() -> None:
     assert 25 < snr < 36  # noise under the pauses too, about 30 dB below the speech
 
 
+def test_clips_lose_their_silent_ends_in_the_stream() -> None:
+    from training.stream_eval import trim
+
+    clip = np.concatenate([np.zeros(16000, np.float32), tone(1.0, 220), 1e-5 * np.ones(8000, np.float32)])
+    out = trim(clip)
+    assert 1.0 <= len(out) / SAMPLE_RATE <= 1.11  # the tone and a 50 ms margin each side, no lead-in or tail
+
+
 def test_which_windows_count_and_for_which_label() -> None:
     segs = [Segment(1.0, 4.0, "anger"), Segment(4.5, 6.0, "sad"), Segment(14.0, 15.0, "fear")]
     assert window_truth(0.0, 5.0, segs) == "anger"  # 3 s of anger, 0.5 s of sad

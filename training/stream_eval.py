@@ -34,10 +34,30 @@ class Segment:
     label: str
 
 
+TRIM_RANGE_DB = 40.0  # a clip's leading and trailing frames this far below its loudest are silence, not speech
+TRIM_MARGIN_S = 0.05
+
+
+def trim(audio: np.ndarray, range_db: float = TRIM_RANGE_DB, margin_s: float = TRIM_MARGIN_S) -> np.ndarray:
+    """The clip without its leading and trailing silence (acted corpora hold up to a second of it at each end).
+
+    Without this a window "mostly one clip" could be mostly that clip's
+    silent lead-in, and the pauses between utterances would not be the ones drawn.
+    """
+    frame = SAMPLE_RATE // 50
+    n = len(audio) // frame
+    if n == 0:
+        return audio
+    db = 10 * np.log10(np.mean(audio[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1) + 1e-12)
+    loud = np.nonzero(db >= db.max() - range_db)[0]
+    margin = int(margin_s * SAMPLE_RATE)
+    return audio[max(0, loud[0] * frame - margin) : min(len(audio), (loud[-1] + 1) * frame + margin)]
+
+
 def build_stream(clips: Sequence[tuple[np.ndarray, str]], rng: np.random.Generator, pause_s: tuple[float, float] = (0.3, 1.5),
                  snr_db: float = 30.0, level_db: tuple[float, float] = (-12.0, 0.0), gap_every: int = 8,
                  gap_s: float = 6.0) -> tuple[np.ndarray, list[Segment]]:
-    """Clips ``(audio, label)`` one after another -> ``(stream, segments)``.
+    """Clips ``(audio, label)`` one after another, each :func:`trim`-med -> ``(stream, segments)``.
 
     Pauses are drawn uniformly from ``pause_s``; after every ``gap_every``
     clips a gap of ``gap_s`` holds no speech at all (longer than a window).
@@ -51,7 +71,8 @@ def build_stream(clips: Sequence[tuple[np.ndarray, str]], rng: np.random.Generat
     pieces: list[np.ndarray] = [np.zeros(int(rng.uniform(*pause_s) * SAMPLE_RATE), np.float32)]
     segments: list[Segment] = []
     t = len(pieces[0])
-    for i, (audio, label) in enumerate(clips):
+    for i, (clip, label) in enumerate(clips):
+        audio = trim(clip)
         segments.append(Segment(t / SAMPLE_RATE, (t + len(audio)) / SAMPLE_RATE, label))
         pieces.append(audio.astype(np.float32))
         t += len(audio)
@@ -90,10 +111,13 @@ def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> di
     when the daemon's smoothed leader (``top``) is the label, wrong when it
     names another emotion or reports silence (``top`` null: the user sees
     nothing). Windows without speech count as false alarms when ``top``
-    names an emotion. Returns counts and, per label, hits and totals, so
+    names an emotion. ``raw_hits`` scores the same windows by the window's
+    own probabilities (no smoothing, no VAD), to tell the head from the
+    post-processing. Returns counts and, per label, hits and totals, so
     several streams can be pooled with :func:`pool_scores`.
     """
     hits = {lab: 0 for lab in LABELS}
+    raw_hits = {lab: 0 for lab in LABELS}
     totals = {lab: 0 for lab in LABELS}
     out = {"windows": 0, "scored": 0, "mixed": 0, "pause": 0, "pause_reported": 0, "scored_silent": 0}
     for p in predictions:
@@ -110,8 +134,10 @@ def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> di
             out["scored"] += 1
             totals[truth] += 1
             hits[truth] += p.get("top") == truth
+            probs = p.get("probs") or {}
+            raw_hits[truth] += bool(probs) and max(probs, key=probs.get) == truth
             out["scored_silent"] += p.get("top") is None
-    return {**out, "hits": hits, "totals": totals}
+    return {**out, "hits": hits, "raw_hits": raw_hits, "totals": totals}
 
 
 def pool_scores(scores: Sequence[dict]) -> dict:
@@ -121,8 +147,10 @@ def pool_scores(scores: Sequence[dict]) -> dict:
     hits = {lab: sum(s["hits"][lab] for s in scores) for lab in LABELS}
     totals = {lab: sum(s["totals"][lab] for s in scores) for lab in LABELS}
     recall = {lab: hits[lab] / totals[lab] for lab in LABELS if totals[lab]}
-    out.update(hits=hits, totals=totals, recall=recall,
+    raw = {lab: sum(s["raw_hits"][lab] for s in scores) / totals[lab] for lab in LABELS if totals[lab]}
+    out.update(hits=hits, totals=totals, recall=recall, raw_recall=raw,
                ua=float(np.mean(list(recall.values()))) if recall else float("nan"),
+               raw_ua=float(np.mean(list(raw.values()))) if raw else float("nan"),
                pause_reported_share=out["pause_reported"] / out["pause"] if out["pause"] else float("nan"),
                scored_silent_share=out["scored_silent"] / out["scored"] if out["scored"] else float("nan"))
     return out
