@@ -158,8 +158,22 @@ class Daemon:
             self.loop.call_soon_threadsafe(lambda: self.server.broadcast(protocol.streams_changed(self.stream_list())))
 
     def _output_ready(self) -> bool:
-        """--fast reads no further while --jsonl has half its queue unwritten: offline output loses no line."""
-        return self.jsonl is None or self.jsonl.pending() < self.cfg.output.jsonl_queue_lines // 2
+        """--fast reads no further while --jsonl could not take every window already cut: offline output loses no line.
+
+        A window in flight (cut, not yet delivered: queued, being scored, or
+        scored with its line on the way to the event loop) becomes at most one
+        line, and reading one more file chunk cuts at most one more window, so
+        feeding only while ``unwritten lines + windows in flight + 1`` fits the
+        queue means the writer's queue can never overflow, however late the
+        writer thread or the event loop get the CPU.
+        """
+        if self.jsonl is None:
+            return True
+        try:
+            in_flight = sum(s.seq - s.delivered for s in list(self.streams.values()) if not s.droppable)
+        except RuntimeError:  # the stream table changed under us: ask again on the next poll
+            return False
+        return self.jsonl.pending() + in_flight + 1 <= self.cfg.output.jsonl_queue_lines
 
     def _make_local_source(self) -> Source | None:
         """The source ``--device`` names; raises SourceError with a clear message if it cannot be opened."""
