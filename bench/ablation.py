@@ -47,7 +47,7 @@ ROWS: dict[str, tuple[str, dict, dict, bool, bool]] = {
                  {"kind": "attention"}, {**ALL, "optimizer": "adamw", "clean_p": 0.25}, True, True),
     "attention_english": ("the previous head, English corpora only (RAVDESS + TESS)", {"kind": "attention"},
                           {**ENGLISH, "optimizer": "adamw", "clean_p": 0.25}, True, True),
-    "moments_all_corpora": ("moments head (below), all seven corpora (corpus_alpha 0.5)", {}, {**ALL}, True, False),
+    "moments_all_corpora": ("... all seven corpora in the fit (corpus_alpha 0.5)", {}, {**ALL}, True, False),
     "moments_others0.2": ("... the non-English corpora at 0.2 of their share", {},
                           {"corpus_weights": {"ravdess": 1.0, "tess": 1.0, "default": 0.2}}, True, False),
     "moments": ("**shipped**: linear (L-BFGS, C 0.05) on the window's voiced-frame mean and deviation beside the "

@@ -13,8 +13,9 @@ seed per fold, and a recipe with a stochastic optimiser runs every ``--seeds``.
 Robustness scores the same test clips degraded (white noise at 20 and 10 dB
 SNR, reverberation RT60 0.4 s, Opus at 16 kbps); calibration is the
 clip-level ECE before and after temperature scaling. Leave-one-corpus-out
-trains on every corpus but nEMO (Polish), ASED (Amharic) or TurEV-DB
-(Turkish) and scores all of its clips: a language and voices never heard.
+fits the recipe on its training corpora (``head_trainer.corpus_weights``)
+without nEMO (Polish), ASED (Amharic) or TurEV-DB (Turkish) and scores all
+of the held-out corpus's clips: a language and voices never heard.
 
 ``--stream``: for each fold, the head of the clean cross-validation is
 exported to ONNX and each test actor's clips are played as one long stream
@@ -289,7 +290,7 @@ def markdown(result: dict) -> str:
     loco = {n: {r["corpus"]: r for r in e["summary"]["loco"]} for n, e in encs.items() if e["summary"]["loco"]}
     if loco:
         names = list(loco)
-        out += ["Leave one corpus out (train on every other corpus, score all clips of the held-out one; UA):", "",
+        out += ["Leave one corpus out (each recipe's own training corpora without the held-out one; all of its clips scored; UA):", "",
                 "| held out | clips | " + " | ".join(names) + " | per-class recall (" + names[-1] + ") |", "|---" * (3 + len(names)) + "|"]
         for corpus in LOCO:
             rows = [loco[n].get(corpus) for n in names]

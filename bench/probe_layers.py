@@ -51,7 +51,8 @@ def main() -> int:
 
     def pooled(path: str) -> np.ndarray:
         ws = np.nonzero(fs.clip == pos[path])[0]
-        return np.concatenate([fs.feats[fs.offset[w] : fs.offset[w] + fs.count[w]] for w in ws]).astype(np.float32).mean(0)
+        x = np.concatenate([fs.feats[fs.offset[w] : fs.offset[w] + fs.count[w]] for w in ws]).astype(np.float32).mean(0)
+        return x[..., : x.shape[-1] // 2]  # the all-frame mean and deviation of each layer (the cache also holds voiced ones)
 
     feats = {str(r.path): pooled(str(r.path)) for r in recs}
     folds = ravdess_folds(recs)

@@ -1,16 +1,17 @@
-"""Chunk features of the frozen Whisper encoder, cached on disk per clip and per augmentation.
+"""Chunk features of the frozen Whisper encoder, cached on disk per encoder, clip and augmentation.
 
 With the encoder frozen, what a recipe changes is only the light head, so
-the expensive part (about 12 ms of CPU per 1 s chunk) is done once: each
-clip, clean and under each augmentation variant, is placed in a 5 s window
-as it would be served, and every 1 s chunk of that window that touches the
-clip (one every 0.5 s) is encoded to per-layer statistics (mean and standard
-deviation over time of each layer's hidden states: ``[layers, 768]``,
-float16). Chunks that hold only padding are not stored: for the clean and
-evaluation variants they are digital silence, whose embedding is computed
-once; for training variants they are drawn from a bank of encoded noise
-and silence chunks. Folds then train in minutes and recipes can be compared
-over several seeds.
+the expensive part (about 12 ms of CPU per 1 s chunk for tiny.en at 3
+blocks, 19 ms for base) is done once: each clip, clean and under each
+augmentation variant, is placed in a 5 s window as it would be served, and
+every 1 s chunk of that window that touches the clip (one every 0.5 s) is
+encoded to per-layer statistics (:class:`ChunkEncoder`: all-frame and
+voiced-frame mean and deviation of each hidden state, ``[layers, 4 d]``
+float16, plus the chunk's voiced share and loudest frame). Chunks that hold
+only padding are not stored: for the clean and evaluation variants they are
+digital silence, whose embedding is computed once; for training variants
+they are drawn from a bank of encoded noise and silence chunks. Folds then
+fit in seconds and recipes can be compared over several seeds.
 
 A window's chunk ``i`` (0..K-1) is ``window[i * hop : i * hop + chunk]``;
 this is the geometry the exported model and the daemon use, so the clean
