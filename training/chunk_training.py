@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,15 +138,6 @@ def _chunk_weight(rich: torch.Tensor) -> torch.Tensor:
     return rich[..., 4 * f] * chunk_gate(rich[..., 4 * f + 1])
 
 
-# Window poolings ``[B, K, 4 f + 2] -> [B, 2 f]`` for the ablation; ``window_moments`` is the one the model computes.
-POOLINGS: dict[str, Any] = {
-    "window_moments": None,  # MomentHead.pool of served_embeddings (set below): what the model serves
-    "voiced_chunk_stats": lambda r: _weighted_mean(r[..., 2 * _f(r) : 4 * _f(r)], _chunk_weight(r)),
-    "all_frames_by_share": lambda r: _weighted_mean(r[..., : 2 * _f(r)], _chunk_weight(r)),
-    "all_frames_every_chunk": lambda r: r[..., : 2 * _f(r)].mean(-2),
-}
-
-
 def _f(rich: torch.Tensor) -> int:
     return (rich.shape[-1] - 2) // 4
 
@@ -157,17 +148,24 @@ def _window_moments(rich: torch.Tensor) -> torch.Tensor:
     return MomentHead.pool(served_embeddings(rich), _f(rich))
 
 
-POOLINGS["window_moments"] = _window_moments  # the served pooling: voiced window moments + all-frame statistics
-POOLINGS["voiced_window_moments"] = lambda r: _window_moments(r)[..., : 2 * _f(r)]  # its voiced half alone
+# Window poolings ``[B, K, 4 f + 2] -> [B, F]``. ``window_moments`` is what the model serves (voiced window
+# moments beside the all-frame statistics, F = 4 f); the others exist for the ablation only (F = 2 f).
+POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "window_moments": _window_moments,
+    "voiced_window_moments": lambda r: _window_moments(r)[..., : 2 * _f(r)],
+    "voiced_chunk_stats": lambda r: _weighted_mean(r[..., 2 * _f(r) : 4 * _f(r)], _chunk_weight(r)),
+    "all_frames_by_share": lambda r: _weighted_mean(r[..., : 2 * _f(r)], _chunk_weight(r)),
+    "all_frames_every_chunk": lambda r: r[..., : 2 * _f(r)].mean(-2),
+}
 
-# (feature set id, layers, pooling, fill, K) -> (the set, [windows, 2 f]): folds share them; holding the set
+# (feature set id, layers, pooling, fill, K) -> (the set, [windows, F]): folds share them; holding the set
 # keeps its id from being reused while the entry lives.
 _POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
 
 
 def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
            batch: int = 512) -> np.ndarray:
-    """The pooled feature of every window of ``w`` (``[len(w.index), 2 f]``), computed once per feature set.
+    """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set.
 
     A ``bank`` window's silent chunks are drawn with a generator seeded by the
     feature set's size, so every fold and seed sees the same draw.
