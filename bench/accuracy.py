@@ -129,7 +129,7 @@ def main() -> int:
         entry = {"seeds": seeds, "summary": summarise(cv, loco, list(conditions)),
                  "cv_runs": [{k: v for k, v in r.items() if k != "model"} for r in cv], "loco_runs": loco}
         if args.stream and cv:
-            entry["stream"] = stream_scores(mc, cv, records, encoder)
+            entry["stream"] = stream_scores(mc, cv, records)
         result["encoders"][encoder] = entry
         del cache
     result["minutes"] = (time.time() - t0) / 60
@@ -146,7 +146,7 @@ def main() -> int:
 # ----------------------------------------------------------------------------- live-like streams
 
 
-def export_head(model, mc: dict, path: Path, encoder: str) -> None:  # noqa: ANN001 (a WhisperChunkModel)
+def export_head(model, mc: dict, path: Path) -> None:  # noqa: ANN001 (a WhisperChunkModel)
     """The fold's head with the pinned encoder weights, as ONNX the daemon loads (parity-checked)."""
     from engine.export_chunked import chunked_parity, export_chunked_onnx
     from engine.metadata import model_metadata
@@ -160,7 +160,7 @@ def export_head(model, mc: dict, path: Path, encoder: str) -> None:  # noqa: ANN
         raise RuntimeError(f"{path}: exported head differs from torch by {diff:.2e}")
 
 
-def stream_scores(mc: dict, cv: list[dict], records: list, encoder: str, seed: int = 0) -> dict:
+def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dict:
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows."""
     import soundfile as sf
 
@@ -172,7 +172,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, encoder: str, seed: i
     with tempfile.TemporaryDirectory(prefix="ser-stream-") as tmp:
         for run in [r for r in cv if r["seed"] == cv[0]["seed"]]:
             onnx_path = Path(tmp) / f"fold{run['fold']}.onnx"
-            export_head(run["model"], mc, onnx_path, encoder)
+            export_head(run["model"], mc, onnx_path)
             fold_scores = []
             for speaker in run["test_speakers"]:
                 rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
