@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.accuracy import ALL_CORPORA, mean, sd  # noqa: E402
+from bench.accuracy import add_data_args, all_records, cache_for, load_recipe, mean, sd  # noqa: E402
 from training.audio import LABELS  # noqa: E402
 
 CLEAN = [{"name": "clean"}]
@@ -71,26 +71,18 @@ ROWS: dict[str, tuple[str, dict, dict, bool, bool]] = {
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--cache-dir", default="~/.cache/ser")
+    add_data_args(ap)
     ap.add_argument("--tag", default="")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
-    import yaml
 
     from training.chunk_cv import cross_validate
-    from training.corpora import scan_corpora
-    from training.features import Chunking, FeatureCache
 
     torch.set_num_threads(1)
-    base_cfg = yaml.safe_load((REPO / "conf" / "model" / "whisper.yaml").read_text())
-    enc = base_cfg["encoder"]
-    records, _ = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ALL_CORPORA])
-    cache = FeatureCache(args.cache_dir, Chunking(int(float(enc["chunk_s"]) * 16000), int(float(enc["hop_s"]) * 16000)),
-                         int(enc["blocks"]), name=enc["name"])
+    base_cfg = load_recipe("tiny.en", [])
+    records = all_records(args.data_root)
+    cache = cache_for(base_cfg, args.cache_dir)
     conditions = base_cfg["features"]["eval_conditions"]
     out_path = REPO / "bench" / "results" / f"ablation{'-' + args.tag if args.tag else ''}.json"
     done = json.loads(out_path.read_text())["rows"] if out_path.is_file() else {}

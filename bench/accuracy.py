@@ -89,13 +89,26 @@ def cache_for(mc: dict, cache_dir: str):  # noqa: ANN201 (training.features.Feat
     return FeatureCache(cache_dir, ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
 
 
+def add_data_args(ap: argparse.ArgumentParser, folds: bool = True) -> None:
+    """The options every accuracy bench shares: where the data and the feature cache are, and which folds and seeds."""
+    if folds:
+        ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+        ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--cache-dir", default="~/.cache/ser")
+
+
+def all_records(data_root: Path) -> list:
+    """Every clip of every corpus in ``data_root`` (training.corpora.Record)."""
+    from training.corpora import scan_corpora
+
+    return scan_corpora([{"name": c, "root": str(data_root / c)} for c in ALL_CORPORA])[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoders", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--cache-dir", default="~/.cache/ser")
+    add_data_args(ap)
     ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
     ap.add_argument("--no-loco", action="store_true", help="skip leave-one-corpus-out")
     ap.add_argument("--no-cv", action="store_true", help="skip the RAVDESS cross-validation")
@@ -108,10 +121,9 @@ def main() -> int:
     import torch
 
     from training.chunk_cv import cross_validate, leave_corpus_out
-    from training.corpora import scan_corpora
 
     torch.set_num_threads(1)  # a head fits fastest single-threaded; the feature encoder is another process
-    records, _ = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ALL_CORPORA])
+    records = all_records(args.data_root)
     t0 = time.time()
     result: dict = {"overrides": args.overrides, "folds": args.folds, "encoders": {}}
     for encoder in args.encoders:

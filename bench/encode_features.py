@@ -22,32 +22,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CONFIGS = {"tiny.en": "whisper.yaml", "base": "whisper-base.yaml"}
-ALL_CORPORA = ("ravdess", "tess", "nemo", "ased", "turev", "emotiontts", "banglaser_ext")
+from bench.accuracy import CONFIGS, add_data_args, all_records, cache_for, load_recipe  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoders", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--variants", nargs="+", default=["clean", "conditions", "mixed"], choices=["clean", "conditions", "mixed"])
-    ap.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data")
-    ap.add_argument("--cache-dir", default="~/.cache/ser")
+    add_data_args(ap, folds=False)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    import torch
-    import yaml
-
-    from training.corpora import scan_corpora
-    from training.features import Chunking, FeatureCache
-
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    records, _ = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ALL_CORPORA])
+    records = all_records(args.data_root)
     ravdess = [r for r in records if r.corpus == "ravdess"]
     for name in args.encoders:
-        mc = yaml.safe_load((REPO / "conf" / "model" / CONFIGS[name]).read_text())
-        enc = mc["encoder"]
-        cache = FeatureCache(args.cache_dir, Chunking(int(float(enc["chunk_s"]) * 16000), int(float(enc["hop_s"]) * 16000)),
-                             int(enc["blocks"]), name=enc.get("name", "tiny.en"))
+        mc = load_recipe(name, [])
+        cache = cache_for(mc, args.cache_dir)
         cache.bank()
         for stage in args.variants:
             t0 = time.time()

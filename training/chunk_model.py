@@ -66,8 +66,12 @@ class MomentHead(nn.Module):
         m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
         return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
 
+    def logits(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled features -> calibrated logits: standardise, the linear layer, the temperature."""
+        return self.linear((pooled - self.mean) / self.std) / self.temperature
+
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.linear((self.pool(emb, self.f) - self.mean) / self.std) / self.temperature
+        return self.logits(self.pool(emb, self.f))
 
 
 class LayerMix(nn.Module):

@@ -410,9 +410,7 @@ def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], b
     """
     model.eval()
     if model.kind == "moments" and pooling != "window_moments":
-        head = model.head
-        x = torch.from_numpy(pooled(w, bank, model.per_window, model.layers, pooling))
-        return (head.linear((x - head.mean) / head.std) / head.temperature).numpy()
+        return model.head.logits(torch.from_numpy(pooled(w, bank, model.per_window, model.layers, pooling))).numpy()
     out = []
     for i in range(0, len(w.index), batch):
         rows = np.arange(i, min(i + batch, len(w.index)))
