@@ -630,3 +630,72 @@ def test_refusal_is_shown_in_words_and_a_token_in_the_address_is_used(
         assert page.get_attribute('a[href^="healthz"]', "href").endswith("token=s3cret")
     finally:
         browser.close()
+
+
+def test_controls_pick_a_stream_change_the_span_dismiss_and_reconnect_now(
+    daemon_factory, playwright_instance, tmp_path
+):
+    from websockets.sync.client import connect
+
+    clip = file_clip(tmp_path / "clip.wav", seconds=30)
+    daemon = daemon_factory(clip).start()
+    browser = launch(playwright_instance)
+    try:
+        page = open_page(browser, daemon.url)
+        wait_for_seq(page, 2)
+        first = page.evaluate("() => window.serState.selected")
+
+        # A second stream from another client: its card appears, and a click shows it.
+        with connect(daemon.ws_url, open_timeout=10) as other:
+            assert json.loads(other.recv(timeout=10))["type"] == "hello"
+            other.send(json.dumps({"type": "start", "sample_rate": SR, "encoding": "pcm_f32le", "channels": 1}))
+            deadline = time.monotonic() + 10
+            started = None
+            while started is None and time.monotonic() < deadline:
+                msg = json.loads(other.recv(timeout=10))
+                started = msg["stream"] if msg.get("type") == "started" else None
+            assert started, "the daemon never started the second client's stream"
+            other.send(speechlike(2.0, amp=0.5).tobytes())
+            card = page.locator(f'.stream-card[data-stream="{started}"]')
+            card.wait_for()
+            assert page.evaluate("() => window.serState.selected") == first  # a new stream does not steal the view
+            card.click()
+            page.wait_for_function(
+                "(id) => window.serState.selected === id && document.getElementById('bars').dataset.stream === id"
+                " && document.getElementById('timeline').dataset.stream === id",
+                arg=started,
+            )
+            assert card.get_attribute("aria-current") == "true"
+            assert page.locator(f'.stream-card[data-stream="{first}"]').get_attribute("aria-current") == "false"
+            assert page.text_content("#detail-h").startswith(f"Stream {started}")
+
+        # The timeline span.
+        page.locator(f'.stream-card[data-stream="{first}"]').click()
+        page.select_option("#timeline-span", "30")
+        page.wait_for_function(
+            "() => window.serState.spanS === 30 &&"
+            " document.getElementById('timeline').getAttribute('aria-label').startsWith('Timeline of the last 30 s')"
+        )
+
+        # Dismiss the daemon's messages.
+        page.evaluate("() => window.serSend({type: 'no_such_message'})")
+        page.wait_for_selector("#errors:not([hidden])")
+        page.click("#errors-clear")
+        page.wait_for_selector("#errors", state="hidden")
+        assert page.evaluate("() => window.serState.errors.length") == 0
+
+        # Reconnect now: offered while reconnecting, and it connects at once with the backoff started over.
+        assert not page.locator("#reconnect-now").is_visible()
+        daemon.kill()
+        page.wait_for_function("() => window.serState.attempt >= 2", timeout=15_000)
+        assert page.locator("#reconnect-now").is_visible()
+        daemon.start()
+        page.click("#reconnect-now")
+        page.wait_for_function(
+            "() => window.serState.connection === 'open' && window.serState.connects === 2", timeout=15_000
+        )
+        assert page.text_content("#conn-text") == "Connected (reconnected)"
+        assert not page.locator("#reconnect-now").is_visible()
+        assert not page.problems, page.problems  # type: ignore[attr-defined]
+    finally:
+        browser.close()
