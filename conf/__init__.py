@@ -1,4 +1,4 @@
-"""Configuration files (YAML), installed as package data; see ``training.config``."""
+"""Configuration files (YAML), installed as package data; see ``contract.config``."""
 
 from pathlib import Path
 

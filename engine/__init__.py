@@ -1,9 +1,10 @@
-"""Engine package: export to ONNX, inference backends behind one interface, ser-build-engine, ser-predict.
+"""Engine package: the runtime that serves an exported model, behind one interface.
 
-May import ``training`` (its torch-free modules at import time; torch only
-inside the torch backend and the exporter). Never imports ``realtime``.
+Owns the backend interface (``engine.interface``), the backend registry and
+``load_engine`` (``engine.registry``), the shipped models (``engine.shipped``),
+the onnxruntime and TensorRT backends, the TensorRT plan builder and
+``ser-predict``. May import ``contract``; never ``training`` (which produces
+the models this package serves, and registers the torch backend through an
+entry point) nor ``realtime``. Deliberately imports nothing here, so that
+importing one engine module never drags in the rest.
 """
-
-from engine.base import Engine, EngineError, load_engine
-
-__all__ = ["Engine", "EngineError", "load_engine"]

@@ -1,6 +1,6 @@
 """INT8 calibration windows from a folder of audio, exactly as the engine will see audio.
 
-Torch-free (numpy, soundfile via ``training.audio``). Calibration sets the
+Torch-free (numpy, soundfile via ``contract.audio``). Calibration sets the
 int8 ranges of every activation, so it must be real speech cut and padded the
 way ``ser-predict`` and the daemon cut it, not synthetic signals.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.base import EngineError
-from training.audio import AUDIO_SUFFIXES, SAMPLE_RATE, WINDOW_SAMPLES, AudioError, iter_windows, load_audio
+from contract.audio import AUDIO_SUFFIXES, SAMPLE_RATE, WINDOW_SAMPLES, AudioError, iter_windows, load_audio
+from engine.interface import EngineError
 
 DEFAULT_MAX_WINDOWS = 256
 

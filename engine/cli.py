@@ -1,9 +1,9 @@
-"""Console entry points ``ser-build-engine`` and ``ser-predict``.
+"""Console entry point ``ser-predict``: classify audio files offline with any backend.
 
 Parses options with click and turns every expected failure (missing or
-corrupt model, unreadable audio, TensorRT absent, parity beyond tolerance)
-into one ``error:`` line and a non-zero exit, never a traceback. Torch is
-imported only by ``ser-build-engine`` when it exports a checkpoint.
+corrupt model, unreadable audio, no usable backend) into one ``error:`` line
+and a non-zero exit, never a traceback. (``ser-build-engine``, which exports
+checkpoints, lives in ``training.build_engine``: producing models is training's job.)
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import click
 
-from engine.base import BACKENDS, EngineError, load_engine
-from engine.tensorrt_build import DEFAULT_MAX_BATCH, PRECISIONS
+from engine.interface import EngineError
+from engine.registry import backend_names, load_engine
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -25,87 +25,9 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write (default: CHECKPOINT with .onnx).")
-@click.option("--tensorrt", is_flag=True, help="Also build (or reuse) the TensorRT plan for this GPU, cached beside the ONNX.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="TensorRT plan precision.")
-@click.option("--max-batch", type=click.IntRange(1, 4096), default=DEFAULT_MAX_BATCH, show_default=True, help="Largest batch of windows the TensorRT plan accepts (profile 1..N).")
-@click.option("--calibration", type=click.Path(path_type=Path), help="Folder of speech clips for int8 calibration (required with --precision int8).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="Largest |torch - onnxruntime| probability difference accepted by the parity check.")
-@click.option("--name", help="Model name stored in the metadata (default: the output file's stem).")
-@click.option("--rebuild", is_flag=True, help="Rebuild the TensorRT plan even when a cached one matches.")
-def build_main(
-    checkpoint: Path,
-    output: Path | None,
-    tensorrt: bool,
-    precision: str,
-    max_batch: int,
-    calibration: Path | None,
-    tolerance: float,
-    name: str | None,
-    rebuild: bool,
-) -> None:
-    """Export CHECKPOINT (from ser-train) to ONNX with the spectrogram inside, verify it, optionally build TensorRT.
-
-    The ONNX takes ``waveform`` float32 [batch, samples] at 16 kHz and returns
-    ``probs`` [batch, 6]. After export it is checked with onnx.checker and
-    compared with the torch model on speech-like audio; the command fails if
-    the difference exceeds --tolerance. CHECKPOINT may also be an existing
-    .onnx, to build only its TensorRT plan.
-    """
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the exporter's INFO chatter stays quiet
-    logging.getLogger("engine").setLevel(logging.INFO)  # TensorRT build progress
-    if precision != "fp32" and not tensorrt:
-        _fail("--precision applies to the TensorRT plan: add --tensorrt")
-    if tensorrt:
-        from engine.tensorrt_build import tensorrt_available
-
-        if not tensorrt_available():
-            _fail("TensorRT is not installed on this machine (pip install 'ser[gpu]' on a machine with an NVIDIA GPU); "
-                  "nothing was built. Drop --tensorrt to export the ONNX alone.")
-        if precision == "int8" and calibration is None:
-            _fail("--precision int8 needs --calibration DIR (a folder of speech clips)")
-    if not checkpoint.exists():
-        _fail(f"checkpoint not found: {checkpoint}")
-    if checkpoint.suffix == ".onnx":
-        onnx_path = checkpoint
-        if not tensorrt:
-            _fail(f"{checkpoint} is already ONNX; pass a .ckpt to export, or add --tensorrt to build its plan")
-    else:
-        onnx_path = output or checkpoint.with_suffix(".onnx")
-        _export(checkpoint, onnx_path, tolerance, name)
-    if tensorrt:
-        _build_plan(onnx_path, precision, max_batch, calibration, rebuild)
-
-
-def _export(checkpoint: Path, output: Path, tolerance: float, name: str | None) -> None:
-    try:
-        from engine.checkpoint import CheckpointError
-        from engine.export import ExportError, export_checkpoint
-    except ImportError as exc:
-        _fail(f"exporting needs torch, onnx and onnxruntime (pip install 'ser[train,cpu]'): {exc}")
-    try:
-        report = export_checkpoint(checkpoint, output, tolerance=tolerance, name=name, log=click.echo)
-    except (CheckpointError, ExportError, EngineError) as exc:
-        _fail(str(exc))
-    click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.metadata['variant']}, checked and parity-tested)")
-
-
-def _build_plan(onnx_path: Path, precision: str, max_batch: int, calibration: Path | None, rebuild: bool) -> None:
-    from engine.backends.tensorrt_backend import TensorRTEngine
-
-    try:
-        eng = TensorRTEngine.load(onnx_path, precision=precision, max_batch=max_batch, calibration=calibration, rebuild=rebuild)
-        eng.warmup((1, eng.max_batch))
-    except EngineError as exc:
-        _fail(str(exc))
-    click.echo(f"ready: {eng.describe()}")
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", help="ONNX model, TensorRT .plan or .ckpt, or a shipped model's name: default, multilingual, compact.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help="Inference backend; auto picks TensorRT, onnxruntime CUDA, onnxruntime CPU, then torch.")
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True, help="Inference backend; auto picks TensorRT, then onnxruntime (CUDA, else CPU); checkpoints run on torch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
 @click.option("--json", "as_json", is_flag=True, help='One JSON object per line: {"path", "top", "probs", "windows"}.')
 @click.option("--batch", type=click.IntRange(1, 4096), default=16, show_default=True, help="Windows per inference call (windows of several files share a batch).")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import EngineError
+from engine.interface import BackendUnavailable, EngineError
 
 
 def cudart() -> Any:
@@ -31,7 +31,7 @@ def cudart() -> Any:
         try:
             from cuda import cudart as rt  # cuda-python < 12.6
         except ImportError as exc:
-            raise EngineError("cuda-python is not installed: pip install 'ser[gpu]' (needed by the TensorRT backend)") from exc
+            raise BackendUnavailable("cuda-python is not installed: pip install 'ser[gpu]' (needed by the TensorRT backend)") from exc
     return rt
 
 
@@ -58,7 +58,7 @@ def current_gpu(device: int = 0) -> GpuInfo:
     rt = cudart()
     count = check(rt.cudaGetDeviceCount(), "cudaGetDeviceCount")
     if not count:
-        raise EngineError("no CUDA device is visible; TensorRT needs an NVIDIA GPU")
+        raise BackendUnavailable("no CUDA device is visible; TensorRT needs an NVIDIA GPU")
     prop = check(rt.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
     name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
     return GpuInfo(name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}")

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engine.base import INPUT_NAME
+from contract.model_io import INPUT_NAME
 from engine.onnx_graph import COMPUTE_OPS, ensure_node_names, first_layer_nodes, frontend_nodes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16

@@ -1,6 +1,6 @@
 """Offline classification of whole audio files with any engine (the logic behind ``ser-predict``).
 
-Torch-free: numpy and ``training.audio``. A clip no longer than one window is
+Torch-free: numpy and ``contract.audio``. A clip no longer than one window is
 zero-padded around its centre, exactly as training pads short clips; a longer
 one is cut into half-overlapping windows, the last flush with its end, and
 their probabilities are averaged. Windows of several files share a batch.
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.base import Engine
-from training.audio import AudioError, iter_windows, load_audio
+from contract.audio import AudioError, iter_windows, load_audio
+from engine.interface import Engine
 
 
 @dataclass

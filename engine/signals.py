@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.audio import SAMPLE_RATE
+from contract.audio import SAMPLE_RATE
 
 
 def speech_like(batch: int, samples: int, seed: int = 0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import CHUNKS_INPUT, INPUT_NAME, WINDOW_EMBEDDINGS_INPUT, EngineError, parse_chunking
-from training.whisper_weights import sha256_of
+from contract.checksums import sha256_of
+from contract.model_io import CHUNKS_INPUT, INPUT_NAME, WINDOW_EMBEDDINGS_INPUT
+from engine.interface import BackendUnavailable, EngineError, ModelInfo
 
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_MAX_BATCH = 32
@@ -43,11 +44,11 @@ CALIBRATION_BATCH = 8
 
 
 def import_tensorrt() -> Any:
-    """The ``tensorrt`` module, or EngineError saying it is not installed."""
+    """The ``tensorrt`` module, or BackendUnavailable saying it is not installed."""
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise EngineError(
+        raise BackendUnavailable(
             "TensorRT is not installed: install it with pip install 'ser[gpu]' on a machine with an NVIDIA GPU "
             "(or use --backend onnxruntime)"
         ) from exc
@@ -306,8 +307,8 @@ def profile_shapes(network: Any, samples: int, max_batch: int, onnx_path: Path) 
     import onnx
 
     meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    g = parse_chunking(meta, samples, onnx_path)
-    k, c, d = g.chunks_per_window, g.chunk_samples, g.embedding_dim
+    info = ModelInfo.from_metadata(meta, onnx_path)
+    k, c, d = info.geometry.chunks_per_window, info.geometry.chunk_samples, info.embedding_dim
     return {
         CHUNKS_INPUT: ((0, c), (opt, c), (max_batch * k, c)),
         WINDOW_EMBEDDINGS_INPUT: ((0, k, d), (opt, k, d), (max_batch, k, d)),

@@ -1,6 +1,6 @@
-"""``ser-listen``: the command line of the daemon (flags -> conf/daemon.yaml overrides -> Daemon).
+"""``ser-listen``: the command line of the daemon (flags -> config overrides -> Daemon).
 
-Owns argument parsing, the security rule for binding beyond loopback, and
+Owns argument parsing and
 turning every expected failure (no model, bad device, port in use, bad config)
 into one ``ser-listen: error: ...`` line and a non-zero exit, never a
 traceback; Ctrl-C at any point after start-up exits 130 without one. The
@@ -32,7 +32,7 @@ Examples:
   ser-listen --host 0.0.0.0 --token SECRET  listen beyond loopback
   ser-listen --device demo server.max_clients=8 post.smoothing_tau_s=3
 
-Any key of conf/daemon.yaml can be given as key=value after the options.
+Any key of --show-config can be given as key=value after the options, or in a --config FILE.
 """
 
 
@@ -87,7 +87,8 @@ def _yaml_str(v: str) -> str:
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without a token.")
 @click.option("--model", default=None, help="ONNX model, or a shipped model's name: default, multilingual (Whisper base, for non-English speech), compact.")
 @click.option("--backend", default=None, help="Inference backend: auto | tensorrt | onnxruntime | torch [model.backend].")
-@click.option("--show-config", is_flag=True, help="Print the resolved configuration and exit.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None, help="A YAML file of settings (as --show-config prints them); key=value overrides and flags win over it.")
+@click.option("--show-config", is_flag=True, help="Print every setting, resolved and documented, as YAML, and exit.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 @click.argument("overrides", nargs=-1)
 def main(**options: Any) -> None:
@@ -100,12 +101,12 @@ def main(**options: Any) -> None:
 
 
 def _main(options: dict[str, Any]) -> None:
-    from engine import EngineError, load_engine
-    from realtime.config import load_daemon_config
-    from realtime.server import is_loopback_host
+    from contract.audio import SAMPLE_RATE
+    from contract.config import ConfigError
+    from engine.interface import EngineError
+    from engine.registry import load_engine
+    from realtime.config import load_daemon_config, render_yaml
     from realtime.sources import SourceError, format_device_table, list_input_devices
-    from training.audio import SAMPLE_RATE
-    from training.config import ConfigError, to_yaml
 
     verbose = options.pop("verbose")
     logging.basicConfig(
@@ -120,11 +121,11 @@ def _main(options: dict[str, Any]) -> None:
     logging.getLogger("websockets").setLevel(logging.WARNING if verbose < 2 else logging.DEBUG)
 
     try:
-        cfg = load_daemon_config(_overrides(options, options["overrides"]))
+        cfg = load_daemon_config(_overrides(options, options["overrides"]), options["config_file"])
     except ConfigError as exc:
         fail(str(exc), 2)
     if options["show_config"]:
-        click.echo(to_yaml(cfg))
+        click.echo(render_yaml(cfg), nl=False)
         return
     if options["list_devices"]:
         try:
@@ -133,13 +134,6 @@ def _main(options: dict[str, Any]) -> None:
             fail(str(exc))
         return
 
-    host = str(cfg.server.host)
-    if not is_loopback_host(host) and not cfg.server.token and not cfg.server.insecure:
-        fail(
-            f"--host {host} exposes the daemon beyond this machine: give --token SECRET (clients send ?token=SECRET), "
-            "or --insecure to allow anyone on the network",
-            2,
-        )
     from realtime.daemon import Daemon, describe_device_spec
 
     if options["fast"] and describe_device_spec(str(cfg.source.device)) not in ("file", "demo"):

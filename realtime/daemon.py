@@ -28,17 +28,17 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from engine import Engine
+from contract.audio import AUDIO_SUFFIXES
+from engine.interface import Engine
 from realtime import protocol
-from realtime.config import DaemonConfig, typed
+from realtime.config import DaemonConfig, is_loopback_host, typed
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import ProtocolError
 from realtime.scheduler import Result, Scheduler, describe_state
-from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings, is_loopback_host
+from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
-from training.audio import AUDIO_SUFFIXES
 
 log = logging.getLogger("ser-listen")
 
@@ -80,12 +80,9 @@ class Daemon:
         self.announce = announce or (lambda line: print(line, file=sys.stderr, flush=True))
         self.metrics = DaemonMetrics()
         self.labels = tuple(engine.labels)
-        chunking = (engine.chunk_samples, engine.chunk_hop_samples, engine.chunks_per_window)
         # ValueError when the hop is not a whole number of the model's chunk hops (cli.py reports it).
-        self.settings = StreamSettings.from_config(cfg, engine.window_samples, chunking=chunking)
-        self.fast_settings = StreamSettings.from_config(
-            cfg, engine.window_samples, extra_buffer_windows=self.effective_max_batch(), chunking=chunking
-        )
+        self.settings = StreamSettings.from_config(cfg, engine.geometry)
+        self.fast_settings = StreamSettings.from_config(cfg, engine.geometry, extra_buffer_windows=self.effective_max_batch())
         self.streams: dict[str, Stream] = {}
         self._remote_count = 0
         self._remote_serial = 0

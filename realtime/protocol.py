@@ -255,7 +255,7 @@ def prediction(
 
 @dataclass(frozen=True)
 class Limits:
-    """A connection's budgets (``server.*`` in conf/daemon.yaml, whose defaults live in realtime.config);
+    """A connection's budgets (``server.*`` of the daemon config; defaults in realtime.config);
     the ``hello`` message advertises them."""
 
     max_message_bytes: int

@@ -47,8 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from engine import Engine
-from engine.base import NonFiniteOutput
+from engine.interface import Engine, NonFiniteOutput
 from realtime.metrics import DaemonMetrics
 from realtime.queues import BoundedQueue
 from realtime.stream import Stream, Window

@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import email.utils
 import hmac
-import ipaddress
 import json
 import logging
 import mimetypes
@@ -51,6 +50,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from realtime import protocol
+from realtime.config import is_loopback_host
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import Close, Limits, Outcome, ProtocolError, Session
 from realtime.queues import BoundedQueue
@@ -70,7 +70,6 @@ CONTENT_TYPES = {
     ".txt": "text/plain; charset=utf-8",
     ".map": "application/json",
 }
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 PLACEHOLDER_PAGE = """<!doctype html><html lang="en"><meta charset="utf-8"><title>ser-listen</title>
 <h1>ser-listen</h1><p>The dashboard is not installed. The daemon is running: connect a
 WebSocket client to <code>/ws</code> (protocol v1), or read <a href="healthz">/healthz</a> and
@@ -80,15 +79,6 @@ WebSocket client to <code>/ws</code> (protocol v1), or read <a href="healthz">/h
 
 def dashboard_dir() -> Path:
     return Path(str(resources.files("realtime") / "dashboard"))
-
-
-def is_loopback_host(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class DaemonAPI(Protocol):

@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 
+from contract.audio import SAMPLE_RATE, pad_or_crop
+from contract.geometry import ChunkGeometry
 from realtime.postprocess import Smoother, VoiceActivity
 from realtime.ringbuffer import RingBuffer
-from training.audio import SAMPLE_RATE, pad_or_crop
 
 
 @dataclass(frozen=True)
@@ -57,34 +58,33 @@ class StreamSettings:
     vad_min_voiced_fraction: float
     smoothing_tau_s: float
     sample_rate: int = SAMPLE_RATE
-    chunk_samples: int = 0  # 0: the window is the one chunk (a whole-window model)
-    chunk_hop_samples: int = 0
-    chunks_per_window: int = 1
+    geometry: ChunkGeometry = field(default_factory=ChunkGeometry.whole_window)  # the engine's
 
     @classmethod
     def from_config(
-        cls, cfg: Any, window_samples: int, extra_buffer_windows: int = 0, chunking: tuple[int, int, int] | None = None
+        cls, cfg: Any, geometry: ChunkGeometry | int, extra_buffer_windows: int = 0
     ) -> StreamSettings:
-        """Build from the daemon config; ``extra_buffer_windows`` widens the ring for streams fed ahead (--fast).
+        """Build from the daemon config and the engine's geometry; ``extra_buffer_windows`` widens the ring (--fast).
 
-        ``chunking`` is the engine's (chunk_samples, chunk_hop_samples,
-        chunks_per_window); the hop must be a whole number of chunk hops, or
-        no chunk could be reused by the next window (ValueError).
+        ``geometry`` may be a window length alone (a whole-window model). The
+        hop must be a whole number of chunk hops, or no chunk could be reused
+        by the next window (ValueError).
         """
+        if isinstance(geometry, int):
+            geometry = ChunkGeometry.whole_window(geometry)
         sr = SAMPLE_RATE
         hop = int(round(cfg.audio.hop_s * sr))
-        chunk, chunk_hop, k = chunking if chunking is not None and chunking[1] > 0 else (0, 0, 1)
+        chunk_hop = geometry.hop_samples
         if chunk_hop and hop % chunk_hop:
             raise ValueError(
                 f"audio.hop_s={cfg.audio.hop_s:g} is not a multiple of the model's chunk hop "
                 f"({chunk_hop / sr:g} s): use a hop of {chunk_hop / sr:g} s or a multiple of it"
             )
+        window_samples = geometry.window_samples
         buffer = max(int(round(cfg.audio.buffer_s * sr)), window_samples + hop * (extra_buffer_windows + 2))
         a, post = cfg.audio, cfg.post  # typed and validated by realtime.config
         return cls(
-            chunk_samples=chunk,
-            chunk_hop_samples=chunk_hop,
-            chunks_per_window=k,
+            geometry=geometry,
             window_samples=window_samples,
             hop_samples=hop,
             min_audio_samples=min(window_samples, max(1, int(round(a.min_audio_s * sr)))),
@@ -304,21 +304,17 @@ class Stream:
         Every chunk that ends at or before the stream's first sample is all
         zeros, so they share the key 0 and are encoded once.
         """
-        s = self.settings
-        if s.chunk_hop_samples == 0:
-            return [window.end]
-        last = s.chunks_per_window - 1
-        return [max(0, window.end - (last - i) * s.chunk_hop_samples) for i in range(s.chunks_per_window)]
+        return self.settings.geometry.chunk_keys(window.end)
 
     def read_chunk(self, key: int, out: np.ndarray) -> bool:
         """Fill ``out`` with the chunk ending at sample ``key`` (zeros before the stream's start); False if overwritten.
 
         For a whole-window model the chunk is the window, padded centred as in training (``read_window``).
         """
-        s = self.settings
-        if s.chunk_hop_samples == 0:
+        g = self.settings.geometry
+        if not g.chunked:
             return self.read_window(Window(self, -1, key, 0.0), out)
-        n = s.chunk_samples
+        n = g.chunk_samples
         if key >= n:
             return self.ring.read_into(out, key - n)
         audio = self.ring.read(0, key) if key > 0 else np.zeros(0, np.float32)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_S
+from contract.audio import LABELS, SAMPLE_RATE, WINDOW_S
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -210,7 +210,7 @@ def energy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def engine(energy_model: Path) -> Any:
     """The energy model on onnxruntime, warmed up: what the daemon's own tests run on."""
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = load_engine(energy_model, backend="onnxruntime")
     eng.warmup()

@@ -18,7 +18,7 @@ def make_checkpoint(
     import torch
     from omegaconf import OmegaConf
 
-    from training.config import compose
+    from contract.config import compose
     from training.model import build_model
 
     torch.manual_seed(seed)
@@ -42,7 +42,7 @@ def exported_compact(base: Path) -> Path:
     """The compact model exported once per test session (export + parity takes seconds, not minutes)."""
     key = (str(base), "compact")
     if key not in _EXPORTS:
-        from engine.export import export_checkpoint
+        from training.export import export_checkpoint
 
         ckpt = make_checkpoint(base / "engine-models" / "compact.ckpt")
         export_checkpoint(ckpt, base / "engine-models" / "compact.onnx", log=lambda _msg: None)

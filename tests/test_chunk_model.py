@@ -14,7 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.audio import LABELS, WINDOW_SAMPLES  # noqa: E402
+from contract.audio import LABELS, WINDOW_SAMPLES  # noqa: E402
+from contract.geometry import ChunkGeometry  # noqa: E402
+from contract.model_io import chunk_metadata  # noqa: E402
 from training.chunk_training import (  # noqa: E402
     Windows,
     expected_calibration_error,
@@ -24,9 +26,9 @@ from training.chunk_training import (  # noqa: E402
     score_clips,
 )
 from training.corpora import Record  # noqa: E402
-from training.features import Chunking, FeatureSet, degrade, placed_windows  # noqa: E402
+from training.features import FeatureSet, degrade, placed_windows  # noqa: E402
 
-CH = Chunking()
+CH = ChunkGeometry()
 
 
 def small_cfg(**head: object) -> dict:
@@ -35,31 +37,6 @@ def small_cfg(**head: object) -> dict:
         "encoder": {"name": "tiny.en", "blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
         "head": {"kind": "moments", "layers": [0, 1, 2], "mix": "concat", "hidden": 0, "dropout": 0.1, "pooling": "attention", **head},
     }
-
-
-def test_chunking_tiles_the_window() -> None:
-    assert CH.per_window == 9
-    w = np.arange(WINDOW_SAMPLES, dtype=np.float32)
-    frames = CH.frame(w)
-    assert frames.shape == (9, 16000)
-    assert frames[0, 0] == 0 and frames[-1, -1] == WINDOW_SAMPLES - 1 and frames[1, 0] == 8000
-    with pytest.raises(ValueError):
-        Chunking(chunk=16000, hop=7000)
-
-
-@pytest.mark.parametrize("seconds", [0.3, 1.0, 2.7, 5.0])
-def test_a_short_clip_is_centred_and_only_chunks_touching_it_are_kept(seconds: float) -> None:
-    n = int(seconds * 16000)
-    audio = np.ones(n, np.float32)
-    [(chunks, silent)] = placed_windows(audio, CH)
-    assert len(chunks) + silent == CH.per_window
-    # Every kept chunk holds audio, and all the clip's samples are covered by them.
-    assert all(c.any() for c in chunks)
-    canvas = np.zeros(WINDOW_SAMPLES, np.float32)
-    left = (WINDOW_SAMPLES - n) // 2
-    canvas[left : left + n] = 1
-    all_chunks = CH.frame(canvas)
-    assert sum(int(c.any()) for c in all_chunks) == len(chunks)
 
 
 def test_a_long_clip_gives_several_full_windows() -> None:
@@ -218,7 +195,7 @@ def test_offline_forward_is_encode_then_classify() -> None:
     wave = torch.randn(2, WINDOW_SAMPLES) * 0.1
     with torch.inference_mode():
         whole = model(wave)
-        chunks = torch.from_numpy(CH.frame(wave.numpy())).reshape(-1, CH.chunk)
+        chunks = torch.from_numpy(CH.frame(wave.numpy())).reshape(-1, CH.chunk_samples)
         halves = model.classify(model.encode_chunks(chunks).reshape(2, 9, -1))
     torch.testing.assert_close(whole, halves)
 
@@ -227,9 +204,9 @@ def test_offline_forward_is_encode_then_classify() -> None:
 def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
     """Random-weight chunk model -> ONNX: parity, float16-exact storage, engine offline == streaming."""
     pytest.importorskip("onnxruntime")
-    from engine import load_engine
-    from engine.export_chunked import chunked_parity, export_chunked_onnx
+    from engine.registry import load_engine
     from training.chunk_model import WhisperChunkModel
+    from training.export_chunked import chunked_parity, export_chunked_onnx
 
     torch.manual_seed(0)
     model = WhisperChunkModel(small_cfg(hidden=32)).eval()
@@ -237,7 +214,7 @@ def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
         for p in model.encoder.parameters():
             p.copy_(p.half().float())
     meta = {"labels": '["anger", "disgust", "fear", "happy", "neutral", "sad"]', "sample_rate": "16000", "window_s": "5.0",
-            "variant": "whisper", "name": "t", **{k: str(v) for k, v in model.chunking.items()}}
+            "variant": "whisper", "name": "t", **chunk_metadata(model.geometry, model.embedding_dim)}
     path = tmp_path / "m.onnx"
     export_chunked_onnx(model, path, meta)
     assert chunked_parity(model, path) < 1e-4
@@ -245,12 +222,12 @@ def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
     assert path.stat().st_size < 0.6 * fp32_bytes  # encoder weights stored as float16
     eng = load_engine(path, backend="onnxruntime")
     assert eng.chunked and eng.chunks_per_window == 9
-    audio = (np.random.default_rng(0).standard_normal(WINDOW_SAMPLES + 4 * CH.hop) * 0.1).astype(np.float32)
+    audio = (np.random.default_rng(0).standard_normal(WINDOW_SAMPLES + 4 * CH.hop_samples) * 0.1).astype(np.float32)
     # Streaming: every chunk encoded once, windows assembled from the last 9 embeddings.
-    starts = np.arange(0, len(audio) - CH.chunk + 1, CH.hop)
-    emb = eng.encode_chunks(np.stack([audio[s : s + CH.chunk] for s in starts]))
+    starts = np.arange(0, len(audio) - CH.chunk_samples + 1, CH.hop_samples)
+    emb = eng.encode_chunks(np.stack([audio[s : s + CH.chunk_samples] for s in starts]))
     streamed = eng.classify(np.stack([emb[i : i + 9] for i in range(len(starts) - 8)]))
-    offline = eng.infer(np.stack([audio[i * CH.hop : i * CH.hop + WINDOW_SAMPLES] for i in range(len(starts) - 8)]))
+    offline = eng.infer(np.stack([audio[i * CH.hop_samples : i * CH.hop_samples + WINDOW_SAMPLES] for i in range(len(starts) - 8)]))
     np.testing.assert_allclose(streamed, offline, atol=1e-5)
     with torch.inference_mode():
         ref = torch.softmax(model(torch.from_numpy(audio[:WINDOW_SAMPLES])[None]), -1).numpy()

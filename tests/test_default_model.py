@@ -17,13 +17,15 @@ import pytest
 from click.testing import CliRunner
 from omegaconf import OmegaConf
 
-import engine.base
-from engine.base import EngineError, default_model_path, load_engine
+import engine.shipped
+from contract.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES
 from engine.cli import predict_main
+from engine.interface import EngineError
 from engine.predict import classify_files
+from engine.registry import load_engine
+from engine.shipped import default_model_path
 from engine.signals import speech_like
 from tests.conftest import write_wav
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES
 from training.corpora import scan_corpus
 from training.metrics import classification_metrics
 from training.whisper_weights import MODEL_BIN_SHA256
@@ -66,7 +68,7 @@ def test_default_model_scores_the_same_offline_and_streaming() -> None:
 
 def test_multilingual_model_loads_by_name_and_is_small() -> None:
     """``--model multilingual``: Whisper base (3 blocks) + the moments head, package data of at most 25 MB."""
-    from engine.base import shipped_models
+    from engine.shipped import shipped_models
     from training.whisper_weights import weights_source
 
     path = shipped_models()["multilingual"]
@@ -101,7 +103,7 @@ def test_model_card_and_reproducing_configs_are_shipped_with_them() -> None:
 
 
 def test_without_a_shipped_model_the_error_asks_for_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(engine.base, "default_model_path", lambda: tmp_path / "default.onnx")
+    monkeypatch.setattr(engine.shipped, "default_model_path", lambda: tmp_path / "default.onnx")
     with pytest.raises(EngineError, match="--model PATH is required"):
         load_engine(None)
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.base import EngineError, load_engine
+from contract.audio import LABELS, WINDOW_SAMPLES
+from engine.interface import EngineError
+from engine.registry import load_engine
 from engine.signals import speech_like
 from engine.tensorrt_build import tensorrt_available
-from training.audio import LABELS, WINDOW_SAMPLES
 
 pytest.importorskip("onnxruntime")
 
@@ -19,7 +20,7 @@ pytest.importorskip("onnxruntime")
 def test_auto_picks_onnxruntime_cpu_and_logs_it(energy_model: Path, caplog: pytest.LogCaptureFixture) -> None:
     if tensorrt_available():
         pytest.skip("TensorRT is installed: auto would pick it")
-    with caplog.at_level(logging.INFO, logger="engine.base"):
+    with caplog.at_level(logging.INFO, logger="engine.registry"):
         eng = load_engine(energy_model)
     assert eng.name == "onnxruntime"
     import onnxruntime as ort
@@ -191,7 +192,7 @@ def test_streaming_calls_check_their_inputs(model: str, request: pytest.FixtureR
 
 def test_non_finite_output_is_an_engine_error_naming_the_rows(nan_model: Path) -> None:
     """Finding 5: a NaN output is caught in the engine, for the rows that hold it, not passed on."""
-    from engine.base import NonFiniteOutput
+    from engine.interface import NonFiniteOutput
 
     eng = load_engine(nan_model, backend="onnxruntime", device="cpu")
     good, bad = np.full(WINDOW_SAMPLES, 0.1, np.float32), np.full(WINDOW_SAMPLES, -0.1, np.float32)
@@ -251,13 +252,14 @@ def test_torch_backend_runs_a_chunked_module_like_onnxruntime(chunked_model: Pat
     onnx = pytest.importorskip("onnx")
     from onnx import numpy_helper
 
-    from engine.backends.torch_backend import TorchEngine
+    from contract.geometry import ChunkGeometry
+    from training.torch_backend import TorchEngine
 
     graph = onnx.load(str(chunked_model)).graph
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
 
     class Chunked(torch.nn.Module):
-        chunking = {"chunk_samples": 16000, "chunk_hop_samples": 8000, "chunks_per_window": 9, "embedding_dim": 4}
+        geometry, embedding_dim = ChunkGeometry(80000, 16000, 8000), 4
 
         def encode_chunks(self, x):
             logpow = torch.log((x * x).mean(1, keepdim=True) + 1e-6)

@@ -14,16 +14,17 @@ ort = pytest.importorskip("onnxruntime")
 
 from click.testing import CliRunner  # noqa: E402
 
-from engine.backends.ort import read_model_info  # noqa: E402
-from engine.checkpoint import open_checkpoint  # noqa: E402
-from engine.cli import build_main  # noqa: E402
-from engine.export import ExportError, ServingModel, export_checkpoint, parity  # noqa: E402
-from engine.metadata import model_metadata  # noqa: E402
+from contract.audio import LABELS, WINDOW_SAMPLES  # noqa: E402
+from engine.model_file import read_model_info  # noqa: E402
 from engine.onnx_graph import TENSORRT_OPS, frontend_nodes, unsupported_ops, uses_external_data  # noqa: E402
 from engine.signals import speech_like  # noqa: E402
 from engine.tensorrt_build import tensorrt_available  # noqa: E402
 from tests.engine_fixtures import exported_compact, make_checkpoint  # noqa: E402
-from training.audio import LABELS, WINDOW_SAMPLES  # noqa: E402
+from training.build_engine import main as build_main  # noqa: E402
+from training.checkpoint import open_checkpoint  # noqa: E402
+from training.export import ExportError, export_checkpoint  # noqa: E402
+from training.export_window import ServingModel, parity  # noqa: E402
+from training.metadata import model_metadata  # noqa: E402
 from training.model import load_checkpoint  # noqa: E402
 
 

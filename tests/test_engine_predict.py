@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from engine.base import load_engine
+from contract.audio import WINDOW_SAMPLES, load_audio, pad_or_crop, window_starts
 from engine.cli import predict_main
 from engine.predict import classify_files
+from engine.registry import load_engine
 from engine.signals import speech_like
 from tests.conftest import tone, write_wav
-from training.audio import WINDOW_SAMPLES, load_audio, pad_or_crop, window_starts
 
 pytest.importorskip("onnxruntime")
 

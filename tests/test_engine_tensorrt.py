@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.base import EngineError
+from contract.audio import WINDOW_SAMPLES
 from engine.calibration import calibration_windows
+from engine.interface import EngineError
 from engine.signals import speech_like
 from engine.tensorrt_build import (
     PlanKey,
@@ -23,7 +24,6 @@ from engine.tensorrt_build import (
     write_sidecar,
 )
 from tests.conftest import tone, write_wav
-from training.audio import WINDOW_SAMPLES
 
 KEY = PlanKey("NVIDIA H100 80GB HBM3", "9.0", "10.9.0.34", "fp16", 32, WINDOW_SAMPLES, "ab" * 32)
 
@@ -185,8 +185,8 @@ def test_int8_of_the_shipped_compact_model_stays_close_because_its_first_conv_st
     """Properties that hold on every CPU; the measured numbers (which depend on the CPU's int8
     kernels: 0.131 vs 0.034 on one machine, 0.020 vs 0.015 on another) live in bench/int8.py."""
     pytest.importorskip("onnx")
-    from engine.base import default_model_path
     from engine.precision import quantize_qdq
+    from engine.shipped import default_model_path
 
     model = default_model_path().parent / "compact.onnx"  # the trained whole-window model (int8 Q/DQ path)
     if not model.is_file():
@@ -234,7 +234,7 @@ needs_tensorrt = pytest.mark.skipif(not tensorrt_available(), reason="TensorRT i
 def test_tensorrt_plan_matches_onnxruntime_and_is_cached(compact_onnx: Path, tmp_path: Path, precision: str) -> None:
     import shutil
 
-    from engine.base import load_engine
+    from engine.registry import load_engine
 
     model = Path(shutil.copy(compact_onnx, tmp_path / "model.onnx"))
     eng = load_engine(model, backend="tensorrt", precision=precision, max_batch=8)
@@ -254,7 +254,7 @@ def test_tensorrt_plan_matches_onnxruntime_and_is_cached(compact_onnx: Path, tmp
 def test_tensorrt_chunked_plan_runs_both_halves_like_onnxruntime(chunked_model: Path, tmp_path: Path) -> None:
     import shutil
 
-    from engine.base import load_engine
+    from engine.registry import load_engine
 
     model = Path(shutil.copy(chunked_model, tmp_path / "chunked.onnx"))
     eng = load_engine(model, backend="tensorrt", precision="fp32", max_batch=4)

@@ -21,10 +21,10 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from contract.audio import LABELS, load_audio
 from realtime.sources import demo_clip_path
 from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
-from training.audio import LABELS, load_audio
 
 REPO = Path(__file__).resolve().parents[1]
 SR = 16_000
@@ -200,7 +200,7 @@ def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
 @pytest.mark.parametrize("model", ["energy_model", "chunked_model"])
 def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, request, tmp_path):
     """Streaming (chunks encoded once per stream, cached, batched) gives what engine.infer gives per window."""
-    from engine import load_engine
+    from engine.registry import load_engine
     from tests.test_realtime_units import expected_window
 
     path = request.getfixturevalue(model)
@@ -282,7 +282,7 @@ def test_jsonl_to_a_stdout_nobody_reads_keeps_the_daemon_responsive(energy_model
 
 def test_ctrl_c_while_the_model_loads_prints_no_traceback(procs):
     """Finding 10: Ctrl-C during model load printed a traceback. A big warm-up batch keeps it loading."""
-    from engine.base import default_model_path
+    from engine.shipped import default_model_path
 
     if not default_model_path().is_file():
         pytest.skip("no shipped model")

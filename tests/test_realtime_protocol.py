@@ -38,7 +38,7 @@ def shipped_limits() -> Limits:
 
 
 def limits(**over: float) -> Limits:
-    """The shipped budgets (conf/daemon.yaml), with ``over`` changed."""
+    """The shipped budgets (realtime.config defaults), with ``over`` changed."""
     return dataclasses.replace(shipped_limits(), **over)
 
 

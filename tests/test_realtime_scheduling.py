@@ -8,12 +8,12 @@ fairness alone gives it one turn per round, so a backlog of bursts still delays 
 
 from __future__ import annotations
 
+from contract.audio import LABELS
+from realtime.config import load_daemon_config
 from realtime.metrics import DaemonMetrics
 from realtime.scheduler import BACKGROUND_BATCH_DIVISOR, BACKGROUND_SHARE, LIVE_RECENT_S, Result, Scheduler
 from realtime.stream import Stream, StreamSettings
 from tests.conftest import ResultCollector, tone
-from training.audio import LABELS
-from training.config import compose
 
 SR = 16_000
 
@@ -21,7 +21,7 @@ SR = 16_000
 def backlog_and_live(engine, live: bool) -> tuple[list[list[Result]], Scheduler]:
     batches = ResultCollector()
     sched = Scheduler(engine, batches, DaemonMetrics(), max_batch=8, max_wait_s=0.0, stale_after_s=60.0, max_queue=256)
-    settings = StreamSettings.from_config(compose("daemon", []), engine.window_samples)
+    settings = StreamSettings.from_config(load_daemon_config(), engine.window_samples)
     bursts = [Stream(f"burst-{i}", "remote", settings, SR, 1, sched.submit, LABELS) for i in range(4)]
     for b in bursts:  # new streams that sent 6 s at once: 11 windows each, all due now
         b.push(tone(seconds=6.0, amp=0.2))

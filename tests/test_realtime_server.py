@@ -23,12 +23,12 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from contract.audio import LABELS, load_audio
+from realtime.config import load_daemon_config
 from realtime.daemon import Daemon
 from realtime.sources import demo_clip_path
 from realtime.testing import script
 from tests.conftest import write_wav
-from training.audio import LABELS, load_audio
-from training.config import compose
 
 SR = 16_000
 
@@ -38,7 +38,7 @@ class Running:
 
     def __init__(self, engine, overrides=(), device="none", fast=False):
         self.overrides = list(overrides)
-        cfg = compose("daemon", ["server.port=0", "server.drain_timeout_s=0.2", *overrides])
+        cfg = load_daemon_config(["server.port=0", "server.drain_timeout_s=0.2", *overrides])
         self.lines: list[str] = []
         self.ready = threading.Event()
         self.daemon = Daemon(cfg, engine, device=device, fast=fast, announce=self._announce)
@@ -146,13 +146,15 @@ def test_http_routes(engine):
 def test_dashboard_files_are_served_with_their_types(engine):
     from realtime.server import dashboard_dir
 
-    files = {p.name: p for p in dashboard_dir().iterdir()} if dashboard_dir().is_dir() else {}
+    files = {p.name: p for p in dashboard_dir().iterdir()}
+    want = {"index.html": "text/html", "app.mjs": "text/javascript", "protocol.mjs": "text/javascript",
+            "mic-worklet.js": "text/javascript", "style.css": "text/css"}
+    assert set(want) <= set(files), sorted(files)
     with Running(engine) as d:
-        for name, ctype in (("app.js", "text/javascript"), ("style.css", "text/css")):
-            if name in files:
-                with urllib.request.urlopen(f"{d.http}/{name}", timeout=5) as r:
-                    assert r.headers["Content-Type"].startswith(ctype)
-                    assert r.read() == files[name].read_bytes()
+        for name, ctype in want.items():
+            with urllib.request.urlopen(f"{d.http}/{name}", timeout=5) as r:
+                assert r.headers["Content-Type"].startswith(ctype)
+                assert r.read() == files[name].read_bytes()
 
 
 def test_remote_stream_44k1_stereo_round_trip(engine):

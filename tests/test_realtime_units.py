@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from contract.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES, load_audio, pad_or_crop
 from realtime import protocol
 from realtime.config import load_daemon_config
 from realtime.metrics import DaemonMetrics
@@ -25,7 +26,6 @@ from realtime.scheduler import Scheduler
 from realtime.sources import demo_clip_path
 from realtime.stream import Stream, StreamSettings, Window
 from tests.conftest import ResultCollector, tone
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES, load_audio, pad_or_crop
 
 SR = SAMPLE_RATE
 
@@ -368,7 +368,7 @@ class CountingEngine:
 
 @pytest.fixture(scope="module", params=["energy_model", "chunked_model"])
 def any_engine(request):
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = load_engine(request.getfixturevalue(request.param), backend="onnxruntime", device="cpu")
     eng.warmup()
@@ -377,7 +377,7 @@ def any_engine(request):
 
 def engine_settings(eng, **over) -> StreamSettings:
     cfg = load_daemon_config([f"{k}={v}" for k, v in over.items()])
-    return StreamSettings.from_config(cfg, eng.window_samples, chunking=(eng.chunk_samples, eng.chunk_hop_samples, eng.chunks_per_window))
+    return StreamSettings.from_config(cfg, eng.geometry)
 
 
 def test_streaming_gives_the_offline_probabilities_and_encodes_each_chunk_once(any_engine):
@@ -409,7 +409,7 @@ def test_streaming_gives_the_offline_probabilities_and_encodes_each_chunk_once(a
 
 def test_the_silence_before_a_stream_start_is_encoded_once_for_all_streams(chunked_model):
     """A new stream's first window is mostly chunks of zeros from before its start: one embedding serves all."""
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
     sched, col, _ = make_scheduler(eng, max_batch=8, max_wait_s=0.0)
@@ -427,7 +427,7 @@ def test_the_silence_before_a_stream_start_is_encoded_once_for_all_streams(chunk
 
 
 def test_one_encode_and_one_classify_call_per_batch_across_streams(chunked_model):
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
     sched, col, _ = make_scheduler(eng, max_batch=16, max_wait_s=0.0)  # room for the 6 windows' 12 chunks
@@ -449,7 +449,7 @@ def test_a_batch_encodes_at_most_max_batch_chunks_but_its_first_window_goes_what
     """A stream's window after dropped ones needs up to K new chunks, not one: a batch limited in windows
     alone could cost K times what max_batch one-hop windows cost, and a live window falling due meanwhile
     waited for all of it (issue 11: a good stream's p99 beside a hostile crowd)."""
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = CountingEngine(load_engine(chunked_model, backend="onnxruntime", device="cpu"))
     sched, col, _ = make_scheduler(eng, max_batch=2, max_wait_s=0.0)
@@ -463,7 +463,7 @@ def test_a_batch_encodes_at_most_max_batch_chunks_but_its_first_window_goes_what
 
 
 def test_hop_off_the_chunk_grid_is_refused(chunked_model):
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
     with pytest.raises(ValueError, match=r"audio.hop_s=0.3 is not a multiple of the model's chunk hop \(0.5 s\)"):
@@ -511,7 +511,7 @@ def test_one_clients_many_streams_share_one_turn(engine):
 
 def test_non_finite_rows_cost_only_their_own_windows(nan_model):
     """Finding 5: in one batch a window the model turns into NaN is dropped; the other stream keeps its result."""
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = load_engine(nan_model, backend="onnxruntime", device="cpu")
     sched, col, metrics = make_scheduler(eng, max_batch=4, max_wait_s=0.0)
@@ -579,7 +579,7 @@ def failing_onnx(path):
 def test_a_failing_engine_backs_off_and_reports_itself(tmp_path, caplog):
     """Finding 6: every engine call failing used to log a traceback per batch, at full speed, with /healthz 'ok'."""
     pytest.importorskip("onnx")
-    from engine import load_engine
+    from engine.registry import load_engine
     from realtime.daemon import Daemon
 
     eng = load_engine(failing_onnx(tmp_path / "fails.onnx"), backend="onnxruntime", device="cpu")
@@ -716,15 +716,52 @@ def test_jsonl_writer_writes_every_line_to_a_reader():
 # ------------------------------------------------------------------ the typed daemon config
 
 
-def test_daemon_yaml_and_the_schema_agree_on_every_key_and_default():
+def test_show_config_documents_every_key_and_reads_back_as_the_same_config(tmp_path):
+    import dataclasses
+
     from omegaconf import OmegaConf
 
-    from realtime.config import DaemonConfig
-    from training.config import compose
+    from realtime.config import DaemonConfig, load_daemon_config, render_yaml
 
-    yaml_cfg = OmegaConf.to_container(compose("daemon"))
-    yaml_cfg.pop("choices", None)
-    assert yaml_cfg == OmegaConf.to_container(OmegaConf.structured(DaemonConfig))
+    for section in dataclasses.fields(DaemonConfig):
+        for f in dataclasses.fields(section.default_factory):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} has no documentation"
+    cfg = load_daemon_config(["server.port=9001", "post.smoothing_tau_s=3", "model.threads=1", "server.token='0123'"])
+    text = render_yaml(cfg)
+    assert "  port: 9001  # 0 picks a free port" in text and "  token: '0123'  #" in text
+    path = tmp_path / "ser.yaml"
+    path.write_text(text)
+    again = load_daemon_config([], path)
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+    assert OmegaConf.to_container(load_daemon_config()) == OmegaConf.to_container(OmegaConf.structured(DaemonConfig))
+    later = load_daemon_config(["server.port=9002"], path)  # overrides win over the file
+    assert later.server.port == 9002 and later.post.smoothing_tau_s == 3
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    ("server: [1, 2]", "server"), ("- 1", "mapping"), ("server:\n  prot: 1", "prot"), ("a: [", "not YAML"),
+])
+def test_a_bad_config_file_is_refused_naming_the_key(tmp_path, content, words):
+    from contract.config import ConfigError
+    from realtime.config import load_daemon_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=words):
+        load_daemon_config([], path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_daemon_config([], tmp_path / "absent.yaml")
+
+
+def test_a_daemon_built_in_python_refuses_a_public_host_without_a_token():
+    from contract.config import ConfigError
+    from realtime.config import load_daemon_config
+
+    with pytest.raises(ConfigError, match="server.host 0.0.0.0 exposes"):
+        load_daemon_config(["server.host=0.0.0.0"])
+    assert load_daemon_config(["server.host=0.0.0.0", "server.token=s"]).server.token == "s"
+    assert load_daemon_config(["server.host=0.0.0.0", "server.insecure=true"]).server.insecure
+    assert load_daemon_config(["server.host=::1"]).server.host == "::1"
 
 
 @pytest.mark.parametrize(
@@ -742,7 +779,7 @@ def test_daemon_yaml_and_the_schema_agree_on_every_key_and_default():
     ],
 )
 def test_daemon_config_rejects_bad_values_naming_the_key(override, words):
-    from training.config import ConfigError
+    from contract.config import ConfigError
 
     with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("(", r"\(")):
         load_daemon_config([override])
@@ -756,7 +793,7 @@ def test_daemon_config_is_typed_once():
 
 def test_a_window_served_late_is_still_scored_right_and_keeps_the_cache_bounded(chunked_model):
     """Windows of one stream can be served out of order (priority classes); chunks are re-encoded if need be."""
-    from engine import load_engine
+    from engine.registry import load_engine
 
     eng = load_engine(chunked_model, backend="onnxruntime", device="cpu")
     sched, col, _ = make_scheduler(eng, max_batch=1, max_wait_s=0.0)

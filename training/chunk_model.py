@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_SAMPLES
+from contract.audio import LABELS
+from contract.geometry import ChunkGeometry
 from training.voicing import chunk_gate, combine, frame_levels, frame_weights, weighted_moments
 from training.whisper import DIMENSIONS, HOP_LENGTH, WhisperEncoder, WhisperLogMel
 
@@ -146,14 +147,11 @@ class WhisperChunkModel(nn.Module):
         if self.kind not in KINDS:
             raise ValueError(f"head.kind must be one of {KINDS}, got {self.kind!r}")
         blocks = max(self.layers)  # run only the blocks whose states are used
-        self.chunk = int(round(float(enc["chunk_s"]) * SAMPLE_RATE))
-        self.hop = int(round(float(enc["hop_s"]) * SAMPLE_RATE))
-        if (WINDOW_SAMPLES - self.chunk) % self.hop:
-            raise ValueError("encoder.chunk_s and hop_s must tile the 5 s window")
-        self.per_window = (WINDOW_SAMPLES - self.chunk) // self.hop + 1
+        # GeometryError (a ValueError) when chunk_s and hop_s do not tile the window.
+        self.geometry = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
         self.d = dims.n_audio_state
         self.frontend = WhisperLogMel()
-        self.encoder = WhisperEncoder(dims, blocks, max_positions=self.chunk // HOP_LENGTH // 2)
+        self.encoder = WhisperEncoder(dims, blocks, max_positions=self.geometry.chunk_samples // HOP_LENGTH // 2)
         f = len(self.layers) * self.d
         if self.kind == "moments":
             self.mix = None
@@ -163,12 +161,7 @@ class WhisperChunkModel(nn.Module):
             self.mix = LayerMix(len(self.layers), 2 * self.d, str(head.get("mix", "concat")))
             self.head = ChunkHead(self.mix.dim, int(head.get("hidden", 0)), float(head.get("dropout", 0.3)), str(head.get("pooling", "attention")))
             dim = self.mix.dim
-        self.chunking = {
-            "chunk_samples": self.chunk,
-            "chunk_hop_samples": self.hop,
-            "chunks_per_window": self.per_window,
-            "embedding_dim": dim,
-        }
+        self.embedding_dim = dim
 
     def chunk_stats(self, chunks: torch.Tensor) -> torch.Tensor:
         """``[N, chunk]`` -> ``[N, len(layers), 2 d]``: all-frame mean and deviation (the attention head's input)."""
@@ -196,10 +189,10 @@ class WhisperChunkModel(nn.Module):
         return self.head(window_embeddings)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        b = waveform.shape[0]
-        chunks = waveform.unfold(1, self.chunk, self.hop)  # [B, K, chunk]
-        emb = self.encode_chunks(chunks.reshape(b * self.per_window, self.chunk))
-        return self.classify(emb.reshape(b, self.per_window, -1))
+        b, g = waveform.shape[0], self.geometry
+        chunks = waveform.unfold(1, g.chunk_samples, g.hop_samples)  # [B, K, chunk]
+        emb = self.encode_chunks(chunks.reshape(b * g.chunks_per_window, g.chunk_samples))
+        return self.classify(emb.reshape(b, g.chunks_per_window, -1))
 
     def load_pretrained_encoder(self) -> None:
         """Copy the verified Whisper weights in (a new model; checkpoints carry them already)."""

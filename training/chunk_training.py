@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from training.audio import LABELS, SAMPLE_RATE
+from contract.audio import LABELS
 from training.corpora import Record
 from training.features import FeatureSet
 
@@ -297,7 +297,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     c = {**DEFAULT_TRAINER, **(cfg or {})}
     if model.kind == "attention":
         return _fit_attention(model, train, records, bank, c, seed)
-    k, layers = model.per_window, model.layers
+    k, layers = model.geometry.chunks_per_window, model.layers
     xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
     weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"))
@@ -336,7 +336,7 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     layers = model.layers
-    k = model.per_window
+    k = model.geometry.chunks_per_window
     _set_standardisation(model, train[0], layers)
 
     labels = torch.tensor([r.label_index for r in records])
@@ -410,11 +410,11 @@ def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], b
     """
     model.eval()
     if model.kind == "moments" and pooling != "window_moments":
-        return model.head.logits(torch.from_numpy(pooled(w, bank, model.per_window, model.layers, pooling))).numpy()
+        return model.head.logits(torch.from_numpy(pooled(w, bank, model.geometry.chunks_per_window, model.layers, pooling))).numpy()
     out = []
     for i in range(0, len(w.index), batch):
         rows = np.arange(i, min(i + batch, len(w.index)))
-        rich = assemble(w, rows, bank, model.per_window, model.layers, None)
+        rich = assemble(w, rows, bank, model.geometry.chunks_per_window, model.layers, None)
         if model.kind == "moments":
             out.append(model.classify(served_embeddings(rich)).numpy())
         else:
@@ -515,8 +515,9 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
     import json
     from pathlib import Path
 
+    from contract.geometry import ChunkGeometry
     from training.corpora import scan_corpora
-    from training.features import Chunking, FeatureCache
+    from training.features import FeatureCache
     from training.metrics import summary_line, write_report
     from training.splits import split_records
     from training.whisper_weights import weights_source
@@ -529,7 +530,7 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
     if not splits.val:
         raise ValueError("the validation split is empty (needed for calibration): set split.val_fraction > 0 or split.val_speakers")
     enc = mc["encoder"]
-    ch = Chunking(int(round(float(enc["chunk_s"]) * SAMPLE_RATE)), int(round(float(enc["hop_s"]) * SAMPLE_RATE)))
+    ch = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
     cache = FeatureCache(cfg["dataset"]["cache_dir"], ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
     test = {"test": (splits.test, {"name": "clean"})} if splits.test else {}
     r = train_split(mc, dict(mc.get("head_trainer") or {}), splits.train, splits.val, test, cache, int(cfg["seed"]))

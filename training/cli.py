@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from training.config import ConfigError, compose, save, to_dict
+from contract.config import ConfigError, compose, save, to_dict
 from training.corpora import DataError
 
 log = logging.getLogger("ser")
@@ -49,7 +49,7 @@ def train_main(overrides: Sequence[str], show_config: bool, verbose: bool) -> No
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if show_config:
-        from training.config import to_yaml
+        from contract.config import to_yaml
 
         click.echo(to_yaml(cfg))
         return
@@ -156,7 +156,7 @@ def run_training(cfg: dict) -> Path:
 
 
 def compose_from_dict(cfg: dict):  # noqa: ANN201 - OmegaConf type
-    from training.config import from_dict
+    from contract.config import from_dict
 
     return from_dict(cfg)
 
@@ -223,7 +223,7 @@ def evaluate_checkpoint(checkpoint: Path | list[Path], corpora: list[dict], spea
     import numpy as np
     import torch
 
-    from training.audio import SAMPLE_RATE, WINDOW_SAMPLES
+    from contract.audio import SAMPLE_RATE, WINDOW_SAMPLES
     from training.corpora import scan_corpora
     from training.dataset import AudioCache, EvalWindows
     from training.features import add_noise, reverberate

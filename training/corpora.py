@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.audio import AUDIO_SUFFIXES, LABELS
+from contract.audio import AUDIO_SUFFIXES, LABELS
 
 log = logging.getLogger(__name__)
 

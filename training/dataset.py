@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from training.audio import SAMPLE_RATE, AudioError, load_audio, pad_or_crop, window_starts
+from contract.audio import SAMPLE_RATE, AudioError, load_audio, pad_or_crop, window_starts
 from training.corpora import Record
 
 log = logging.getLogger(__name__)

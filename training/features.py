@@ -32,32 +32,11 @@ from typing import Any
 
 import numpy as np
 
-from training.audio import SAMPLE_RATE, WINDOW_SAMPLES, AudioError, load_audio, window_starts
+from contract.audio import SAMPLE_RATE, AudioError, load_audio, window_starts
+from contract.geometry import ChunkGeometry
 from training.corpora import Record
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """How a window is cut into chunks: ``per_window`` chunks of ``chunk`` samples every ``hop``."""
-
-    chunk: int = SAMPLE_RATE  # 1 s
-    hop: int = SAMPLE_RATE // 2  # 0.5 s: one new chunk per daemon hop
-    window: int = WINDOW_SAMPLES
-
-    def __post_init__(self) -> None:
-        if self.chunk <= 0 or self.hop <= 0 or self.window < self.chunk or (self.window - self.chunk) % self.hop:
-            raise ValueError(f"a {self.window}-sample window cannot be cut into {self.chunk}-sample chunks every {self.hop}")
-
-    @property
-    def per_window(self) -> int:
-        return (self.window - self.chunk) // self.hop + 1
-
-    def frame(self, windows: np.ndarray) -> np.ndarray:
-        """``[..., window]`` -> ``[..., per_window, chunk]`` (a copy)."""
-        idx = np.arange(self.per_window)[:, None] * self.hop + np.arange(self.chunk)[None, :]
-        return windows[..., idx]
 
 
 # ----------------------------------------------------------------------------- degradations
@@ -158,24 +137,24 @@ def degrade(audio: np.ndarray, variant: dict, rng: np.random.Generator) -> np.nd
 # ----------------------------------------------------------------------------- chunk placement
 
 
-def placed_windows(audio: np.ndarray, ch: Chunking, left: int | None = None) -> list[tuple[np.ndarray, int]]:
+def placed_windows(audio: np.ndarray, ch: ChunkGeometry, left: int | None = None) -> list[tuple[np.ndarray, int]]:
     """The windows that score a clip and, for each, its chunks that touch audio and how many hold none.
 
     A clip no longer than a window is placed at ``left`` (``None``: centred,
     as ``ser-predict`` pads) in one window of zeros; a longer clip gives the
-    windows :func:`training.audio.window_starts` lists (hop half a window).
+    windows :func:`contract.audio.window_starts` lists (hop half a window).
     Returns ``[(chunks [n, chunk], n_silent)]`` with ``n + n_silent == per_window``.
     """
     n = len(audio)
-    if n <= ch.window:
-        left = (ch.window - n) // 2 if left is None else int(np.clip(left, 0, ch.window - n))
-        canvas = np.zeros(ch.window, dtype=np.float32)
+    if n <= ch.window_samples:
+        left = (ch.window_samples - n) // 2 if left is None else int(np.clip(left, 0, ch.window_samples - n))
+        canvas = np.zeros(ch.window_samples, dtype=np.float32)
         canvas[left : left + n] = audio
-        starts = np.arange(ch.per_window) * ch.hop
-        touch = (starts < left + n) & (starts + ch.chunk > left)
+        starts = ch.chunk_starts()
+        touch = (starts < left + n) & (starts + ch.chunk_samples > left)
         chunks = ch.frame(canvas)[touch]
-        return [(chunks, ch.per_window - len(chunks))]
-    return [(ch.frame(audio[s : s + ch.window]), 0) for s in window_starts(n, ch.window)]
+        return [(chunks, ch.chunks_per_window - len(chunks))]
+    return [(ch.frame(audio[s : s + ch.window_samples]), 0) for s in window_starts(n, ch.window_samples)]
 
 
 # ----------------------------------------------------------------------------- the encoder side
@@ -292,7 +271,7 @@ def covers(variant: dict, r: Record) -> bool:
 Encoder = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encoder: Encoder,
+def encode_variant(records: Sequence[Record], variant: dict, ch: ChunkGeometry, encoder: Encoder,
                    progress: Callable[[int, int], None] | None = None) -> FeatureSet:
     """Encode every record under ``variant`` (``name`` plus :func:`degrade` keys, ``place``: centre | random,
     ``fraction``: the share of clips it covers, drawn per clip).
@@ -326,8 +305,8 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
         if any(k for k in variant if k not in ("name", "place", "fraction")):
             audio = degrade(audio, variant, rng)
         left = None
-        if variant.get("place") == "random" and len(audio) <= ch.window:
-            left = int(rng.integers(0, ch.window - len(audio) + 1))
+        if variant.get("place") == "random" and len(audio) <= ch.window_samples:
+            left = int(rng.integers(0, ch.window_samples - len(audio) + 1))
         windows = placed_windows(audio, ch, left)
         if variant.get("place") == "random" and len(windows) > 1:
             windows = [windows[int(rng.integers(len(windows)))]]
@@ -353,16 +332,16 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: Chunking, encod
     )
 
 
-def noise_bank(ch: Chunking, encoder: Encoder, n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def noise_bank(ch: ChunkGeometry, encoder: Encoder, n: int = 96, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Encoded chunks with no speech: digital silence first, then white/pink/brown noise from -90 to -30 dBFS.
 
     Returns ``(feats, voiced)`` as :class:`ChunkEncoder` does.
     """
     rng = np.random.default_rng(seed)
-    chunks = [np.zeros(ch.chunk, np.float32)]
+    chunks = [np.zeros(ch.chunk_samples, np.float32)]
     for _ in range(n - 1):
         level = 10 ** (rng.uniform(-90, -30) / 20)
-        chunks.append((coloured_noise(ch.chunk, rng, rng.uniform(0, 2)) * level).astype(np.float32))
+        chunks.append((coloured_noise(ch.chunk_samples, rng, rng.uniform(0, 2)) * level).astype(np.float32))
     return encoder(np.stack(chunks))
 
 
@@ -376,17 +355,17 @@ def variant_key(variant: dict) -> str:
 FORMAT = "m3"  # the statistics ChunkEncoder stores (all-frame and voiced moments, voiced share)
 
 
-def encoder_tag(n_layers: int, ch: Chunking, name: str = "tiny.en") -> str:
+def encoder_tag(n_layers: int, ch: ChunkGeometry, name: str = "tiny.en") -> str:
     from training.whisper_weights import weights_source
 
     sha = weights_source(name).sha256
-    return f"whisper-{name}-{sha[:8]}-b{n_layers}-c{ch.chunk}-h{ch.hop}-w{ch.window}-{FORMAT}"
+    return f"whisper-{name}-{sha[:8]}-b{n_layers}-c{ch.chunk_samples}-h{ch.hop_samples}-w{ch.window_samples}-{FORMAT}"
 
 
 class FeatureCache:
     """Feature sets on disk, one file per (encoder, variant, corpus); built on first use, resumable by corpus."""
 
-    def __init__(self, root: str | Path, ch: Chunking, n_layers: int = 3, name: str = "tiny.en") -> None:
+    def __init__(self, root: str | Path, ch: ChunkGeometry, n_layers: int = 3, name: str = "tiny.en") -> None:
         self.ch, self.n_layers, self.name = ch, n_layers, name
         self.dir = Path(root).expanduser() / "features" / encoder_tag(n_layers, ch, name)
         self._encoder: ChunkEncoder | None = None

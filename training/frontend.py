@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training.audio import SAMPLE_RATE, dft_basis, mel_filterbank
+from contract.audio import SAMPLE_RATE
+from training.mel import dft_basis, mel_filterbank
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from training.audio import LABELS
+from contract.audio import LABELS
 
 
 def confusion(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int = len(LABELS)) -> np.ndarray:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.audio import NUM_CLASSES
+from contract.audio import NUM_CLASSES
 from training.frontend import FrontendConfig, LogMel
 
 

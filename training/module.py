@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from training.audio import LABELS, NUM_CLASSES, SAMPLE_RATE
+from contract.audio import LABELS, NUM_CLASSES, SAMPLE_RATE
 from training.augment import build_augment
 from training.dataset import AudioCache, EvalWindows, MixedEpochSampler, TrainWindows
 from training.loss import focal_loss

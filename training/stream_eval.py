@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.audio import LABELS, SAMPLE_RATE
+from contract.audio import LABELS, SAMPLE_RATE
 
 DOMINANT_SHARE = 2 / 3  # a window is "one clip" when one clip holds this share of its speech ...
 DOMINANT_MIN_S = 1.0  # ... and at least this much of it (or all of a shorter clip)

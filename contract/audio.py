@@ -1,9 +1,8 @@
-"""Audio constants and pure functions shared by training, engine and realtime.
+"""What the model hears: 16 kHz mono float32 waveforms cut into 5 s windows, and the six labels.
 
-This module is the one place that says what the model hears: 16 kHz mono
-float32 waveforms cut into 5 s windows, and the six labels in CREMA-D order.
-It imports numpy, soundfile and soxr only (no torch), because the daemon and
-``ser-predict`` use it on machines without the training extras.
+The one place for the audio constants and the pure functions every package
+shares (decode, resample, pad or crop, cut into windows). numpy, soundfile
+and soxr only: the daemon and ``ser-predict`` run it without torch.
 """
 
 from __future__ import annotations
@@ -14,9 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
+
+def exact_div(x: int, y: int) -> int:
+    """``x / y`` when it is a whole number; an AssertionError otherwise (as in Whisper's audio.py)."""
+    assert x % y == 0, f"{x} is not a multiple of {y}"
+    return x // y
+
+
 SAMPLE_RATE = 16_000
 WINDOW_S = 5.0
 WINDOW_SAMPLES = int(SAMPLE_RATE * WINDOW_S)  # 80,000: the engine's input length
+CHUNK_SAMPLES = SAMPLE_RATE  # 1 s: what the chunk encoder hears at once
+CHUNK_HOP_SAMPLES = exact_div(SAMPLE_RATE, 2)  # 0.5 s: one new chunk per daemon hop
 LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "happy", "neutral", "sad")
 NUM_CLASSES = len(LABELS)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif")
@@ -98,64 +106,3 @@ def iter_windows(audio: np.ndarray, length: int = WINDOW_SAMPLES, hop: int | Non
         return
     for start in window_starts(audio.shape[-1], length, hop):
         yield audio[..., start : start + length]
-
-
-def rms_dbfs(audio: np.ndarray) -> float:
-    """Root-mean-square level in dB relative to full scale (-inf for digital silence)."""
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
-
-
-# --- spectrogram constants as pure functions (used by the torch frontend and its numpy reference) ---
-
-
-def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
-    """Slaney mel scale (librosa's default): linear below 1 kHz, logarithmic above."""
-    freq = np.asarray(freq, dtype=np.float64)
-    f_sp = 200.0 / 3
-    mels = freq / f_sp
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(freq >= min_log_hz, min_log_mel + np.log(np.maximum(freq, 1e-10) / min_log_hz) / logstep, mels)
-
-
-def mel_to_hz(mels: np.ndarray | float) -> np.ndarray:
-    mels = np.asarray(mels, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    return np.where(mels >= min_log_mel, min_log_hz * np.exp(logstep * (mels - min_log_mel)), f_sp * mels)
-
-
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None) -> np.ndarray:
-    """Triangular Slaney-normalised mel filters ``[n_mels, n_fft // 2 + 1]`` (as librosa.filters.mel)."""
-    f_max = sample_rate / 2 if f_max is None else f_max
-    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mel_pts = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
-    fdiff = np.diff(mel_pts)
-    ramps = mel_pts[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / fdiff[:-1, None]
-    upper = ramps[2:] / fdiff[1:, None]
-    weights = np.maximum(0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_pts[2 : n_mels + 2] - mel_pts[:n_mels]))[:, None]
-    return weights.astype(np.float32)
-
-
-def hann_window(win_length: int, n_fft: int) -> np.ndarray:
-    """Periodic Hann window of ``win_length`` centred in ``n_fft`` samples (as torch.stft pads it)."""
-    win = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(win_length) / win_length)
-    left = (n_fft - win_length) // 2
-    out = np.zeros(n_fft, dtype=np.float64)
-    out[left : left + win_length] = win
-    return out
-
-
-def dft_basis(n_fft: int, win_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windowed real and imaginary DFT kernels ``[n_fft // 2 + 1, n_fft]`` for an STFT as a strided conv."""
-    n = np.arange(n_fft)
-    k = np.arange(n_fft // 2 + 1)[:, None]
-    window = hann_window(win_length, n_fft)
-    angle = 2 * np.pi * k * n / n_fft
-    return (np.cos(angle) * window).astype(np.float32), (-np.sin(angle) * window).astype(np.float32)

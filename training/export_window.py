@@ -1,4 +1,4 @@
-"""Export a ``ser-train`` checkpoint to the served ONNX model and prove the export is faithful.
+"""Export a whole-window model to the served ONNX graph, check it, and prove it faithful (the primitives every export uses).
 
 The graph holds the whole inference path: waveform -> log-mel (conv1d with a
 constant DFT basis, constant mel MatMul) -> network -> softmax. It is
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,10 +27,8 @@ import onnx
 import torch
 from torch import nn
 
-from engine.base import INPUT_NAME, OUTPUT_NAME
-from engine.checkpoint import open_checkpoint
-from engine.metadata import model_metadata
-from engine.onnx_graph import double_tensors, op_counts, unsupported_ops, uses_external_data
+from contract.model_io import INPUT_NAME, OUTPUT_NAME
+from engine.onnx_graph import double_tensors, unsupported_ops, uses_external_data
 from engine.signals import speech_like
 
 DEFAULT_OPSET = 18
@@ -156,50 +154,6 @@ def parity(
         worst = max(worst, float(np.max(np.abs(got - ref))))
         shapes.append((b, n))
     return worst, shapes
-
-
-def export_checkpoint(
-    checkpoint: str | Path,
-    output: str | Path,
-    tolerance: float = DEFAULT_TOLERANCE,
-    name: str | None = None,
-    opset: int = DEFAULT_OPSET,
-    log: Callable[[str], None] = print,
-) -> ExportReport:
-    """Export, check with ``onnx.checker``, compare with torch; raise :class:`ExportError` beyond ``tolerance``."""
-    output = Path(output)
-    model, cfg, extras = open_checkpoint(checkpoint)
-    meta = model_metadata(cfg, extras, name=name or output.stem)
-    if hasattr(model, "chunking"):
-        return _export_chunked(model, output, meta, tolerance, checkpoint, log)
-    window_samples = int(round(int(meta["sample_rate"]) * float(meta["window_s"])))
-    log(f"exporting {checkpoint} ({meta['variant']}, trained on {meta['data']}) -> {output} [dynamo exporter, opset {opset}]")
-    proto = export_onnx(model, output, meta, window_samples, opset=opset)
-    log(f"onnx.checker: ok ({len(proto.graph.node)} nodes, all TensorRT-parser ops)")
-    diff, shapes = parity(model, output, window_samples)
-    log(f"parity torch vs onnxruntime: max abs diff {diff:.3e} over {len(shapes)} batches {shapes} (tolerance {tolerance:g})")
-    if not diff <= tolerance:  # also catches NaN
-        raise ExportError(
-            f"{output}: onnxruntime output differs from torch by {diff:.3e} (> tolerance {tolerance:g}); "
-            "the exported graph is not faithful, so it is not fit to serve"
-        )
-    return ExportReport(output, diff, shapes, dict(op_counts(proto)), output.stat().st_size, meta)
-
-
-def _export_chunked(model: nn.Module, output: Path, meta: dict[str, str], tolerance: float, checkpoint: str | Path,
-                    log: Callable[[str], None]) -> ExportReport:
-    """The streaming model's two halves in one file (:mod:`engine.export_chunked`), parity-checked the same way."""
-    from engine import export_chunked as ec
-
-    meta = {**meta, **{k: str(v) for k, v in model.chunking.items()}}
-    log(f"exporting {checkpoint} ({meta['variant']}, chunked: {model.chunking}) -> {output} [opset {ec.OPSET}]")
-    proto = ec.export_chunked_onnx(model, output, meta)
-    diff = ec.chunked_parity(model, output)
-    log(f"onnx.checker: ok ({len(proto.graph.node)} nodes, all TensorRT-parser ops)")
-    log(f"parity torch vs onnxruntime (both halves, windows of 1, 3 and 8): max abs diff {diff:.3e} (tolerance {tolerance:g})")
-    if not diff <= tolerance:
-        raise ExportError(f"{output}: onnxruntime output differs from torch by {diff:.3e} (> tolerance {tolerance:g})")
-    return ExportReport(output, diff, [], dict(op_counts(proto)), output.stat().st_size, meta)
 
 
 def _quiet_exporter_logs() -> None:

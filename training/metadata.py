@@ -13,7 +13,7 @@ from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from training.audio import LABELS, SAMPLE_RATE, WINDOW_S
+from contract.audio import LABELS, SAMPLE_RATE, WINDOW_S
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

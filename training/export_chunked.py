@@ -6,7 +6,7 @@ encoder, per-layer statistics, layer mix) and ``window_embeddings [B, K, D]
 stays one portable artifact; a runtime feeds a zero-size array to the half it
 does not want (onnxruntime needs every input fed, and a zero-size batch costs
 nothing). Offline scoring of whole windows is the two halves in a row
-(:meth:`engine.base.Engine.infer`).
+(:meth:`engine.interface.Engine.infer`).
 
 Size: float32 initializers whose values are exact in float16 (the Whisper
 weights, which ship as float16) are stored as float16 behind a ``Cast``;
@@ -30,9 +30,9 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from engine.base import CHUNKS_INPUT, EMBEDDINGS_OUTPUT, OUTPUT_NAME, WINDOW_EMBEDDINGS_INPUT
-from engine.export import ExportError, save_checked
+from contract.model_io import CHUNKS_INPUT, EMBEDDINGS_OUTPUT, OUTPUT_NAME, WINDOW_EMBEDDINGS_INPUT
 from engine.signals import speech_like
+from training.export_window import ExportError, save_checked
 
 OPSET = 17
 MIN_HALF_SIZE = 4096  # smaller tensors are not worth a Cast node
@@ -49,10 +49,10 @@ class _BothHalves(nn.Module):
 
 def export_chunked_onnx(model: nn.Module, output: Path, metadata: dict[str, str]) -> onnx.ModelProto:
     """Write both halves of ``model`` (``encode_chunks`` / ``classify`` returning logits) to ``output``."""
-    c = model.chunking
+    g = model.geometry
     both = _BothHalves(model).eval()
-    chunks = torch.from_numpy(speech_like(3, c["chunk_samples"], seed=1))
-    emb = torch.randn(2, c["chunks_per_window"], c["embedding_dim"])
+    chunks = torch.from_numpy(speech_like(3, g.chunk_samples, seed=1))
+    emb = torch.randn(2, g.chunks_per_window, model.embedding_dim)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
     try:
@@ -105,8 +105,8 @@ def chunked_parity(model: nn.Module, onnx_path: Path, seed: int = 0) -> float:
     """Max |torch - onnxruntime| over both halves and over whole windows (encode then classify)."""
     import onnxruntime as ort
 
-    c = model.chunking
-    k, d, n = c["chunks_per_window"], c["embedding_dim"], c["chunk_samples"]
+    g = model.geometry
+    k, d, n = g.chunks_per_window, model.embedding_dim, g.chunk_samples
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     worst = 0.0
     for i, b in enumerate((1, 3, 8)):

@@ -1,10 +1,11 @@
 """torch backend: runs a ``ser-train`` checkpoint directly, for debugging and machines without onnxruntime.
 
-Imports torch and ``training.model`` (the ``train`` extra). It takes
+Imports torch and ``training.model`` (the ``train`` extra); registered with the
+engine through the ``ser.engine_backends`` entry point, so the runtime never imports it. It takes
 checkpoints only: an ONNX file is the other backends' input, and running it
 through torch would test nothing the parity check has not. Softmax is applied
 here, as the exporter appends it to the served graph. A chunked model
-(``model.chunking``, ``model.encode_chunks``, ``model.classify``) runs its two
+(``model.geometry``, ``model.embedding_dim``, ``model.encode_chunks``, ``model.classify``) runs its two
 halves; a whole-window model runs ``forward``.
 """
 
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.base import CHUNK_METADATA_KEYS, Engine, EngineError, ModelInfo
-from engine.metadata import model_metadata
+from contract.model_io import chunk_metadata
+from engine.interface import BackendUnavailable, Engine, EngineError, ModelInfo
+from training.metadata import model_metadata
 
 
 class TorchEngine(Engine):
@@ -30,9 +32,8 @@ class TorchEngine(Engine):
         self.compiled = compiled
 
     @classmethod
-    def load(
-        cls, path: Path, device: str = "auto", compile: bool = False, threads: int | None = None, **_: Any
-    ) -> TorchEngine:
+    def load(cls, path: Path, device: str = "auto", compile: bool = False, threads: int | None = None) -> TorchEngine:
+        """Open a checkpoint on ``device``; ``compile`` wraps the model in torch.compile, ``threads`` sets torch's."""
         path = Path(path)
         if path.suffix == ".onnx":
             raise EngineError(
@@ -42,8 +43,8 @@ class TorchEngine(Engine):
         try:
             import torch
         except ImportError as exc:
-            raise EngineError("torch is not installed: pip install 'ser[train]' (the torch backend runs checkpoints)") from exc
-        from engine.checkpoint import CheckpointError, open_checkpoint
+            raise BackendUnavailable("torch is not installed: pip install 'ser[train]' (the torch backend runs checkpoints)") from exc
+        from training.checkpoint import CheckpointError, open_checkpoint
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,12 +57,12 @@ class TorchEngine(Engine):
         except CheckpointError as exc:
             raise EngineError(str(exc)) from exc
         meta = model_metadata(cfg, extras, name=path.stem)
-        chunking = getattr(model, "chunking", None)
-        if chunking is not None:
+        geometry = getattr(model, "geometry", None)
+        if geometry is not None:
             try:
-                meta.update({k: str(int(chunking[k])) for k in CHUNK_METADATA_KEYS})
-            except (KeyError, TypeError, ValueError) as exc:
-                raise EngineError(f"{path}: model.chunking must give {', '.join(CHUNK_METADATA_KEYS)}: {exc!r}") from exc
+                meta.update(chunk_metadata(geometry, int(model.embedding_dim)))
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise EngineError(f"{path}: a chunked model needs a ChunkGeometry and an int embedding_dim: {exc!r}") from exc
             if not (callable(getattr(model, "encode_chunks", None)) and callable(getattr(model, "classify", None))):
                 raise EngineError(f"{path}: a chunked model needs encode_chunks() and classify()")
         info = ModelInfo.from_metadata(meta, path)
