@@ -35,9 +35,11 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
+# Benchmarks run as modules of the bench package, from the repository root; each writes bench/results/*.json
+# (python -m bench.tables prints their tables again from that JSON).
 bench: setup
-	$(PY) bench/engine.py
-	$(PY) bench/daemon.py
+	$(PY) -m bench.engine
+	$(PY) -m bench.daemon
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

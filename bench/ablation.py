@@ -1,10 +1,10 @@
 """Where the head loses what the features hold: one table of ablations, RAVDESS actor folds, several seeds.
 
-    python bench/ablation.py                      # every row below, 5 folds; 3 seeds where a recipe has a seed
-    python bench/ablation.py --rows baseline moments --folds 0 1
+    python -m bench.ablation                      # every row below, 5 folds; 3 seeds where a recipe has a seed
+    python -m bench.ablation --rows baseline moments --folds 0 1
 
 Each row is the default recipe (tiny.en states 0-3, 1 s chunks every 0.5 s,
-every corpus of ../shared/data in training, the folds of bench/accuracy.py)
+every corpus of ../shared/data in training, the folds of bench.accuracy)
 with one thing changed; "moments" is the head that ships. The factors:
 
 - silence in the window: statistics over all frames of all 9 chunks (the
@@ -18,7 +18,7 @@ with one thing changed; "moments" is the head that ships. The factors:
 
 A convex fit has no seed (its result is the optimum), so L-BFGS rows run
 one seed and the table says so; rows trained by AdamW run every seed.
-Writes bench/results/ablation.json and .md.
+Writes bench/results/ablation.json and .md (the table: bench.tables).
 """
 
 from __future__ import annotations
@@ -29,13 +29,11 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.accuracy import add_data_args, all_records, cache_for, load_recipe, mean, sd  # noqa: E402
-from training.audio import LABELS  # noqa: E402
+from bench.accuracy import add_data_args, all_records, cache_for, load_recipe, mean, sd
+from bench.lib import RESULTS, write_json
+from bench.tables import ablation_markdown
+from contract.audio import LABELS
 
 CLEAN = [{"name": "clean"}]
 ENGLISH = {"corpus_weights": {"ravdess": 1.0, "tess": 1.0, "default": 0.0}}  # the other corpora weigh 0
@@ -84,7 +82,7 @@ def main() -> int:
     records = all_records(args.data_root)
     cache = cache_for(base_cfg, args.cache_dir)
     conditions = base_cfg["features"]["eval_conditions"]
-    out_path = REPO / "bench" / "results" / f"ablation{'-' + args.tag if args.tag else ''}.json"
+    out_path = RESULTS / f"ablation{'-' + args.tag if args.tag else ''}.json"
     done = json.loads(out_path.read_text())["rows"] if out_path.is_file() else {}
     for name in args.rows:
         what, head, trainer, augmented, stochastic = ROWS[name]
@@ -98,10 +96,9 @@ def main() -> int:
         runs = cross_validate(mc, tc, records, cache, seeds, conditions, folds=args.folds)
         done[name] = {"what": what, "seeds": seeds, "folds": args.folds, "minutes": (time.time() - t0) / 60,
                       **summary(runs, list(conditions))}
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps({"rows": done}, indent=1, default=float))  # after every row: resumable
+        write_json(out_path, {"rows": done}, indent=1, default=float)  # after every row: resumable
         logging.info("%s: UA %.3f (%.1f min)", name, done[name]["ua"], done[name]["minutes"])
-    md = markdown(done)
+    md = ablation_markdown({"rows": done})
     out_path.with_suffix(".md").write_text(md)
     print(md)
     print(f"wrote {out_path} and {out_path.with_suffix('.md')}")
@@ -124,20 +121,6 @@ def summary(runs: list[dict], conditions: list[str]) -> dict:
         "ece_before": mean([r["ece_uncalibrated"] for r in runs]), "ece_after": mean([r["test"]["clean"]["ece"] for r in runs]),
         "per_fold_ua": [f["clean"] for f in per_fold],
     }
-
-
-def markdown(rows: dict) -> str:
-    out = ["| row | what changes | seeds | CV UA ± folds | seed sd | lowest class | 20 dB | 10 dB | reverb | Opus 16 | ECE after |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        rob = r["robustness"]
-        low = min(r["recall"], key=r["recall"].get)
-        out.append(f"| {name} | {r['what']} | {len(r['seeds'])} | {r['ua']:.3f} ± {r['ua_fold_sd']:.3f} | {r['ua_seed_sd']:.3f} | "
-                   f"{low} {r['min_recall']:.2f} | " + " | ".join(f"{rob[c] - rob['clean']:+.3f}" for c in ("snr20", "snr10", "reverb", "opus16"))
-                   + f" | {r['ece_after']:.3f} |")
-    out.append("")
-    out.append("Robustness columns: UA change from clean, same test clips degraded before padding.")
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

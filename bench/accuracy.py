@@ -1,9 +1,9 @@
 """Accuracy of the chunk recipe on voices and languages it never heard: tiny.en and base side by side, one run.
 
-    python bench/accuracy.py                                # both encoders: CV, robustness, calibration, LOCO
-    python bench/accuracy.py --encoders tiny.en --no-loco   # one encoder, cross-validation only
-    python bench/accuracy.py --stream --encoders tiny.en    # + live-like streams through ser-listen
-    python bench/accuracy.py model.head_trainer.c=0.02      # another recipe (any conf/model/*.yaml key)
+    python -m bench.accuracy                                # both encoders: CV, robustness, calibration, LOCO
+    python -m bench.accuracy --encoders tiny.en --no-loco   # one encoder, cross-validation only
+    python -m bench.accuracy --stream --encoders tiny.en    # + live-like streams through ser-listen
+    python -m bench.accuracy model.head_trainer.c=0.02      # another recipe (any conf/model/*.yaml key)
 
 RAVDESS actor cross-validation: fold f tests 4 actors (the folds of
 ``ser-train split.k=5``), 2 others calibrate the temperature, and the head
@@ -26,8 +26,8 @@ clip is scored against that clip's label (:mod:`training.stream_eval`),
 beside the clip-level UA of the same heads.
 
 Features come from the on-disk cache (training/features.py;
-``bench/encode_features.py`` fills it in the background). Prints tables,
-writes bench/results/accuracy[-TAG].json and .md.
+``python -m bench.encode_features`` fills it in the background). Prints tables
+(bench.tables), writes bench/results/accuracy[-TAG].json and .md.
 """
 
 from __future__ import annotations
@@ -45,13 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.lib import REPO, RESULTS, write_json
+from bench.tables import accuracy_markdown
+from contract.audio import LABELS
 
-from training.audio import LABELS  # noqa: E402
-
-NAMES = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR",
-         "reverb": "reverb RT60 0.4 s", "opus16": "Opus 16 kbps"}
 ALL_CORPORA = ("ravdess", "tess", "nemo", "ased", "turev", "emotiontts", "banglaser_ext")
 LOCO = ("nemo", "ased", "turev")
 CONFIGS = {"tiny.en": "whisper.yaml", "base": "whisper-base.yaml"}
@@ -82,10 +79,11 @@ def load_recipe(encoder: str, overrides: list[str]) -> dict:
 
 
 def cache_for(mc: dict, cache_dir: str):  # noqa: ANN201 (training.features.FeatureCache, imported late)
-    from training.features import Chunking, FeatureCache
+    from contract.geometry import ChunkGeometry
+    from training.features import FeatureCache
 
     enc = mc["encoder"]
-    ch = Chunking(int(float(enc["chunk_s"]) * 16000), int(float(enc["hop_s"]) * 16000))
+    ch = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
     return FeatureCache(cache_dir, ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
 
 
@@ -145,10 +143,8 @@ def main() -> int:
         result["encoders"][encoder] = entry
         del cache
     result["minutes"] = (time.time() - t0) / 60
-    out = REPO / "bench" / "results" / f"accuracy{'-' + args.tag if args.tag else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=float))
-    md = markdown(result)
+    out = write_json(RESULTS / f"accuracy{'-' + args.tag if args.tag else ''}.json", result, indent=1, default=float)
+    md = accuracy_markdown(result)
     out.with_suffix(".md").write_text(md)
     print(md)
     print(f"wrote {out} and {out.with_suffix('.md')} ({result['minutes']:.1f} min)")
@@ -160,8 +156,8 @@ def main() -> int:
 
 def export_head(model, mc: dict, path: Path) -> None:  # noqa: ANN001 (a WhisperChunkModel)
     """The fold's head with the pinned encoder weights, as ONNX the daemon loads (parity-checked)."""
-    from engine.export_chunked import chunked_parity, export_chunked_onnx
-    from engine.metadata import model_metadata
+    from training.export_chunked import chunked_parity, export_chunked_onnx
+    from training.metadata import model_metadata
 
     model.load_pretrained_encoder()
     meta = model_metadata({"model": mc}, {"variant": mc.get("variant", "whisper")}, name=path.stem)
@@ -176,7 +172,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dic
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows."""
     import soundfile as sf
 
-    from training.audio import load_audio
+    from contract.audio import load_audio
     from training.stream_eval import build_stream, pool_scores, score_stream
 
     listen = Path(sys.executable).with_name("ser-listen")
@@ -217,7 +213,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dic
             "hours": sum(s["seconds"] for s in all_scores) / 3600}
 
 
-# ----------------------------------------------------------------------------- tables
+# ----------------------------------------------------------------------------- summaries (rendered by bench.tables)
 
 
 def summarise(cv: list[dict], loco: list[dict], conditions: list[str]) -> dict:
@@ -260,70 +256,6 @@ def _loco_rows(loco: list[dict]) -> list[dict]:
                          "ece": mean([m["ece"] for m in ms]),
                          "recall": {lab: mean([m["per_class"][lab]["recall"] for m in ms]) for lab in LABELS if ms[0]["per_class"][lab]["support"]}})
     return rows
-
-
-def markdown(result: dict) -> str:
-    out: list[str] = []
-    encs = result["encoders"]
-    for name, e in encs.items():
-        s = e["summary"]
-        if not s["per_fold"]:
-            continue
-        out += [f"### {name}: RAVDESS cross-validation ({len(e['seeds'])} seed(s) per fold"
-                + (", convex fit: the result does not depend on the seed" if len(e["seeds"]) == 1 else "") + ")", "",
-                "| fold | test actors | clips | UA | seed sd | accuracy | macro F1 | " + " | ".join(LABELS) + " |",
-                "|---" * (7 + len(LABELS)) + "|"]
-        for f in s["per_fold"]:
-            actors = ", ".join(x.split(":")[1] for x in f["test_speakers"])
-            out.append(f"| {f['fold']} | {actors} | {f['n']} | {f['ua']:.3f} | {f['ua_seed_sd']:.3f} | {f['accuracy']:.3f} | "
-                       f"{f['macro_f1']:.3f} | " + " | ".join(f"{f['recall'][lab]:.2f}" for lab in LABELS) + " |")
-        out.append(f"| **mean** | | | **{s['ua']:.3f}** ± {s['ua_fold_sd']:.3f} | {s['ua_seed_sd']:.3f} | {s['accuracy']:.3f} | "
-                   f"{s['macro_f1']:.3f} | " + " | ".join(f"{s['recall'][lab]:.2f}" for lab in LABELS) + " |")
-        out += ["", "Confusion matrix summed over folds (rows: true, columns: predicted):", "",
-                "| true \\ predicted | " + " | ".join(LABELS) + " |", "|---" * (1 + len(LABELS)) + "|"]
-        out += [f"| {lab} | " + " | ".join(str(v) for v in s["confusion"][i]) + " |" for i, lab in enumerate(LABELS)]
-        out.append("")
-    with_cv = {n: e["summary"] for n, e in encs.items() if e["summary"]["per_fold"]}
-    if with_cv:
-        names = list(with_cv)
-        out += ["Side by side (RAVDESS CV; robustness: same test clips degraded before padding):", "",
-                "| | " + " | ".join(names) + " |", "|---" * (1 + len(names)) + "|"]
-        out.append("| clean UA (± folds) | " + " | ".join(f"{s['ua']:.3f} ± {s['ua_fold_sd']:.3f}" for s in with_cv.values()) + " |")
-        out.append("| lowest class recall | " + " | ".join(
-            f"{min(s['recall'], key=s['recall'].get)} {min(s['recall'].values()):.2f}" for s in with_cv.values()) + " |")
-        for c in next(iter(with_cv.values()))["robustness"]:
-            if c != "clean":
-                out.append(f"| {NAMES.get(c, c)} (drop) | " + " | ".join(
-                    f"{s['robustness'][c]:.3f} ({s['robustness'][c] - s['robustness']['clean']:+.3f})" for s in with_cv.values()) + " |")
-        out.append("| ECE before / after temperature | " + " | ".join(
-            f"{s['calibration']['ece_before']:.3f} / {s['calibration']['ece_after']:.3f} (T {s['calibration']['temperature']:.2f})"
-            for s in with_cv.values()) + " |")
-        out.append("")
-    loco = {n: {r["corpus"]: r for r in e["summary"]["loco"]} for n, e in encs.items() if e["summary"]["loco"]}
-    if loco:
-        names = list(loco)
-        out += ["Leave one corpus out (each recipe's own training corpora without the held-out one; all of its clips scored; UA):", "",
-                "| held out | clips | " + " | ".join(names) + " | per-class recall (" + names[-1] + ") |", "|---" * (3 + len(names)) + "|"]
-        for corpus in LOCO:
-            rows = [loco[n].get(corpus) for n in names]
-            if all(rows):
-                out.append(f"| {corpus} | {rows[0]['n']} | " + " | ".join(f"{r['ua']:.3f}" for r in rows) + " | "
-                           + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1]["recall"].items()) + " |")
-        out.append("")
-    for name, e in encs.items():
-        st = e.get("stream")
-        if st:
-            out += [f"Live-like streams ({name}; {st['hours']:.2f} h of audio through ser-listen --fast --once --jsonl, shipped smoothing and VAD):", "",
-                    "| fold | clip UA (same head) | stream UA | window's own UA (no smoothing, no VAD) | windows | scored | mixed | pause | "
-                    "pause reported as emotion | scored but gated silent |",
-                    "|---|---|---|---|---|---|---|---|---|---|"]
-            for f in st["per_fold"]:
-                out.append(f"| {f['fold']} | {f['clip_ua']:.3f} | {f['ua']:.3f} | {f['raw_ua']:.3f} | {f['windows']} | {f['scored']} | {f['mixed']} | {f['pause']} | "
-                           f"{f['pause_reported_share']:.3f} | {f['scored_silent_share']:.3f} |")
-            out.append(f"| **mean** | **{st['clip_ua']:.3f}** | **{st['ua']:.3f}** ({st['ua'] - st['clip_ua']:+.3f}) | {st['raw_ua']:.3f} | {st['windows']} | "
-                       f"{st['scored']} | {st['mixed']} | {st['pause']} | {st['pause_reported_share']:.3f} | {st['scored_silent_share']:.3f} |")
-            out += ["", "Stream recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in st["recall"].items()), ""]
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

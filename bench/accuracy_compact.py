@@ -8,8 +8,8 @@ a table (per fold and mean) and writes JSON. Resumable: a fold whose run
 already holds its test report is not trained again; an interrupted fold
 resumes from its last checkpoint.
 
-    python bench/accuracy_compact.py                      # 5 folds, default recipe
-    python bench/accuracy_compact.py --folds 5 trainer.max_epochs=30
+    python -m bench.accuracy_compact                      # 5 folds, default recipe
+    python -m bench.accuracy_compact --folds 5 trainer.max_epochs=30
 
 Each fold is scored with its ``last.ckpt`` (the end of the fixed schedule), the
 same rule that picks the shipped model's weights, so the figures measure the
@@ -26,7 +26,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-LABELS = ("anger", "disgust", "fear", "happy", "neutral", "sad")
+from bench.lib import RESULTS, write_json
+from bench.tables import NAMES, compact_markdown
+from contract.audio import LABELS
+
 CONDITIONS = {"clean": [], "snr20": ["--snr", "20"], "snr10": ["--snr", "10"], "reverb": ["--reverb", "0.4"]}
 TAGS = {"clean": "ravdess", "snr20": "ravdess_snr20", "snr10": "ravdess_snr10", "reverb": "ravdess_reverb0.4"}  # ser-eval file names
 
@@ -40,8 +43,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--runs-dir", type=Path, default=Path("runs/cv"))
-    ap.add_argument("--out", type=Path, default=Path("bench/results/accuracy_compact.json"))
-    ap.add_argument("--markdown", type=Path, default=Path("bench/results/accuracy_compact.md"),
+    ap.add_argument("--out", type=Path, default=RESULTS / "accuracy_compact.json")
+    ap.add_argument("--markdown", type=Path, default=RESULTS / "accuracy_compact.md",
                     help="the same figures as Markdown tables (what the READMEs show)")
     ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of each fold to score")
     ap.add_argument("--only", type=int, nargs="*", help="train only these folds (the table uses every finished one)")
@@ -110,40 +113,18 @@ def main() -> int:
     print()
     print("Robustness (same test clips, UA per fold and mean over folds)")
     print(f"{'condition':<22} " + " ".join(f"{'fold' + str(r['fold']):>6}" for r in rows) + f" {'UA':>6} {'drop':>7}")
-    names = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR", "reverb": "reverb RT60 0.4 s"}
+    names = NAMES
     for c in conds:
         per_fold = " ".join(f"{r['ua_by_condition'][c]:6.3f}" for r in rows)
         print(f"{names[c]:<22} {per_fold} {rob[c]:6.3f} {rob[c] - rob['clean']:+7.3f}")
 
     result = {"checkpoint": args.checkpoint, "folds": rows, "mean": {k: v[0] for k, v in summary.items()}, "sd": {k: v[1] for k, v in summary.items()},
               "recall_mean": recall_mean, "robustness_ua": rob, "overrides": args.overrides}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
     args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(markdown(rows, summary, recall_mean, rob, names))
+    args.markdown.write_text(compact_markdown(result))
     print(f"\nwrote {args.out} and {args.markdown}")
     return 0
-
-
-def markdown(rows: list[dict], summary: dict, recall_mean: dict, rob: dict, names: dict) -> str:
-    """Per-fold table with mean ± sd, summed confusion matrix, robustness: as pasted into the READMEs."""
-    out = ["| fold | test actors | clips | accuracy | UA | macro F1 | " + " | ".join(LABELS) + " |",
-           "|---" * (6 + len(LABELS)) + "|"]
-    for r in rows:
-        actors = ", ".join(s.split(":")[1] for s in r["test_speakers"])
-        out.append(f"| {r['fold']} | {actors} | {r['n']} | {r['accuracy']:.3f} | {r['ua']:.3f} | {r['macro_f1']:.3f} | "
-                   + " | ".join(f"{r['recall'][lab]:.2f}" for lab in LABELS) + " |")
-    (acc, acc_sd), (ua, ua_sd), (f1, f1_sd) = (summary[k] for k in ("accuracy", "ua", "macro_f1"))
-    out.append(f"| **mean** | | {sum(r['n'] for r in rows)} | **{acc:.3f}** ± {acc_sd:.3f} | **{ua:.3f}** ± {ua_sd:.3f} | "
-               f"**{f1:.3f}** ± {f1_sd:.3f} | " + " | ".join(f"{recall_mean[lab]:.2f}" for lab in LABELS) + " |")
-    total = [[sum(r["confusion"][i][j] for r in rows) for j in range(len(LABELS))] for i in range(len(LABELS))]
-    out += ["", "Confusion matrix summed over the folds (rows: true, columns: predicted):", "",
-            "| true \\ predicted | " + " | ".join(LABELS) + " |", "|---" * (1 + len(LABELS)) + "|"]
-    out += [f"| {lab} | " + " | ".join(str(v) for v in total[i]) + " |" for i, lab in enumerate(LABELS)]
-    out += ["", "Robustness: the same test clips, degraded, mean UA over the folds:", "",
-            "| condition | UA | drop |", "|---|---|---|"]
-    out += [f"| {names[c]} | {rob[c]:.3f} | {rob[c] - rob['clean']:+.3f} |" for c in rob]
-    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

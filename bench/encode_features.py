@@ -1,7 +1,7 @@
-"""Fill the feature cache that bench/accuracy.py and ser-train read, for one or more encoders, in one process.
+"""Fill the feature cache that bench.accuracy, bench.ablation and ser-train read, for one or more encoders, in one process.
 
-    python bench/encode_features.py                            # tiny.en, then base: clean, conditions, mixed
-    python bench/encode_features.py --encoders tiny.en --variants clean
+    python -m bench.encode_features                            # tiny.en, then base: clean, conditions, mixed
+    python -m bench.encode_features --encoders tiny.en --variants clean
 
 Encoding is the only expensive step of a recipe comparison (12 ms of CPU per
 1 s chunk for tiny.en at 3 blocks, 19 ms for base), so it runs once, in the
@@ -17,12 +17,8 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.accuracy import CONFIGS, add_data_args, all_records, cache_for, load_recipe  # noqa: E402
+from bench.accuracy import CONFIGS, add_data_args, all_records, cache_for, load_recipe
 
 
 def main() -> int:

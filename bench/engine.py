@@ -1,6 +1,7 @@
 """Engine benchmark: per-window (offline) and per-hop (streaming) cost of every backend and model variant.
 
-Run:  python bench/engine.py [--budget 4] [--batches 1 8 32] [--variants whisper whisper-base compact seed]
+Run:  python -m bench.engine [--budget 4] [--batches 1 8 32] [--variants whisper whisper-base compact seed]
+      python -m bench.engine --variants compact --batches 1 8 --budget 0.5 --out /tmp/engine.json   # quick
 
 Offline: ``infer`` on whole 5 s windows (what ser-predict does). Streaming:
 what the daemon spends per stream at each 0.5 s hop: for the chunked
@@ -22,24 +23,19 @@ onnxruntime CUDA cells appear only where those are installed with a GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from engine.signals import speech_like  # noqa: E402
-from training.audio import WINDOW_SAMPLES  # noqa: E402
-
-RESULTS = REPO / "bench" / "results" / "engine.json"
+from bench.lib import RESULTS, write_json
+from bench.tables import engine_markdown
+from contract.audio import WINDOW_SAMPLES
+from engine.signals import speech_like
 
 
 def time_calls(fn, x: np.ndarray, budget_s: float, max_calls: int = 50) -> list[float]:
@@ -61,8 +57,9 @@ def make_checkpoints(tmp: Path, variants: list[str]) -> dict[str, Path]:
 
 def engines(variant: str, ckpt: Path, tmp: Path, log) -> list[tuple[str, object]]:
     """(label, engine) for each backend available here."""
-    from engine.base import EngineError, load_engine
-    from engine.export import export_checkpoint
+    from engine.interface import EngineError
+    from engine.registry import load_engine
+    from training.export import export_checkpoint
 
     out = [("torch eager cpu", load_engine(ckpt, backend="torch", device="cpu"))]
     onnx_path = tmp / f"{variant}.onnx"
@@ -98,7 +95,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["whisper", "whisper-base", "compact", "seed"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 8, 32])
     ap.add_argument("--budget", type=float, default=4.0, help="seconds per cell")
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--out", type=Path, default=RESULTS / "engine.json")
     args = ap.parse_args()
     import onnxruntime
     import torch
@@ -129,10 +126,8 @@ def main() -> None:
             for b in args.batches:
                 r[f"speedup_b{b}_vs_seed_torch"] = r[f"throughput_b{b}"] / ref[f"throughput_b{b}"]
                 r[f"speedup_hop_b{b}_vs_seed_torch"] = ref[f"hop_ms_b{b}"] / r[f"hop_ms_b{b}"]
-    print_table(rows, args.batches, ref is not None)
     doc = {
         "machine": {
-            "platform": platform.platform(),
             "cpu_count": os.cpu_count(),
             "loadavg_at_end": os.getloadavg(),
             "torch": torch.__version__,
@@ -144,23 +139,9 @@ def main() -> None:
         "reference": "seed, torch eager cpu, batch 1" if ref else None,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(engine_markdown(doc))
+    write_json(args.out, doc, trailing_newline=True)
     print(f"\nwrote {args.out}")
-
-
-def print_table(rows: list[dict], batches: list[int], with_ref: bool) -> None:
-    head = ["variant", "backend", "latency ms (b1)"] + [f"win/s b{b}" for b in batches] + [f"hop ms/stream b{b}" for b in batches]
-    if with_ref:
-        head += ["latency x"] + [f"b{b} x" for b in batches]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "|".join("---" for _ in head) + "|")
-    for r in rows:
-        cells = [r["variant"], r["backend"], f"{r['latency_ms']:.1f}"] + [f"{r[f'throughput_b{b}']:.1f}" for b in batches]
-        cells += [f"{r[f'hop_ms_b{b}']:.2f}" for b in batches]
-        if with_ref:
-            cells += [f"{r['speedup_latency_vs_seed_torch']:.1f}"] + [f"{r[f'speedup_b{b}_vs_seed_torch']:.1f}" for b in batches]
-        print("| " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

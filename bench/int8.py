@@ -9,29 +9,23 @@ this measures the quantization, not TensorRT's kernels. Two builds in the same
 run: every layer in int8 (the reference), and the one ser-build-engine makes,
 which keeps the first convolution in float.
 
-    python bench/int8.py                                   # shipped model; calib actor 01, eval actors 12+14
-    python bench/int8.py --calib ../shared/data/ravdess/Actor_03 --eval ../shared/data/ravdess/Actor_14
-    python bench/int8.py --per-layer --out bench/results/int8-per-layer.json   # each layer alone in int8
+    python -m bench.int8                                   # shipped model; calib actor 01, eval actors 12+14
+    python -m bench.int8 --calib ../shared/data/ravdess/Actor_03 --eval ../shared/data/ravdess/Actor_14
+    python -m bench.int8 --per-layer --out bench/results/int8-per-layer.json   # each layer alone in int8
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.base import default_model_path, load_engine  # noqa: E402
-from engine.calibration import audio_files, calibration_windows  # noqa: E402
-from engine.precision import quantizable_nodes, quantize_qdq  # noqa: E402
-from engine.predict import file_windows  # noqa: E402
+from bench.lib import REPO, RESULTS, write_json
+from bench.tables import int8_markdown
+from engine.shipped import default_model_path
 
 SHARED = REPO.parent / "shared" / "data" / "ravdess"
 
@@ -42,9 +36,16 @@ def main() -> int:
     ap.add_argument("--calib", type=Path, default=SHARED / "Actor_01", help="calibration audio folder")
     ap.add_argument("--eval", type=Path, nargs="+", default=[SHARED / "Actor_12", SHARED / "Actor_14"],
                     help="evaluation audio folder(s)")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "int8.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "int8.json")
     ap.add_argument("--per-layer", action="store_true", help="also quantize each layer alone (sensitivity)")
     args = ap.parse_args()
+
+    import onnx
+
+    from engine.calibration import audio_files, calibration_windows
+    from engine.precision import quantizable_nodes, quantize_qdq
+    from engine.predict import file_windows
+    from engine.registry import load_engine
 
     fp32 = load_engine(args.model, backend="onnxruntime", device="cpu")
     windows = np.concatenate([file_windows(p, fp32.window_samples, fp32.sample_rate) for d in args.eval for p in audio_files(d)])
@@ -71,14 +72,10 @@ def main() -> int:
         })
     evals = "+".join(d.name for d in args.eval)
     print(f"{args.model.name}: int8 Q/DQ vs float32, calibration {args.calib.name}, evaluation {evals} ({len(windows)} windows)")
-    print("| variant | top-1 agreement | max |dp| | mean |dp| |")
-    print("|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']} | {r['top1_agreement']:.3f} | {r['max_abs_diff']:.3f} | {r['mean_abs_diff']:.4f} |")
     result = {"model": str(args.model), "calib": str(args.calib), "eval": [str(d) for d in args.eval],
               "windows": len(windows), "variants": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    print(int8_markdown(result))
+    write_json(args.out, result)
     print(f"wrote {args.out}")
     return 0
 

@@ -14,33 +14,29 @@ on CPU, the float32 model as the reference in the same run:
 It ships nothing: the result decides whether an int8 CPU build is worth an
 accuracy study. Speed-ups depend on the CPU (VNNI or not); compare within a run.
 
-    python bench/int8_encoder.py            # prints a table, writes bench/results/int8_encoder.json
+    python -m bench.int8_encoder            # prints a table, writes bench/results/int8_encoder.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from engine.base import default_model_path, load_engine  # noqa: E402
-from realtime.sources import demo_clip_path  # noqa: E402
-from training.audio import load_audio  # noqa: E402
+from bench.lib import RESULTS, write_json
+from bench.tables import int8_encoder_markdown
+from engine.shipped import default_model_path
 
 
 def float32_weights(src: Path, dst: Path) -> None:
     """``src`` with every float16 initializer behind a Cast stored as the Cast's float32 output instead."""
+    import onnx
+    from onnx import numpy_helper
+
     m = onnx.load(str(src))
     g = m.graph
     inits = {i.name: i for i in g.initializer}
@@ -71,9 +67,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=str(default_model_path()), help="a chunked ONNX model (default: the shipped one)")
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "int8_encoder.json"))
+    ap.add_argument("--out", default=str(RESULTS / "int8_encoder.json"))
     args = ap.parse_args()
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from contract.audio import load_audio
+    from engine.registry import load_engine
+    from realtime.sources import demo_clip_path
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "fp32.onnx"
@@ -108,15 +108,12 @@ def main() -> int:
                 "size_mb": paths[name].stat().st_size / 1e6,
             })
     base = rows[0]
-    print(f"{len(chunks)} chunks and {len(windows)} windows of the demo clip; onnxruntime CPU; {platform.processor() or platform.machine()}")
-    print(f"{'model':<8} {'ms/chunk b1':>11} {'ms/chunk b8':>11} {'speed-up b8':>11} {'emb change':>10} {'top-1 agree':>11} {'max dprob':>9} {'MB':>6}")
     for r in rows:
         r["speedup_b8"] = base["ms_per_chunk_b8"] / r["ms_per_chunk_b8"]
-        print(f"{r['model']:<8} {r['ms_per_chunk_b1']:>11.2f} {r['ms_per_chunk_b8']:>11.2f} {r['speedup_b8']:>10.2f}x "
-              f"{r['embedding_rel_change']:>10.3f} {r['top1_agreement']:>11.3f} {r['max_prob_diff']:>9.3f} {r['size_mb']:>6.1f}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": args.model, "chunks": len(chunks), "windows": len(windows), "rows": rows}, indent=2))
+    doc = {"model": args.model, "chunks": len(chunks), "windows": len(windows), "rows": rows}
+    print(f"CPU: {platform.processor() or platform.machine()}")
+    print(int8_encoder_markdown(doc))
+    out = write_json(args.out, doc)
     print(f"\nwrote {out}")
     return 0
 

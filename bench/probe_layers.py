@@ -1,7 +1,7 @@
 """Which Whisper layers and what chunk length: a linear probe on frozen features, RAVDESS actor folds.
 
-    python bench/probe_layers.py                 # 1 s chunks every 0.5 s, several layer sets
-    python bench/probe_layers.py --chunk-s 0.5   # 0.5 s chunks (encodes RAVDESS once more, ~2 min)
+    python -m bench.probe_layers                 # 1 s chunks every 0.5 s, several layer sets
+    python -m bench.probe_layers --chunk-s 0.5   # 0.5 s chunks (encodes RAVDESS once more, ~2 min)
 
 For each RAVDESS clip, the per-layer statistics of its chunks (the feature
 cache the head trains on, clip centred as served) are averaged over the
@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench.lib import REPO, RESULTS, write_json
 
 LAYER_SETS = {"last (4, through ln_post)": [4], "3": [3], "2": [2], "1": [1], "0-2": [0, 1, 2], "0-3": [0, 1, 2, 3],
               "0-4 (all)": [0, 1, 2, 3, 4], "2-4": [2, 3, 4]}
@@ -41,12 +40,13 @@ def main() -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from contract.geometry import ChunkGeometry
     from training.chunk_cv import ravdess_folds
     from training.corpora import scan_corpus
-    from training.features import Chunking, FeatureCache
+    from training.features import FeatureCache
 
     recs = scan_corpus("ravdess", args.data_root / "ravdess").records
-    fs = FeatureCache(args.cache_dir, Chunking(int(args.chunk_s * 16000), int(args.hop_s * 16000)), 4).get(recs, {"name": "clean"})
+    fs = FeatureCache(args.cache_dir, ChunkGeometry.from_seconds(args.chunk_s, args.hop_s), 4).get(recs, {"name": "clean"})
     pos = {p: i for i, p in enumerate(fs.paths)}
 
     def pooled(path: str) -> np.ndarray:
@@ -70,12 +70,11 @@ def main() -> int:
             uas.append(float(np.mean([np.mean(p[y == c] == c) for c in np.unique(y)])))
         rows[name] = uas
         print(f"  layers {name:<26} UA {np.mean(uas):.3f}  folds " + " ".join(f"{u:.3f}" for u in uas), flush=True)
-    out = REPO / "bench" / "results" / "probe_layers.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "probe_layers.json"
     key = f"chunk{args.chunk_s:g}_hop{args.hop_s:g}"
     doc = json.loads(out.read_text()) if out.is_file() else {}
     doc[key] = rows
-    out.write_text(json.dumps(doc, indent=1))
+    write_json(out, doc, indent=1)
     print(f"wrote {out}")
     return 0
 
