@@ -232,3 +232,44 @@ def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
     with torch.inference_mode():
         ref = torch.softmax(model(torch.from_numpy(audio[:WINDOW_SAMPLES])[None]), -1).numpy()
     np.testing.assert_allclose(offline[:1], ref, atol=1e-4)
+
+
+def test_temperature_from_logits_undoes_a_known_overconfidence() -> None:
+    """Labels drawn from softmax(z); logits 2.5 z are overconfident by 2.5, which the fit must find."""
+    from training.chunk_training import temperature_from_logits
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((20_000, 6)) * 1.5
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = np.array([rng.choice(6, p=row) for row in p])
+    t, before, after = temperature_from_logits(2.5 * z, y)
+    assert 2.3 < t < 2.7 and after < before
+    t1, _, _ = temperature_from_logits(z, y)
+    assert 0.9 < t1 < 1.1
+
+
+class SyntheticCache:
+    """A feature cache of synthetic_features: what ``train_split`` reads, without encoding anything."""
+
+    def __init__(self, recs: list[Record]) -> None:
+        self.fs = synthetic_features(recs, 7)
+
+    def bank(self) -> tuple[np.ndarray, np.ndarray]:
+        return silent_bank()
+
+    def get(self, recs: list[Record], variant: dict) -> FeatureSet:
+        return self.fs
+
+
+def test_out_of_fold_logits_score_every_training_speaker_once_with_a_head_that_never_saw_it() -> None:
+    from training.chunk_training import out_of_fold_logits
+
+    recs = records({("ravdess", lab): 24 for lab in LABELS}) + records({("tess", lab): 9 for lab in LABELS})
+    cfg = {**small_cfg(), "features": {"train_variants": [{"name": "clean"}]}}
+    logits, labels = out_of_fold_logits(cfg, {}, recs, {"ravdess"}, SyntheticCache(recs), seed=0, folds=3)
+    ravdess = [r for r in recs if r.corpus == "ravdess"]
+    assert logits.shape == (len(ravdess), len(LABELS))  # one window per clip here; TESS is never held out
+    assert sorted(labels.tolist()) == sorted(r.label_index for r in ravdess)
+    assert (logits.argmax(1) == labels).mean() > 0.9  # the class signal generalises across speakers
+    with pytest.raises(ValueError, match="temperature_folds=4 needs as many"):
+        out_of_fold_logits(cfg, {}, recs, {"ravdess"}, SyntheticCache(recs), seed=0, folds=4)

@@ -48,6 +48,7 @@ DEFAULT_TRAINER = {
     "corpus_alpha": 0.5,
     "corpus_weights": None,  # name -> factor on a corpus's share ("default": the others)
     "clean_p": 0.25,  # share of each clip's training weight on the clean variant (the rest: augmented ones)
+    "temperature_folds": 0,  # > 0: the temperature also sees out-of-fold logits of the training speakers
 }
 
 
@@ -432,17 +433,61 @@ def clip_probs(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], n_cl
 
 
 def fit_temperature(model: Any, val: Windows, bank: tuple[np.ndarray, np.ndarray], records: Sequence[Record],
-                    pooling: str = "window_moments") -> tuple[float, float, float]:
-    """Temperature scaling on validation clips: the T minimising NLL; sets it in the head. Returns (T, nll before, after)."""
+                    pooling: str = "window_moments", extra: tuple[np.ndarray, np.ndarray] | None = None
+                    ) -> tuple[float, float, float]:
+    """Temperature scaling: the T minimising NLL on the validation windows (and ``extra`` (logits, labels)).
+
+    Sets it in the head. Returns (T, nll before, after) over everything it was fitted on.
+    """
     model.head.temperature.fill_(1.0)
-    logits = torch.from_numpy(window_logits(model, val, bank, pooling=pooling)).double()
-    y = torch.tensor([records[i].label_index for i in val.clip_of])
-    grid = torch.exp(torch.linspace(math.log(0.2), math.log(10.0), 300, dtype=torch.float64))
-    nll = torch.stack([F.cross_entropy(logits / t, y) for t in grid])
-    best = int(nll.argmin())
-    t = float(grid[best])
+    logits = window_logits(model, val, bank, pooling=pooling)
+    y = np.array([records[i].label_index for i in val.clip_of], dtype=np.int64)
+    if extra is not None:
+        logits, y = np.concatenate([logits, extra[0]]), np.concatenate([y, extra[1]])
+    t, before, after = temperature_from_logits(logits, y)
     model.head.temperature.fill_(t)
-    return t, float(nll[int(torch.argmin(torch.abs(grid - 1.0)))]), float(nll[best])
+    return t, before, after
+
+
+def temperature_from_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """(T, NLL at T 1, NLL at T): the grid point in 0.2..10 that minimises the NLL of ``logits / T``."""
+    x, y = torch.from_numpy(np.asarray(logits)).double(), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    grid = torch.exp(torch.linspace(math.log(0.2), math.log(10.0), 300, dtype=torch.float64))
+    nll = torch.stack([F.cross_entropy(x / t, y) for t in grid])
+    best = int(nll.argmin())
+    return float(grid[best]), float(nll[int(torch.argmin(torch.abs(grid - 1.0)))]), float(nll[best])
+
+
+def out_of_fold_logits(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], corpora: set[str], cache: Any,
+                       seed: int, folds: int, pooling: str = "window_moments") -> tuple[np.ndarray, np.ndarray]:
+    """Window logits (T 1) and labels of the training speakers of ``corpora``, each from a head fitted without them.
+
+    Those speakers are cut into ``folds`` groups; a head is fitted on the
+    rest of ``train`` for each group and scores the group's clean windows.
+    A temperature fitted on these (hundreds of voices' clips rather than the
+    two validation actors') is what cross-validation said calibrates new
+    voices best (README, calibration).
+    """
+    from training.chunk_model import WhisperChunkModel
+
+    speakers = sorted({r.speaker for r in train if r.corpus in corpora})
+    if len(speakers) < folds:
+        raise ValueError(f"head_trainer.temperature_folds={folds} needs as many training speakers of {sorted(corpora)}, "
+                         f"found {len(speakers)}")
+    bank = cache.bank()
+    variants = [dict(v) for v in model_cfg["features"]["train_variants"]]
+    logits, labels = [], []
+    for i in range(folds):
+        held = set(speakers[i::folds])
+        inner = [r for r in train if r.speaker not in held]
+        test = [r for r in train if r.speaker in held]
+        m = WhisperChunkModel(model_cfg)
+        fit_head(m, [select_windows(cache.get(inner, v), inner, "zeros" if v.get("place") != "random" else "bank")
+                     for v in variants], inner, bank, trainer_cfg, seed, pooling)
+        w = select_windows(cache.get(test, {"name": "clean"}), test, "zeros")
+        logits.append(window_logits(m, w, bank, pooling=pooling))
+        labels.append(np.array([test[j].label_index for j in w.clip_of], dtype=np.int64))
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
@@ -485,6 +530,10 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
                 test: dict[str, tuple[Sequence[Record], dict]], cache: Any, seed: int) -> SplitResult:
     """Train one head on ``train`` (all training variants), calibrate on ``val``, score ``test`` sets.
 
+    With ``head_trainer.temperature_folds`` > 0 the temperature is fitted on
+    ``val`` and on out-of-fold logits of the training speakers of the
+    validation corpora (:func:`out_of_fold_logits`).
+
     ``test`` maps a name to (records, variant): each is scored with the
     served geometry (clip centred, silent chunks digital zeros).
     """
@@ -501,7 +550,11 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
     test_w = {name: select_windows(cache.get(recs, v), recs, "zeros") for name, (recs, v) in test.items()}
     first = next(iter(test), None)
     ece_before = score_clips(model, test_w[first], bank, test[first][0], pooling)["ece"] if first is not None else None
-    t, nll_before, nll_after = fit_temperature(model, val_w, bank, val, pooling)
+    folds = int({**DEFAULT_TRAINER, **(trainer_cfg or {})}["temperature_folds"])
+    extra = None
+    if folds > 0:
+        extra = out_of_fold_logits(model_cfg, trainer_cfg, train, {r.corpus for r in val}, cache, seed, folds, pooling)
+    t, nll_before, nll_after = fit_temperature(model, val_w, bank, val, pooling, extra)
     results = {name: score_clips(model, test_w[name], bank, recs, pooling) for name, (recs, _) in test.items()}
     return SplitResult(model, t, (nll_before, nll_after), results, ece_before, stats)
 
