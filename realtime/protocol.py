@@ -3,7 +3,7 @@
 Owns the edge between the network and the daemon. Every client message is
 parsed and validated here, against the schemas below, before any other module
 sees it; what comes out is plain, well-typed data or a :class:`ProtocolError`
-carrying one of the error codes of ARCHITECTURE.md. Server messages are built
+carrying one of the error codes listed in the README's protocol section. Server messages are built
 here too, so their field names live in one place. Imports numpy only.
 
 :class:`Session` is one client connection as python-websockets' sans-I/O

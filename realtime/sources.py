@@ -144,9 +144,6 @@ def _rescan_devices() -> None:
 # ---------------------------------------------------------------- source base
 
 
-SOURCE_STATES = ("starting", "running", "reconnecting", "finished", "failed")
-
-
 class Source:
     """A thread that feeds one stream; ``failed`` holds the error that ended it, ``state`` what it does now."""
 

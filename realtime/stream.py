@@ -109,7 +109,6 @@ class Window:
     end: int
     due: float  # time.monotonic() when its last sample arrived
     droppable: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def start(self) -> int:

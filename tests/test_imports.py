@@ -1,4 +1,4 @@
-"""The dependency rules of ARCHITECTURE.md, checked on the source: no import cycle, no runtime -> training arrow.
+"""The dependency rules of the README ("Four packages"), checked on the source: no import cycle, no runtime -> training arrow.
 
 Every ``import`` and ``from ... import`` is read with ``ast``, at any depth
 (function-level imports included, as they hide cycles), and resolved to the
