@@ -124,10 +124,11 @@ def _load(b: Backend, path: Path, device: str, options: dict[str, Any], strict: 
 
 def _load_auto(candidates: list[Backend], path: Path, device: str, options: dict[str, Any]) -> Engine:
     """The first candidate that is available; an unusable model file stops the search with its own error."""
-    known = {o for b in registered().values() for o in _options_or_none(b)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise EngineError(f"no backend takes the option {unknown[0]!r} (options: {', '.join(sorted(known)) or 'none'})")
+    if options:  # (reading every backend's signature imports its module: only when there is something to check)
+        known = {o for b in registered().values() for o in _options_or_none(b)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise EngineError(f"no backend takes the option {unknown[0]!r} (options: {', '.join(sorted(known)) or 'none'})")
     reasons: list[str] = []
     for b in candidates:
         if b.gpu_only and device == "cpu":

@@ -276,3 +276,36 @@ def test_torch_backend_runs_a_chunked_module_like_onnxruntime(chunked_model: Pat
     np.testing.assert_allclose(eng.infer(x), ort_eng.infer(x), atol=1e-5)
     chunks = x[:, :16000]
     np.testing.assert_allclose(eng.encode_chunks(chunks), ort_eng.encode_chunks(chunks), atol=1e-4)
+
+
+def test_backend_options_are_checked_against_each_load_signature(energy_model: Path) -> None:
+    """No **kwargs swallows a typo: an option no backend declares, or one the asked backend lacks, is an error."""
+    from engine.registry import registered
+
+    assert "threads" in registered()["onnxruntime"].options()
+    assert load_engine(energy_model, backend="onnxruntime", device="cpu", threads=1).name == "onnxruntime"
+    with pytest.raises(EngineError, match="no backend takes the option 'thread'"):
+        load_engine(energy_model, device="cpu", thread=1)
+    with pytest.raises(EngineError, match="backend 'onnxruntime' takes no option 'precision'"):
+        load_engine(energy_model, backend="onnxruntime", device="cpu", precision="fp16")
+    # auto hands each backend only what it declares: TensorRT's precision does not reach onnxruntime.
+    assert load_engine(energy_model, device="cpu", precision="fp16").name == "onnxruntime"
+
+
+def test_auto_skips_an_unavailable_backend_but_not_a_broken_file(tmp_path: Path, energy_model: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import registry
+    from engine.interface import BackendUnavailable
+
+    class Absent(registry.Backend):
+        def engine_class(self):
+            raise BackendUnavailable("not installed here")
+
+    monkeypatch.setattr(registry, "BUILTIN", (Absent("ghost", "nowhere:Nothing", (".onnx",)), *registry.BUILTIN))
+    assert load_engine(energy_model, device="cpu").name == "onnxruntime"  # ghost skipped with its reason
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EngineError, match="not a valid ONNX model"):
+        load_engine(bad, device="cpu")
+    with pytest.raises(EngineError, match="unknown backend 'cuda'"):
+        load_engine(energy_model, backend="cuda")
