@@ -2,14 +2,8 @@
 
 Starts ``ser-listen`` on loopback (no local source), opens a few well-behaved
 WebSocket clients that stream 16 kHz speech at real-time pace, then, from a
-second process (bench/crowd.py), well over a hundred hostile clients of six kinds at once:
-
-- ``garbage``: floods of broken JSON, unknown types, bad frames, oversized messages, never reading;
-- ``fast_audio``: audio at about 25x real time;
-- ``cycler``: start/stop ten times a second with audio in between;
-- ``non_reader``: subscribes to every stream, then never reads (tiny TCP window);
-- ``vanisher``: streams for a moment, then drops the TCP connection without a close;
-- ``burst``: bursts of connections opened and dropped together.
+second process, well over a hundred hostile clients of the six kinds :mod:`bench.crowd` describes
+(garbage, fast_audio, cycler, non_reader, vanisher, burst), all at once.
 
 Each hostile client reconnects when the daemon closes it, until the end.
 Halfway through, ``--late`` more well-behaved clients connect and start

@@ -458,6 +458,12 @@ def temperature_from_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[flo
     return float(grid[best]), float(nll[int(torch.argmin(torch.abs(grid - 1.0)))]), float(nll[best])
 
 
+def training_windows(model_cfg: Any, train: Sequence[Record], cache: Any) -> list[Windows]:
+    """The windows of ``train`` in every training variant (clean first); a randomly placed clip's silence is the noise bank."""
+    return [select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank")
+            for v in (dict(v) for v in model_cfg["features"]["train_variants"])]
+
+
 def out_of_fold_logits(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], corpora: set[str], cache: Any,
                        seed: int, folds: int, pooling: str = "window_moments") -> tuple[np.ndarray, np.ndarray]:
     """Window logits (T 1) and labels of the training speakers of ``corpora``, each from a head fitted without them.
@@ -475,15 +481,13 @@ def out_of_fold_logits(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record
         raise ValueError(f"head_trainer.temperature_folds={folds} needs as many training speakers of {sorted(corpora)}, "
                          f"found {len(speakers)}")
     bank = cache.bank()
-    variants = [dict(v) for v in model_cfg["features"]["train_variants"]]
     logits, labels = [], []
     for i in range(folds):
         held = set(speakers[i::folds])
         inner = [r for r in train if r.speaker not in held]
         test = [r for r in train if r.speaker in held]
         m = WhisperChunkModel(model_cfg)
-        fit_head(m, [select_windows(cache.get(inner, v), inner, "zeros" if v.get("place") != "random" else "bank")
-                     for v in variants], inner, bank, trainer_cfg, seed, pooling)
+        fit_head(m, training_windows(model_cfg, inner, cache), inner, bank, trainer_cfg, seed, pooling)
         w = select_windows(cache.get(test, {"name": "clean"}), test, "zeros")
         logits.append(window_logits(m, w, bank, pooling=pooling))
         labels.append(np.array([test[j].label_index for j in w.clip_of], dtype=np.int64))
@@ -542,9 +546,7 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
     bank = cache.bank()
     model = WhisperChunkModel(model_cfg)
     pooling = str((trainer_cfg or {}).get("pooling", "window_moments"))  # another one only in the ablation
-    variants = [dict(v) for v in model_cfg["features"]["train_variants"]]
-    train_w = [select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank") for v in variants]
-    stats = fit_head(model, train_w, train, bank, trainer_cfg, seed, pooling)
+    stats = fit_head(model, training_windows(model_cfg, train, cache), train, bank, trainer_cfg, seed, pooling)
     clean = {"name": "clean"}
     val_w = select_windows(cache.get(val, clean), val, "zeros")
     test_w = {name: select_windows(cache.get(recs, v), recs, "zeros") for name, (recs, v) in test.items()}
