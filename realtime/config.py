@@ -168,16 +168,27 @@ def _read_file(path: Path) -> dict:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not YAML: {exc}") from exc
+    return _sections(data, f"config file {path}")
+
+
+def _sections(data: Any, where: str) -> dict:
+    """``data`` checked to be a mapping of known sections, each a mapping of keys (ConfigError naming ``where``)."""
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must be a mapping of sections (model:, audio:, ...)")
+        raise ConfigError(f"{where} must be a mapping of sections (model:, audio:, ...)")
     for section, keys in data.items():
         if section not in _SECTIONS:
-            raise ConfigError(f"config file {path}: unknown section {section!r} (sections: {', '.join(_SECTIONS)})")
+            raise ConfigError(f"{where}: unknown section {section!r} (sections: {', '.join(_SECTIONS)})")
         if not isinstance(keys, dict):
-            raise ConfigError(f"config file {path}: section {section!r} must be a mapping of keys, got {keys!r}")
+            raise ConfigError(f"{where}: section {section!r} must be a mapping of keys, got {keys!r}")
     return data
+
+
+def daemon_config_from_mapping(data: Any, where: str = "daemon config") -> DictConfig:
+    """The schema's defaults under ``data`` (sections as --show-config prints them): how an embedding app
+    (the Ray Serve ingress, whose Serve config carries them as ``args``) configures the daemon it runs."""
+    return typed(_merge(OmegaConf.structured(DaemonConfig), _sections(data, where)))
 
 
 def _merge(cfg: DictConfig, data: Any) -> DictConfig:

@@ -68,6 +68,7 @@ class Daemon:
         reconnect: bool = False,
         jsonl: JsonlWriter | None = None,
         announce: Callable[[str], None] | None = None,
+        metrics: DaemonMetrics | None = None,
     ) -> None:
         self.cfg = cfg if OmegaConf.get_type(cfg) is DaemonConfig else typed(cfg)  # validated once, here or in cli
         cfg = self.cfg
@@ -78,7 +79,7 @@ class Daemon:
         self.reconnect = reconnect
         self.jsonl = jsonl
         self.announce = announce or (lambda line: print(line, file=sys.stderr, flush=True))
-        self.metrics = DaemonMetrics()
+        self.metrics = metrics if metrics is not None else DaemonMetrics()
         self.labels = tuple(engine.labels)
         # ValueError when the hop is not a whole number of the model's chunk hops (cli.py reports it).
         self.settings = StreamSettings.from_config(cfg, engine.geometry)
@@ -90,6 +91,7 @@ class Daemon:
         self.started_at = time.monotonic()
         self.source: Source | None = None
         self.exit_code = 0
+        self.identity: dict[str, str] = {}  # who serves, where several do (a Ray Serve replica's deployment and tag)
         self.finished_input = False  # --once: the file was read to its end (no signal): every line is owed
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
@@ -260,6 +262,7 @@ class Daemon:
             "source": source,
             "streams": self.stream_list(),
             "clients": len(self.server.clients),
+            **self.identity,
         }
 
     def open_remote_stream(self, sample_rate: int, channels: int, encoding: str, owner: str | None = None) -> Stream:
@@ -349,6 +352,20 @@ class Daemon:
         await self.stop_event.wait()
         await self.shutdown()
         return self.exit_code
+
+    async def start_embedded(self) -> None:
+        """Serve through another I/O shell (the Ray Serve ingress, ``realtime.cluster``): no port, no local source.
+
+        The shell hands each WebSocket to ``self.server.serve_connection`` and
+        HTTP requests to ``self.server.answer_http``; streams, the scheduler,
+        post-processing and publishing are this daemon's, unchanged. Call from
+        the event loop that will run those connections; ``shutdown()`` ends it.
+        """
+        if self.loop is not None:
+            return
+        self.loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        self.scheduler.start()
 
     def announce_url(self, port: int) -> None:
         host = self.cfg.server.host

@@ -91,6 +91,22 @@ class DaemonAPI(Protocol):
     def close_remote_stream(self, stream: Any) -> None: ...
 
 
+class Connection(Protocol):
+    """What the server uses of a WebSocket connection: python-websockets' ``ServerConnection`` has it all.
+
+    ``transport`` may be None where the socket is not ours to abort (behind
+    Ray Serve's proxy); iteration yields each message (str or bytes) and ends,
+    or raises ``websockets.exceptions.ConnectionClosed``, when the peer goes.
+    """
+
+    state: Any
+    transport: Any
+
+    async def send(self, message: str) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+    def __aiter__(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The server's frozen view of ``server.*``: no defaults here, realtime.config.ServerConfig owns them
@@ -180,6 +196,36 @@ def inspect_request(request: Request) -> RequestInfo:
     return RequestInfo(target.path, host, host_name, origin, token or header_token)
 
 
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """An HTTP answer as data (status, body, type), so every I/O shell sends the same one."""
+
+    status: HTTPStatus
+    body: bytes
+    content_type: str
+
+    @classmethod
+    def text(cls, status: HTTPStatus, text: str) -> HttpAnswer:
+        return cls(status, text.encode(), CONTENT_TYPES[".txt"])
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("Content-Length", str(len(self.body))),
+            ("Content-Type", self.content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+
+    def response(self) -> Response:
+        """As python-websockets' HTTP response (the daemon's own port)."""
+        status = HTTPStatus(self.status)
+        headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"), *self.headers()])
+        return Response(status.value, status.phrase, headers, self.body)
+
+
 STREAM_FIELDS_PUBLIC = ("id", "kind", "sample_rate", "channels")
 REDACTED_KEYS = frozenset({"path", "file", "filename", "device_name", "source_name"})
 
@@ -218,7 +264,7 @@ OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control 
 class Client:
     """One connection: its protocol session (every rule), its stream object and its bounded outbox."""
 
-    ws: ServerConnection
+    ws: Connection
     id: int
     session: Session
     outbox: BoundedQueue[str]
@@ -276,9 +322,8 @@ class Server:
         Bounded: at most ``drain_timeout_s`` for queued messages (less for a client that is not
         reading) and ``SHUTDOWN_CLOSE_WAIT_S`` for the closing handshakes, whatever the clients do.
         """
-        if self._ws_server is None:
-            return
-        self._ws_server.server.close()  # no new connections
+        if self._ws_server is not None:
+            self._ws_server.server.close()  # no new connections (an embedding shell stops its own listener)
         if self._streams_timer is not None:
             self._streams_timer.cancel()
             self._flush_streams()
@@ -291,6 +336,8 @@ class Server:
         for c in clients:
             if c.ws.transport is not None and c.ws.state.name != "CLOSED":
                 c.ws.transport.abort()
+        if self._ws_server is None:
+            return
         self._ws_server.close(close_connections=True)
         try:
             await asyncio.wait_for(self._ws_server.wait_closed(), timeout=SHUTDOWN_CLOSE_WAIT_S)
@@ -321,54 +368,45 @@ class Server:
             return True
         return origin in self.settings.allowed_origins
 
-    @staticmethod
-    def _response(conn: ServerConnection, status: int, body: bytes, content_type: str) -> Response:
-        status = HTTPStatus(status)
-        headers = Headers(
-            [
-                ("Date", email.utils.formatdate(usegmt=True)),
-                ("Connection", "close"),
-                ("Content-Length", str(len(body))),
-                ("Content-Type", content_type),
-                ("Cache-Control", "no-cache"),
-                ("X-Content-Type-Options", "nosniff"),
-            ]
-        )
-        return Response(status.value, status.phrase, headers, body)
+    def answer_http(self, info: RequestInfo) -> HttpAnswer | None:
+        """The answer to a plain HTTP request, whatever serves the socket (None: ``/ws``, the WebSocket handshake).
 
-    def _text(self, conn: ServerConnection, status: int, text: str) -> Response:
-        return self._response(conn, status, text.encode(), CONTENT_TYPES[".txt"])
+        The Host, token and route rules live here once, for the daemon's own port
+        (``_process_request``) and for the Ray Serve ingress (``realtime.cluster``).
+        """
+        if not self._host_ok(info):
+            self.metrics.connections_refused.inc(1, "forbidden_host")
+            return HttpAnswer.text(HTTPStatus.FORBIDDEN, "forbidden Host header\n")
+        path = info.path
+        if path == "/ws":
+            return None  # the WebSocket handshake; origin and token are checked in serve_connection, with an error message
+        if path in ("/healthz", "/metrics") and not self._token_ok(info):
+            self.metrics.connections_refused.inc(1, "unauthorized")
+            return HttpAnswer.text(HTTPStatus.UNAUTHORIZED, "token required\n")
+        if path == "/healthz":
+            return self._health()
+        if path == "/metrics":
+            self.metrics.uptime.set(time.monotonic() - self.started_at)
+            return HttpAnswer(HTTPStatus.OK, self.metrics.registry.render().encode(), METRICS_CONTENT_TYPE)
+        name = "index.html" if path == "/" else path[1:]
+        return self._static(name)
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         try:
             info = inspect_request(request)
         except BadRequest as exc:
             self.metrics.connections_refused.inc(1, "bad_request")
-            return self._text(conn, HTTPStatus.BAD_REQUEST, f"bad request: {exc}\n")
-        if not self._host_ok(info):
-            self.metrics.connections_refused.inc(1, "forbidden_host")
-            return self._text(conn, HTTPStatus.FORBIDDEN, "forbidden Host header\n")
-        path = info.path
-        if path == "/ws":
-            return None  # the WebSocket handshake; origin and token are checked in _handle, with an error message
-        if path in ("/healthz", "/metrics") and not self._token_ok(info):
-            self.metrics.connections_refused.inc(1, "unauthorized")
-            return self._text(conn, HTTPStatus.UNAUTHORIZED, "token required\n")
-        if path == "/healthz":
-            return self._health(conn)
-        if path == "/metrics":
-            self.metrics.uptime.set(time.monotonic() - self.started_at)
-            return self._response(conn, HTTPStatus.OK, self.metrics.registry.render().encode(), "text/plain; version=0.0.4; charset=utf-8")
-        name = "index.html" if path == "/" else path[1:]
-        return self._static(conn, name)
+            return HttpAnswer.text(HTTPStatus.BAD_REQUEST, f"bad request: {exc}\n").response()
+        answer = self.answer_http(info)
+        return None if answer is None else answer.response()
 
-    def _health(self, conn: ServerConnection) -> Response:
+    def _health(self) -> HttpAnswer:
         """The daemon's own account of its state (200 when ``status`` is ``ok``, else 503), redacted."""
         state = self.daemon.health()
         status = HTTPStatus.OK if state.get("status") == "ok" else HTTPStatus.SERVICE_UNAVAILABLE
-        return self._response(conn, status, json.dumps(public_health(state)).encode(), "application/json")
+        return HttpAnswer(status, json.dumps(public_health(state)).encode(), "application/json")
 
-    def _static(self, conn: ServerConnection, name: str) -> Response:
+    def _static(self, name: str) -> HttpAnswer:
         """A file directly inside the dashboard folder, by exact name (no paths, so no traversal)."""
         try:
             names = {p.name for p in self.static_dir.iterdir() if p.is_file()}
@@ -377,14 +415,14 @@ class Server:
         if name in names and "/" not in name:
             path = self.static_dir / name
             ctype = CONTENT_TYPES.get(path.suffix.lower()) or mimetypes.guess_type(name)[0] or "application/octet-stream"
-            return self._response(conn, HTTPStatus.OK, path.read_bytes(), ctype)
+            return HttpAnswer(HTTPStatus.OK, path.read_bytes(), ctype)
         if name == "index.html":
-            return self._response(conn, HTTPStatus.OK, PLACEHOLDER_PAGE.encode(), CONTENT_TYPES[".html"])
-        return self._text(conn, HTTPStatus.NOT_FOUND, "not found\n")
+            return HttpAnswer(HTTPStatus.OK, PLACEHOLDER_PAGE.encode(), CONTENT_TYPES[".html"])
+        return HttpAnswer.text(HTTPStatus.NOT_FOUND, "not found\n")
 
     # ------------------------------------------------------------ WebSocket
 
-    async def _reject(self, ws: ServerConnection, refusal: Outcome, reason: str) -> None:
+    async def _reject(self, ws: Connection, refusal: Outcome, reason: str) -> None:
         """Turn a connection away before it gets a session: its error, then the close."""
         self.metrics.connections_refused.inc(1, reason)
         for msg in refusal.replies:
@@ -415,6 +453,16 @@ class Server:
         request = ws.request
         assert request is not None
         info = inspect_request(request)  # already read once by _process_request: cannot fail here
+        self._bound_send_buffer(ws)
+        await self.serve_connection(ws, info)
+
+    async def serve_connection(self, ws: Connection, info: RequestInfo) -> None:
+        """One WebSocket client from its accepted handshake to its end: checks, session, outbox.
+
+        ``ws`` is python-websockets' connection on the daemon's own port, or the
+        Ray Serve ingress's adapter of a Starlette WebSocket (``realtime.cluster``):
+        both give :class:`Connection`, so every rule is applied by this one method.
+        """
         if not self.origin_ok(info):
             refusal = protocol.refusal("unauthorized", f"origin {info.origin} is not allowed (server.allowed_origins)")
             await self._reject(ws, refusal, "unauthorized")
@@ -427,7 +475,6 @@ class Server:
             refusal = protocol.refusal("server_busy", f"too many clients (server.max_clients={self.settings.max_clients})")
             await self._reject(ws, refusal, "server_busy")
             return
-        self._bound_send_buffer(ws)
         session = Session(self.limits, time.monotonic())
         client = Client(ws, self._next_id, session, BoundedQueue(self.settings.client_queue, order="fifo"))
         self._next_id += 1
