@@ -63,13 +63,16 @@ class Sample:
 _NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|(?=}))')
 _UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
+IDENTITY_LABELS = ("deployment", "replica")  # constant labels a Ray Serve replica puts on every sample
 
 
 def parse_metrics(text: str) -> list[Sample]:
-    """The samples of a Prometheus text exposition (format 0.0.4): comments and blank lines skipped.
+    """The samples of a Prometheus text exposition: ``# HELP``/``# TYPE`` comments and blank lines skipped.
 
+    Format 0.0.4, or 1.0.0 with classic names (what prometheus_client writes):
     ``name{label="value",...} value [timestamp]``; label values may hold escaped ``\\\\``, ``\\"``
-    and ``\\n``, and commas or braces. A line that does not parse raises ValueError naming it.
+    and ``\\n``, and commas or braces; values may read ``2`` or ``2.0``, ``+Inf`` or ``NaN``. A line
+    that does not parse raises ValueError naming it.
     """
     out: list[Sample] = []
     for n, raw in enumerate(text.splitlines(), 1):
@@ -122,12 +125,17 @@ class Metrics:
                          if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())))
 
     def by_label(self, name: str, label: str | None = None) -> dict[str, float]:
-        """``name``'s samples by the value of ``label`` (default: the sample's first label); ``total`` for unlabelled ones."""
+        """``name``'s samples by the value of ``label``; ``total`` for samples without it, summed.
+
+        ``label`` defaults to the sample's first label that is not an :data:`IDENTITY_LABELS` one, so
+        a scrape of a Ray Serve replica (``deployment``, ``replica`` on every sample) splits by reason
+        or code like the plain daemon's, summed over replicas.
+        """
         out: dict[str, float] = {}
         for s in self.samples:
             if s.name != name:
                 continue
-            key = label if label is not None else next(iter(s.labels), None)
+            key = label if label is not None else next((k for k in s.labels if k not in IDENTITY_LABELS), None)
             k = s.labels.get(key, "total") if key is not None else "total"
             out[k] = out.get(k, 0.0) + s.value
         return out

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -194,9 +195,6 @@ def inspect_request(request: Request) -> RequestInfo:
         token = auth[7:].strip()
     header_token = _one_header(request, "X-Ser-Token")
     return RequestInfo(target.path, host, host_name, origin, token or header_token)
-
-
-METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -387,7 +385,7 @@ class Server:
             return self._health()
         if path == "/metrics":
             self.metrics.uptime.set(time.monotonic() - self.started_at)
-            return HttpAnswer(HTTPStatus.OK, self.metrics.registry.render().encode(), METRICS_CONTENT_TYPE)
+            return HttpAnswer(HTTPStatus.OK, self.metrics.render().encode(), CONTENT_TYPE_LATEST)
         name = "index.html" if path == "/" else path[1:]
         return self._static(name)
 

@@ -1,5 +1,5 @@
 """The daemon's parts one by one: ring buffer, stream windowing, streaming resampling, VAD gate,
-smoothing, scheduler batching and overload dropping, protocol validation, metrics text.
+smoothing, scheduler batching and overload dropping, protocol validation (metrics: test_realtime_metrics.py).
 
 All real: numpy, soxr, webrtcvad and the tiny ONNX engine from conftest through onnxruntime.
 """
@@ -292,19 +292,6 @@ def test_decode_pcm():
         assert exc.value.code == "invalid_audio_frame"
     with pytest.raises(ProtocolError):
         protocol.decode_pcm(np.array([np.nan], dtype="<f4").tobytes(), "pcm_f32le", 1)
-
-
-def test_metrics_text_format():
-    m = DaemonMetrics()
-    m.windows_dropped.inc(2, "stale")
-    m.latency_seconds.observe(0.03)
-    m.latency_seconds.observe(7.0)
-    text = m.registry.render()
-    assert 'ser_windows_dropped_total{reason="stale"} 2' in text
-    assert 'ser_end_to_end_latency_seconds_bucket{le="0.05"} 1' in text
-    assert 'ser_end_to_end_latency_seconds_bucket{le="+Inf"} 2' in text
-    assert "ser_end_to_end_latency_seconds_count 2" in text
-    assert "# TYPE ser_batch_size histogram" in text
 
 
 def test_realtime_imports_no_torch():
