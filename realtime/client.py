@@ -13,23 +13,35 @@ advertises the connection's audio budget (``max_audio_realtime_factor`` after a
 ``max_audio_burst_s`` burst), and the client paces itself just inside it, so a
 long file is never closed as ``rate_limited``. If the daemon closes the
 connection anyway, the client reports why and exits at once.
+
+``--reconnect`` is for a daemon that can go away under a client: a ``ser-listen``
+restarted, or the Ray Serve ingress replica a connection was pinned to dying.
+When the connection is lost for a reason worth another try (no close frame at
+all, or the daemon going away, failing, restarting or busy), the client
+connects again with jittered exponential backoff, starts a new stream (a new
+stream id, named on stderr) and carries on where the audio was; a close for
+something the client did wrong (a bad token, a rate limit, a message too large)
+still ends the run. :class:`ReconnectPolicy` holds every decision of that, so
+the three modes (a file, a device, watching) share it and it is tested without
+a network.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import click
 import numpy as np
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake, InvalidStatus
 
 FRAME_S = 0.1  # seconds of audio per binary frame
 START_ANSWER_S = 10.0  # the daemon answers a start with started or an error within this
@@ -37,6 +49,18 @@ BUSY_RETRY_MIN_S = 0.5  # while the daemon is busy (every stream slot taken), as
 BUSY_RETRY_MAX_S = 4.0  # ... doubling up to this
 FAST_BURST_SHARE = 0.5  # --fast: use this share of the advertised audio burst up front ...
 FAST_RATE_SHARE = 0.9  # ... then send at this share of the advertised real-time factor
+LAST_PREDICTION_S = 30.0  # after a file's stop, wait this long for its last prediction
+MAX_MESSAGE_BYTES = 2**22  # the largest message the client accepts from the daemon
+RECONNECT_MIN_S = 0.5  # --reconnect: the first wait after a lost connection ...
+RECONNECT_MAX_S = 8.0  # ... doubling up to this ...
+RECONNECT_JITTER = 0.5  # ... each drawn from [1 - this, 1] x that, so clients dropped together come back spread out
+RECONNECT_FOR_S = 60.0  # give up after this long without a working connection (--reconnect-for)
+# Closes worth another connection: going away (shutdown, replica drained), abnormal (no close frame: the daemon
+# or the network died), internal error, service restart, try again later (every client slot taken). Any other
+# code (1008 policy: unauthorized or rate_limited; 1003; 1007; 1009 message too large; 1000 a deliberate end)
+# is the client's to fix or the daemon's decision, and ends the run.
+RETRY_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013})
+RETRY_HTTP_STATUSES = frozenset({502, 503, 504})  # a proxy in front (Ray Serve's) while no replica answers
 
 
 def format_prediction(msg: dict[str, Any]) -> str:
@@ -68,25 +92,6 @@ class Printer:
         elif msg["type"] == "error":
             click.echo(f"ser-client: daemon error {msg['code']}: {msg['message']}", err=True)
 
-
-async def _receive(ws: Any, on_message: Any, stream: list[str | None], done: asyncio.Event, end_s: list[float | None]) -> None:
-    """Print this client's predictions and errors; returns when the last one arrived or the connection ended."""
-    try:
-        async for raw in ws:
-            if not isinstance(raw, str):
-                continue
-            msg = json.loads(raw)
-            if msg["type"] == "started":
-                stream[0] = msg["stream"]
-            elif msg["type"] == "prediction" and (stream[0] is None or msg["stream"] == stream[0]):
-                on_message(msg)
-                if end_s[0] is not None and msg["t_end"] >= end_s[0] - 0.01:  # the file's last sample is in
-                    done.set()
-                    return
-            elif msg["type"] == "error":
-                on_message(msg)
-    except ConnectionClosed:
-        pass
 
 
 class ClientError(Exception):
@@ -168,45 +173,307 @@ class Pacer:
         return self.t0 + (sent_s - self.ahead_s) / self.speed
 
 
-async def stream_file(url: str, path: Path, fast: bool, on_message: Any, wait_s: float = 30.0) -> int:
-    import soundfile as sf
 
-    info = sf.info(str(path))
-    rate, channels = int(info.samplerate), min(int(info.channels), 2)
-    async with connect(url, max_size=2**22) as ws:
-        hello = json.loads(await ws.recv())
-        start = {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": channels}
-        stream: list[str | None] = [await open_stream(ws, start, wait_s, _tell_busy)]
-        end_s: list[float | None] = [info.frames / rate]  # known up front: the last window may beat our own stop
-        done = asyncio.Event()
-        receiver = asyncio.create_task(_receive(ws, on_message, stream, done, end_s))
-        step = max(1, int(rate * FRAME_S))
-        pacer = Pacer(fast, hello.get("limits") or {}, time.monotonic())
-        sent = 0
+
+class ReconnectPolicy:
+    """``--reconnect``'s decisions in one place: which failures are worth another connection, how long to
+    wait before each, and when to give up. No I/O: the clock and the random draw are injected, so it is
+    tested without a network.
+
+    Waits double from ``min_s`` up to ``max_s``, each shortened by a random share of up to ``jitter`` so
+    that the clients one dead daemon dropped together do not all knock on the restarted one at the same
+    instant. ``for_s`` bounds a run of failures (from the first loss to the last attempt), not a whole run
+    of the client: :meth:`connected` starts the count over. Only a client that was connected once is
+    resumed (:attr:`was_connected`): a first connection that fails is a wrong URL or token, said at once.
+    """
+
+    def __init__(self, for_s: float = RECONNECT_FOR_S, min_s: float = RECONNECT_MIN_S, max_s: float = RECONNECT_MAX_S,
+                 jitter: float = RECONNECT_JITTER, clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random) -> None:
+        if not (0 < min_s <= max_s) or not (0 <= jitter < 1) or for_s < 0:
+            raise ValueError(f"bad reconnect policy: min_s={min_s}, max_s={max_s}, jitter={jitter}, for_s={for_s}")
+        self.for_s, self.min_s, self.max_s, self.jitter = for_s, min_s, max_s, jitter
+        self._clock, self._rand = clock, rand
+        self.attempt = 0  # reconnects tried since the last working connection
+        self.failing_since: float | None = None  # when the current run of failures began
+        self.was_connected = False
+
+    @staticmethod
+    def retries(exc: BaseException) -> bool:
+        """Whether this failure is the daemon's or the network's (worth another connection), not the client's."""
+        if isinstance(exc, ConnectionClosed):
+            return close_code(exc) in RETRY_CLOSE_CODES
+        if isinstance(exc, InvalidStatus):
+            return exc.response.status_code in RETRY_HTTP_STATUSES
+        # refused, reset, unreachable, a timed-out handshake, a connection cut during the handshake: the daemon
+        # is down or on its way up (the host name resolved once already, so a lookup failure is passing too)
+        return isinstance(exc, (OSError, InvalidHandshake))
+
+    def nominal_s(self, attempt: int) -> float:
+        """The wait before reconnect number ``attempt`` (1, 2, ...) without jitter: doubling, capped."""
+        return min(self.max_s, self.min_s * 2.0 ** min(max(0, attempt - 1), 60))  # no float overflow, ever
+
+    def next_delay(self) -> float | None:
+        """Count one more failure; the seconds to wait before the next attempt, or None: give up.
+
+        The last wait is cut short to end at the deadline, so the last attempt is made right there.
+        """
+        now = self._clock()
+        if self.failing_since is None:
+            self.failing_since = now
+        left = self.failing_since + self.for_s - now
+        if left <= 0:
+            return None
+        self.attempt += 1
+        return min(left, self.nominal_s(self.attempt) * (1.0 - self.jitter * self._rand()))
+
+    def connected(self) -> None:
+        """A connection works (the stream started again): the backoff and the deadline start over."""
+        self.attempt = 0
+        self.failing_since = None
+        self.was_connected = True
+
+
+def close_code(exc: ConnectionClosed) -> int:
+    """The code the daemon closed with; 1006 (abnormal) when no close frame came: the daemon or the network died."""
+    return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A connection's end or a failed attempt, in a few words for the stderr line."""
+    if isinstance(exc, ConnectionClosed):
+        reason = exc.rcvd.reason if exc.rcvd is not None else ""
+        return f"connection lost (code {close_code(exc)}{': ' + reason if reason else ''})"
+    if isinstance(exc, InvalidStatus):
+        return f"cannot connect (HTTP {exc.response.status_code})"
+    if isinstance(exc, ConnectionRefusedError):
+        return "cannot connect (connection refused)"
+    if isinstance(exc, TimeoutError):
+        return "cannot connect (timed out)"
+    return f"cannot connect ({exc})"
+
+
+class _Session(Protocol):
+    """What one mode does on each connection: ``open`` gets it going (hello, then start or subscribe) and says
+    what it is doing in a few words; ``run`` is the rest, and raises ConnectionClosed if the connection ends
+    under it. State that must survive a lost connection (where a file is) lives on the session."""
+
+    async def open(self, ws: Any) -> str: ...
+
+    async def run(self, ws: Any) -> int: ...
+
+    def resumable(self) -> bool: ...
+
+
+async def _serve(url: str, session: _Session, reconnect: ReconnectPolicy | None) -> int:
+    """Run ``session`` on a connection to ``url``; with a policy, again on a new one each time one is lost.
+
+    Without a policy any failure propagates, as it did before ``--reconnect`` existed. With one, a failure
+    the policy retries, of a session that was going and still has something to do, is one stderr line and
+    a wait; a working connection again is another line, naming the new stream.
+    """
+    lost: BaseException | None = None  # why the previous connection ended; None on the first
+    while True:
         try:
-            with sf.SoundFile(str(path)) as f:
+            async with connect(url, max_size=MAX_MESSAGE_BYTES) as ws:
+                what = await session.open(ws)
+                if lost is not None:
+                    click.echo(f"ser-client: reconnected; {what}", err=True)
+                if reconnect is not None:
+                    reconnect.connected()
+                return await session.run(ws)
+        except (OSError, ConnectionClosed, InvalidHandshake) as exc:
+            if (reconnect is None or not reconnect.was_connected or not reconnect.retries(exc)
+                    or not session.resumable()):
+                raise
+            delay = reconnect.next_delay()
+            if delay is None:
+                raise ClientError(f"{describe_failure(exc)}; gave up reconnecting after "
+                                  f"{reconnect.for_s:g} s (--reconnect-for)") from exc
+            click.echo(f"ser-client: {describe_failure(exc)}; reconnecting in {delay:.1f} s "
+                       f"(attempt {reconnect.attempt})", err=True)
+            lost = exc
+            await asyncio.sleep(delay)
+
+
+async def _hello(ws: Any, on_message: Any) -> dict[str, Any]:
+    """The daemon's ``hello``. A refusal instead (``unauthorized``, ``server_busy``) is shown, and the close
+    that follows it is raised, so its code decides what happens (1008 ends the run, 1013 may be retried)."""
+    msg = json.loads(await ws.recv())
+    if msg.get("type") == "hello":
+        return msg
+    if msg.get("type") == "error":
+        on_message(msg)
+    deadline = time.monotonic() + START_ANSWER_S
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            await asyncio.wait_for(ws.recv(), left)  # raises ConnectionClosed with the refusal's code
+        except asyncio.TimeoutError:
+            break
+    raise ClientError(f"the daemon did not say hello: {msg.get('type')}: {msg.get('message', '')}")
+
+
+async def _receive(ws: Any, on_message: Any, stream: str, done: asyncio.Event, end_s: float | None) -> None:
+    """Print this stream's predictions and the daemon's errors.
+
+    Returns once the prediction ending at ``end_s`` (the audio's last sample) arrived, setting ``done``;
+    raises ConnectionClosed if the connection ends first.
+    """
+    while True:
+        raw = await ws.recv()
+        if not isinstance(raw, str):
+            continue
+        msg = json.loads(raw)
+        if msg["type"] == "prediction" and msg["stream"] == stream:
+            on_message(msg)
+            if end_s is not None and msg["t_end"] >= end_s - 0.01:  # the last sample is in
+                done.set()
+                return
+        elif msg["type"] == "error":
+            on_message(msg)
+
+
+def _raise_if_lost(receiver: asyncio.Task[None], lost: BaseException | None) -> None:
+    """Stop the receiver and raise why the connection ended, if it did: the receiver's reason first (it read
+    the close), else the sender's. Reading the receiver's exception also keeps asyncio from warning of it."""
+    if receiver.done():
+        exc = receiver.exception()
+        if exc is not None:
+            raise exc
+    else:
+        receiver.cancel()
+    if lost is not None:
+        raise lost
+
+
+def _tell_closed(exc: ConnectionClosed, note: str = "") -> int:
+    """The one line for a stream the daemon ended and that is not resumed; the exit code (1)."""
+    reason = exc.rcvd.reason if exc.rcvd is not None else ""
+    click.echo(f"ser-client: the daemon closed the connection ({close_code(exc)} {reason}){note}", err=True)
+    return 1
+
+
+class _FileStream:
+    """A file streamed over one connection or, resumed, several; where it is in the file outlives each."""
+
+    def __init__(self, path: Path, fast: bool, on_message: Any, wait_s: float) -> None:
+        import soundfile as sf
+
+        info = sf.info(str(path))
+        self.path, self.fast, self.on_message, self.wait_s = path, fast, on_message, wait_s
+        self.rate, self.channels, self.frames = int(info.samplerate), min(int(info.channels), 2), int(info.frames)
+        self.sent = 0  # frames handed to a connection so far: the next connection resumes here
+        self.stream: str | None = None
+        self.limits: dict[str, Any] = {}
+
+    def resumable(self) -> bool:
+        return self.sent < self.frames  # once all was sent, a new stream would have nothing to score
+
+    async def open(self, ws: Any) -> str:
+        self.limits = (await _hello(ws, self.on_message)).get("limits") or {}
+        start = {"type": "start", "sample_rate": self.rate, "encoding": "pcm_s16le", "channels": self.channels}
+        self.stream = await open_stream(ws, start, self.wait_s, _tell_busy)
+        return f"streaming as {self.stream} from {self.sent / self.rate:.2f} s of the file"
+
+    async def run(self, ws: Any) -> int:
+        import soundfile as sf
+
+        assert self.stream is not None
+        first = self.sent
+        done = asyncio.Event()
+        # the stream's own clock starts at 0 where this connection took over; the end is known up front,
+        # because the last window may beat our own stop
+        end_s = (self.frames - first) / self.rate
+        receiver = asyncio.create_task(_receive(ws, self.on_message, self.stream, done, end_s))
+        step = max(1, int(self.rate * FRAME_S))
+        pacer = Pacer(self.fast, self.limits, time.monotonic())  # a new clock per connection: no catch-up burst
+        lost: ConnectionClosed | None = None
+        try:
+            with sf.SoundFile(str(self.path)) as f:
+                f.seek(first)
                 for block in f.blocks(blocksize=step, dtype="int16", always_2d=True):
-                    await ws.send(np.ascontiguousarray(block[:, :channels]).astype("<i2").tobytes())
-                    sent += len(block)
-                    await asyncio.sleep(max(0.0, pacer.due(sent / rate) - time.monotonic()))
+                    await ws.send(np.ascontiguousarray(block[:, : self.channels]).astype("<i2").tobytes())
+                    self.sent += len(block)
+                    await asyncio.sleep(max(0.0, pacer.due((self.sent - first) / self.rate) - time.monotonic()))
             await ws.send(json.dumps({"type": "stop"}))
-            finished = asyncio.ensure_future(done.wait())
-            await asyncio.wait({finished, receiver}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-            finished.cancel()
-        except ConnectionClosed:
-            pass
-        finally:
+            await asyncio.wait({receiver}, timeout=LAST_PREDICTION_S)
+        except ConnectionClosed as exc:
+            lost = exc
+        except BaseException:
             receiver.cancel()
+            raise
         if done.is_set():
             return 0
-        if ws.close_code is not None:
-            click.echo(f"ser-client: the daemon closed the connection ({ws.close_code} {ws.close_reason})", err=True)
-        else:
-            click.echo("ser-client: the last prediction did not arrive within 30 s", err=True)
+        _raise_if_lost(receiver, lost)
+        click.echo(f"ser-client: the last prediction did not arrive within {LAST_PREDICTION_S:g} s", err=True)
         return 1
 
 
-async def stream_device(url: str, device: str, on_message: Any, wait_s: float = 30.0) -> int:
+async def stream_file(url: str, path: Path, fast: bool, on_message: Any, wait_s: float = 30.0,
+                      reconnect: ReconnectPolicy | None = None) -> int:
+    """Stream an audio file as s16le at its own rate (real-time pace, or ``fast``) and print its predictions.
+
+    Returns 0 once the prediction ending at the file's last sample arrived. With ``reconnect``, a lost
+    connection is resumed on a new one: a new ``start`` (same rate, encoding and channels), a new stream id,
+    and audio from the first frame not yet sent, paced afresh. Frames that were sent but whose predictions
+    never came are not sent again: the daemon that had them is gone, so those predictions are lost, and the
+    new stream's times start at 0 where it resumed (the stderr line says where in the file that is).
+    """
+    session = _FileStream(path, fast, on_message, wait_s)
+    try:
+        return await _serve(url, session, reconnect)
+    except ConnectionClosed as exc:
+        if session.stream is None:
+            raise  # never had a stream: the daemon cannot be talked to
+        done = "; the whole file was sent, so there is nothing to resume" if reconnect and not session.resumable() else ""
+        return _tell_closed(exc, done)
+
+
+class _DeviceStream:
+    """A live input streamed over one connection or, resumed, several; the device stays open throughout."""
+
+    def __init__(self, dev: Any, channels: int, frames: asyncio.Queue[bytes], on_message: Any, wait_s: float) -> None:
+        self.dev, self.channels, self.frames, self.on_message, self.wait_s = dev, channels, frames, on_message, wait_s
+        self.stream: str | None = None
+
+    def resumable(self) -> bool:
+        return True
+
+    async def open(self, ws: Any) -> str:
+        await _hello(ws, self.on_message)
+        start = {"type": "start", "sample_rate": self.dev.sample_rate, "encoding": "pcm_f32le", "channels": self.channels}
+        first = self.stream is None
+        self.stream = await open_stream(ws, start, self.wait_s, _tell_busy)
+        while not self.frames.empty():  # heard before this stream (while no connection was up) would come late
+            self.frames.get_nowait()
+        if first:
+            click.echo(f"ser-client: streaming {self.dev.name!r} at {self.dev.sample_rate} Hz; Ctrl-C to stop", err=True)
+        return f"streaming as {self.stream}"
+
+    async def run(self, ws: Any) -> int:
+        assert self.stream is not None
+        receiver = asyncio.create_task(_receive(ws, self.on_message, self.stream, asyncio.Event(), None))
+        lost: ConnectionClosed | None = None
+        try:
+            while not receiver.done():
+                await ws.send(await self.frames.get())
+        except ConnectionClosed as exc:
+            lost = exc
+        except BaseException:
+            receiver.cancel()
+            raise
+        _raise_if_lost(receiver, lost)
+        return 0
+
+
+async def stream_device(url: str, device: str, on_message: Any, wait_s: float = 30.0,
+                        reconnect: ReconnectPolicy | None = None) -> int:
+    """Stream a live input (f32le at its native rate) until Ctrl-C and print its predictions.
+
+    With ``reconnect``, a lost connection is resumed on a new one with a new ``start`` and stream id. The
+    device stays open meanwhile, but what it heard while no connection was up is dropped, not sent late:
+    the predictions are meant to be live, and a backlog would arrive as a burst the daemon may refuse.
+    """
     import sounddevice as sd
 
     from realtime.sources import resolve_device
@@ -220,33 +487,57 @@ async def stream_device(url: str, device: str, on_message: Any, wait_s: float = 
         data = indata.astype("<f4").tobytes()
         loop.call_soon_threadsafe(lambda: frames.full() or frames.put_nowait(data))
 
-    async with connect(url, max_size=2**22) as ws:
-        json.loads(await ws.recv())
-        start = {"type": "start", "sample_rate": dev.sample_rate, "encoding": "pcm_f32le", "channels": channels}
-        sid = await open_stream(ws, start, wait_s, _tell_busy)
-        click.echo(f"ser-client: streaming {dev.name!r} at {dev.sample_rate} Hz; Ctrl-C to stop", err=True)
-        receiver = asyncio.create_task(_receive(ws, on_message, [sid], asyncio.Event(), [None]))
-        with sd.InputStream(device=dev.index, channels=channels, samplerate=dev.sample_rate, dtype="float32",
-                            blocksize=int(dev.sample_rate * FRAME_S), callback=callback):
-            try:
-                while not receiver.done():
-                    await ws.send(await frames.get())
-            finally:
-                receiver.cancel()
-    return 0
+    session = _DeviceStream(dev, channels, frames, on_message, wait_s)
+    with sd.InputStream(device=dev.index, channels=channels, samplerate=dev.sample_rate, dtype="float32",
+                        blocksize=int(dev.sample_rate * FRAME_S), callback=callback):
+        try:
+            return await _serve(url, session, reconnect)
+        except ConnectionClosed as exc:
+            if session.stream is None:
+                raise
+            return _tell_closed(exc)
 
 
-async def watch(url: str, on_message: Any) -> int:
-    async with connect(url, max_size=2**22) as ws:
-        hello = json.loads(await ws.recv())
+class _Watch:
+    """Every stream of the daemon, subscribed again on each new connection."""
+
+    def __init__(self, on_message: Any) -> None:
+        self.on_message = on_message
+        self.watching = False
+
+    def resumable(self) -> bool:
+        return True
+
+    async def open(self, ws: Any) -> str:
+        hello = await _hello(ws, self.on_message)
         names = ", ".join(s.get("id", "?") for s in hello.get("streams", [])) or "none yet"
-        click.echo(f"ser-client: connected to {hello['model']['name']} ({hello['model']['backend']}); streams: {names}", err=True)
+        if not self.watching:
+            click.echo(f"ser-client: connected to {hello['model']['name']} ({hello['model']['backend']}); streams: {names}", err=True)
         await ws.send(json.dumps({"type": "subscribe", "streams": "*"}))
-        async for raw in ws:
+        self.watching = True
+        return f"watching every stream (streams: {names})"
+
+    async def run(self, ws: Any) -> int:
+        while True:
+            raw = await ws.recv()
             msg = json.loads(raw)
             if msg["type"] in ("prediction", "error"):
-                on_message(msg)
-    return 0
+                self.on_message(msg)
+
+
+async def watch(url: str, on_message: Any, reconnect: ReconnectPolicy | None = None) -> int:
+    """Subscribe to every stream of the daemon and print what arrives, until the daemon closes normally.
+
+    With ``reconnect``, a lost connection (a 1001 shutdown included) is followed by a new one, subscribed
+    again; predictions of the streams that were lost with the old daemon do not come back.
+    """
+    session = _Watch(on_message)
+    try:
+        return await _serve(url, session, reconnect)
+    except ConnectionClosedOK:
+        if not session.watching:
+            raise
+        return 0  # the daemon closed normally (1000, or 1001 without --reconnect): the watch is over
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -257,23 +548,30 @@ async def watch(url: str, on_message: Any) -> int:
 @click.option("--fast", is_flag=True, help="Send a file as fast as possible instead of at real-time pace.")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to keep asking for a stream while the daemon is busy (every stream slot taken).")
-def main(url: str, device: str | None, token: str | None, as_json: bool, fast: bool, wait_s: float) -> None:
+@click.option("--reconnect", is_flag=True,
+              help="When the connection is lost (the daemon restarted or went away), connect again with backoff "
+                   "and resume where the audio was.")
+@click.option("--reconnect-for", "reconnect_for_s", type=click.FloatRange(min=0), default=RECONNECT_FOR_S,
+              show_default=True, help="With --reconnect: give up after this many seconds without a connection.")
+def main(url: str, device: str | None, token: str | None, as_json: bool, fast: bool, wait_s: float,
+         reconnect: bool, reconnect_for_s: float) -> None:
     """Stream audio to a ser-listen daemon (or watch its streams) and print the predictions."""
     url = with_token(url, token)
     printer = Printer(as_json)
+    policy = ReconnectPolicy(for_s=reconnect_for_s) if reconnect else None
     try:
         if device is None:
-            code = asyncio.run(watch(url, printer))
+            code = asyncio.run(watch(url, printer, policy))
         elif Path(device).expanduser().is_file():
-            code = asyncio.run(stream_file(url, Path(device).expanduser(), fast, printer, wait_s))
+            code = asyncio.run(stream_file(url, Path(device).expanduser(), fast, printer, wait_s, policy))
         else:
-            code = asyncio.run(stream_device(url, device, printer, wait_s))
+            code = asyncio.run(stream_device(url, device, printer, wait_s, policy))
     except KeyboardInterrupt:
         code = 0
     except (OSError, ConnectionClosed) as exc:
         click.echo(f"ser-client: error: cannot talk to {url}: {exc}", err=True)
         code = 1
-    except Exception as exc:  # SourceError, bad file: one line, no traceback
+    except Exception as exc:  # SourceError, bad file, gave up reconnecting: one line, no traceback
         click.echo(f"ser-client: error: {exc}", err=True)
         code = 1
     sys.exit(code)
