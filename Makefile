@@ -5,7 +5,7 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PYTHON  ?= python3
-EXTRAS  ?= cpu,train,dev
+EXTRAS  ?= cpu,train,dev,cluster
 ARGS    ?=
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 export PIP_DISABLE_PIP_VERSION_CHECK := 1

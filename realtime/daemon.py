@@ -278,8 +278,9 @@ class Daemon:
             self._remote_count += 1
             self._remote_serial += 1
             serial = self._remote_serial
+        replica = self.identity.get("replica")  # one of several replicas: ids unique across them
         return self._new_stream(
-            f"remote-{serial}",
+            f"remote-{replica}-{serial}" if replica else f"remote-{serial}",
             "remote",
             sample_rate,
             channels,

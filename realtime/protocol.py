@@ -196,8 +196,14 @@ def dumps(msg: dict[str, Any]) -> str:
     return json.dumps(msg, separators=(",", ":"), allow_nan=False)
 
 
-def hello(model: dict[str, Any], streams: list[dict[str, Any]], limits: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "hello", "protocol": PROTOCOL_VERSION, "model": model, "streams": streams, "limits": limits}
+def hello(
+    model: dict[str, Any], streams: list[dict[str, Any]], limits: dict[str, Any], server: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The first message; ``server`` names who answers where several do (a Ray Serve replica), else it is absent."""
+    msg = {"type": "hello", "protocol": PROTOCOL_VERSION, "model": model, "streams": streams, "limits": limits}
+    if server:
+        msg["server"] = dict(server)
+    return msg
 
 
 def error(code: str, message: str) -> dict[str, Any]:

@@ -91,6 +91,8 @@ class DaemonAPI(Protocol):
     def open_remote_stream(self, sample_rate: int, channels: int, encoding: str, owner: str | None = None) -> Any: ...
     def close_remote_stream(self, stream: Any) -> None: ...
 
+    identity: dict[str, str]  # who answers where several do (a Ray Serve replica's deployment and tag); empty alone
+
 
 class Connection(Protocol):
     """What the server uses of a WebSocket connection: python-websockets' ``ServerConnection`` has it all.
@@ -254,6 +256,7 @@ DRAIN_STALL_S = 0.1  # a closing client that takes no message for this long is n
 STREAMS_UPDATE_INTERVAL_S = 0.25  # `streams` messages go out at most this often (the latest list)
 POLICY_CLOSE_WAIT_S = 0.25  # a client closed for breaking a rule gets this long to answer the close, then is dropped
 SHUTDOWN_CLOSE_WAIT_S = 0.25  # on shutdown, the wait for closing handshakes before connections are dropped
+PRIVATE_PATHS = frozenset({"/healthz", "/metrics"})  # routes that need the token (when one is set); the page is public
 CONTROL_KEY = "control"  # outbox key of replies, errors and stream-list updates
 OWN, OTHERS = 0, 1  # outbox priority classes: this client's stream and control first, others' predictions after
 
@@ -366,21 +369,32 @@ class Server:
             return True
         return origin in self.settings.allowed_origins
 
+    def refusal(self, info: RequestInfo, private: bool) -> HttpAnswer | None:
+        """403 for a Host this daemon does not answer to, 401 for a ``private`` route without the token; None: go on.
+
+        The one gate of every HTTP route, this server's own and those another
+        shell adds beside them (the Ray Serve ingress's ``/metrics/encoder``).
+        """
+        if not self._host_ok(info):
+            self.metrics.connections_refused.inc(1, "forbidden_host")
+            return HttpAnswer.text(HTTPStatus.FORBIDDEN, "forbidden Host header\n")
+        if private and not self._token_ok(info):
+            self.metrics.connections_refused.inc(1, "unauthorized")
+            return HttpAnswer.text(HTTPStatus.UNAUTHORIZED, "token required\n")
+        return None
+
     def answer_http(self, info: RequestInfo) -> HttpAnswer | None:
         """The answer to a plain HTTP request, whatever serves the socket (None: ``/ws``, the WebSocket handshake).
 
         The Host, token and route rules live here once, for the daemon's own port
         (``_process_request``) and for the Ray Serve ingress (``realtime.cluster``).
         """
-        if not self._host_ok(info):
-            self.metrics.connections_refused.inc(1, "forbidden_host")
-            return HttpAnswer.text(HTTPStatus.FORBIDDEN, "forbidden Host header\n")
         path = info.path
+        refused = self.refusal(info, private=path in PRIVATE_PATHS)
+        if refused is not None:
+            return refused
         if path == "/ws":
             return None  # the WebSocket handshake; origin and token are checked in serve_connection, with an error message
-        if path in ("/healthz", "/metrics") and not self._token_ok(info):
-            self.metrics.connections_refused.inc(1, "unauthorized")
-            return HttpAnswer.text(HTTPStatus.UNAUTHORIZED, "token required\n")
         if path == "/healthz":
             return self._health()
         if path == "/metrics":
@@ -480,7 +494,7 @@ class Server:
         self.metrics.clients.set(len(self.clients))
         sender = asyncio.create_task(self._sender(client))
         try:
-            hello = protocol.hello(self.daemon.model_info(), self.daemon.stream_list(), self._limits())
+            hello = protocol.hello(self.daemon.model_info(), self.daemon.stream_list(), self._limits(), self.daemon.identity)
             self._enqueue_control(client, protocol.dumps(hello))
             async for message in ws:
                 if client.closing:  # a close is under way (its code, after the drain): ignore, do not end early
