@@ -23,7 +23,9 @@ exported to ONNX and each test actor's clips are played as one long stream
 speech, a random level) through ``ser-listen --device FILE --fast --once
 --jsonl`` with its shipped smoothing and VAD; every window that is mostly one
 clip is scored against that clip's label (:mod:`training.stream_eval`),
-beside the clip-level UA of the same heads.
+beside the clip-level UA of the same heads. Each stream's predictions and
+segments are kept under ``--stream-dir`` (``runs/stream/TAG/ENCODER/foldF/``),
+so ``python -m bench.stream_post`` can score other gates and smoothing offline.
 
 Features come from the on-disk cache (training/features.py;
 ``python -m bench.encode_features`` fills it in the background). Prints tables
@@ -64,7 +66,8 @@ def sd(xs: list[float]) -> float:
 
 def stochastic(trainer: dict, head: dict) -> bool:
     """Whether a recipe's result depends on its seed (the convex L-BFGS fit of the moments head does not)."""
-    return head.get("kind", "moments") != "moments" or trainer.get("optimizer", "lbfgs") != "lbfgs"
+    return (head.get("kind", "moments") != "moments" or trainer.get("optimizer", "lbfgs") != "lbfgs"
+            or float(trainer.get("stream_p") or 0) > 0)  # stream-like windows are drawn at random
 
 
 def load_recipe(encoder: str, overrides: list[str]) -> dict:
@@ -112,6 +115,10 @@ def main() -> int:
     ap.add_argument("--no-cv", action="store_true", help="skip the RAVDESS cross-validation")
     ap.add_argument("--stream", action="store_true", help="also score live-like streams through ser-listen")
     ap.add_argument("--tag", default="", help="suffix of the result files (for recipe comparisons)")
+    ap.add_argument("--listen", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="daemon config overrides for the streams' ser-listen (e.g. post.smoothing_tau_s=1.5)")
+    ap.add_argument("--stream-dir", type=Path, default=None,
+                    help="where each stream's --jsonl predictions and segments are kept (default runs/stream/TAG)")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides, key=value (e.g. model.head_trainer.c=0.02)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -139,7 +146,18 @@ def main() -> int:
         entry = {"seeds": seeds, "summary": summarise(cv, loco, list(conditions)),
                  "cv_runs": [{k: v for k, v in r.items() if k != "model"} for r in cv], "loco_runs": loco}
         if args.stream and cv:
-            entry["stream"] = stream_scores(mc, cv, records)
+            keep = (args.stream_dir or REPO / "runs" / "stream" / (args.tag or "default")) / encoder
+            per_seed = []
+            for s in seeds:  # one stream score per head seed (the streams themselves are the same)
+                where = keep / f"seed{s}" if len(seeds) > 1 else keep
+                per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where, listen=args.listen))
+                per_seed[-1]["kept"] = str(where)
+            entry["stream"] = per_seed[0]
+            if len(per_seed) > 1:
+                entry["stream_seeds"] = {"seeds": seeds, **{k: [x[k] for x in per_seed] for k in ("ua", "raw_ua", "clip_ua", "scored_silent_share")},
+                                         "ua_mean": mean([x["ua"] for x in per_seed]), "ua_sd": sd([x["ua"] for x in per_seed]),
+                                         "raw_ua_mean": mean([x["raw_ua"] for x in per_seed]), "raw_ua_sd": sd([x["raw_ua"] for x in per_seed]),
+                                         "recall": {lab: mean([x["recall"][lab] for x in per_seed]) for lab in LABELS}}
         result["encoders"][encoder] = entry
         del cache
     result["minutes"] = (time.time() - t0) / 60
@@ -168,12 +186,26 @@ def export_head(model, mc: dict, path: Path) -> None:  # noqa: ANN001 (a Whisper
         raise RuntimeError(f"{path}: exported head differs from torch by {diff:.2e}")
 
 
-def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dict:
-    """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows."""
+def speaker_stream(records: list, speaker: str, seed: int = 0) -> tuple[np.ndarray, list]:
+    """The live-like stream of one speaker's clips (training.stream_eval.build_stream), the same for every run."""
+    from contract.audio import load_audio
+    from training.stream_eval import build_stream
+
+    rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+    recs = [r for r in records if r.speaker == speaker]
+    order = rng.permutation(len(recs))
+    return build_stream([(load_audio(recs[i].path), recs[i].label) for i in order], rng)
+
+
+def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: Path | None = None,
+                  listen: list[str] | None = None) -> dict:
+    """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows.
+
+    With ``keep``, each stream's predictions and segments are saved under ``keep/foldF/`` (training.stream_eval.save_stream).
+    """
     import soundfile as sf
 
-    from contract.audio import load_audio
-    from training.stream_eval import build_stream, pool_scores, score_stream
+    from training.stream_eval import pool_scores, save_stream, score_stream
 
     listen = Path(sys.executable).with_name("ser-listen")
     per_fold, all_scores = [], []
@@ -183,19 +215,17 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dic
             export_head(run["model"], mc, onnx_path)
             fold_scores = []
             for speaker in run["test_speakers"]:
-                rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
-                recs = [r for r in records if r.speaker == speaker]
-                order = rng.permutation(len(recs))
-                clips = [(load_audio(recs[i].path), recs[i].label) for i in order]
-                audio, segments = build_stream(clips, rng)
+                audio, segments = speaker_stream(records, speaker, seed)
                 wav = Path(tmp) / f"{speaker.replace(':', '_')}.wav"
                 sf.write(wav, audio, 16000, subtype="FLOAT")
                 proc = subprocess.run([str(listen), "--device", str(wav), "--fast", "--once", "--jsonl", "--port", "0",
-                                       "--model", str(onnx_path), "--backend", "onnxruntime"],
+                                       "--model", str(onnx_path), "--backend", "onnxruntime", *(listen or [])],
                                       capture_output=True, text=True, timeout=900, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"ser-listen failed on {wav}: {proc.stderr[-2000:]}")
                 preds = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+                if keep is not None:
+                    save_stream(keep / f"fold{run['fold']}", speaker.replace(":", "_"), preds, segments)
                 s = score_stream(preds, segments)
                 s["speaker"], s["seconds"] = speaker, len(audio) / 16000
                 fold_scores.append(s)
@@ -205,12 +235,18 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0) -> dic
                              "speakers": [{k: v for k, v in s.items() if k not in ("hits", "raw_hits", "totals")} for s in fold_scores]})
             all_scores += fold_scores
     total = pool_scores(all_scores)
-    return {"per_fold": per_fold, "ua": mean([f["ua"] for f in per_fold]), "clip_ua": mean([f["clip_ua"] for f in per_fold]),
+    from omegaconf import OmegaConf
+
+    from realtime.config import load_daemon_config
+
+    post = OmegaConf.to_container(load_daemon_config(listen or []).post)  # what ser-listen ran with
+    return {"per_fold": per_fold, "post": post, "ua": mean([f["ua"] for f in per_fold]), "clip_ua": mean([f["clip_ua"] for f in per_fold]),
             "raw_ua": mean([f["raw_ua"] for f in per_fold]),
             "recall": {lab: mean([f["recall"][lab] for f in per_fold if lab in f["recall"]]) for lab in LABELS},
             "pause_reported_share": total["pause_reported_share"], "scored_silent_share": total["scored_silent_share"],
             "windows": total["windows"], "scored": total["scored"], "mixed": total["mixed"], "pause": total["pause"],
-            "hours": sum(s["seconds"] for s in all_scores) / 3600}
+            "hours": sum(s["seconds"] for s in all_scores) / 3600,
+            "flips_per_min": total["flips"] / (sum(s["seconds"] for s in all_scores) / 60)}
 
 
 # ----------------------------------------------------------------------------- summaries (rendered by bench.tables)

@@ -98,6 +98,14 @@ def accuracy_markdown(result: dict, heading: str = "###") -> str:
             out.append(f"| **mean** | **{st['clip_ua']:.3f}** | **{st['ua']:.3f}** ({st['ua'] - st['clip_ua']:+.3f}) | {st['raw_ua']:.3f} | {st['windows']} | "
                        f"{st['scored']} | {st['mixed']} | {st['pause']} | {st['pause_reported_share']:.3f} | {st['scored_silent_share']:.3f} |")
             out += ["", "Stream recall per class: " + ", ".join(f"{k} {v:.2f}" for k, v in st["recall"].items()), ""]
+            ss = e.get("stream_seeds")
+            if ss:  # a stochastic recipe: the table above is the first seed's heads
+                out += [f"Over {len(ss['seeds'])} head seeds (the table: seed {ss['seeds'][0]}): stream UA {ss['ua_mean']:.3f} ± {ss['ua_sd']:.3f}, "
+                        f"window's own UA {ss['raw_ua_mean']:.3f} ± {ss['raw_ua_sd']:.3f}; recall "
+                        + ", ".join(f"{k} {v:.2f}" for k, v in ss["recall"].items()) + ".", ""]
+            if "flips_per_min" in st:  # results before it was measured render as they did
+                out += [f"The emotion on display changed {st['flips_per_min']:.1f} times a minute (post.smoothing_tau_s "
+                        f"{st.get('post', {}).get('smoothing_tau_s', '?')}, post.vad_min_voiced_s {st.get('post', {}).get('vad_min_voiced_s', '?')}).", ""]
     return "\n".join(out) + "\n"
 
 

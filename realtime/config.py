@@ -106,7 +106,7 @@ class PostConfig:
     vad_noise_window_s: float = setting(3.0, 'adaptive noise floor: minimum frame level over this span')
     vad_margin_db: float = setting(6.0, 'a voiced frame stands this far above the floor')
     vad_min_dbfs: float = setting(-60.0, 'frames quieter than this are never voiced')
-    vad_min_voiced_fraction: float = setting(0.2, 'a window is voiced when this fraction of its frames is')
+    vad_min_voiced_s: float = setting(1.0, 'a window is voiced when its VAD frames hold this many seconds of voice')
 
 
 @dataclass
@@ -260,7 +260,7 @@ def validate(cfg: Any) -> None:
         (post.vad_frame_ms in (10, 20, 30), "post.vad_frame_ms must be 10, 20 or 30"),
         (post.vad_noise_window_s > 0, "post.vad_noise_window_s must be > 0"),
         (post.vad_min_dbfs < 0, "post.vad_min_dbfs must be < 0 (dBFS)"),
-        (0 <= post.vad_min_voiced_fraction <= 1, "post.vad_min_voiced_fraction must be within 0..1"),
+        (post.vad_min_voiced_s >= 0, "post.vad_min_voiced_s must be >= 0 (seconds)"),
         (0 <= srv.port <= 65535, "server.port must be 0..65535"),
         (srv.max_clients >= 1, "server.max_clients must be >= 1"),
         (srv.max_remote_streams >= 0, "server.max_remote_streams must be >= 0"),

@@ -34,6 +34,7 @@ from realtime import protocol
 from realtime.config import DaemonConfig, is_loopback_host, typed
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
+from realtime.postprocess import window_is_voiced
 from realtime.protocol import ProtocolError
 from realtime.scheduler import Result, Scheduler, describe_state
 from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings
@@ -316,7 +317,7 @@ class Daemon:
     def _prediction_text(self, w: Window, r: Result, now: float) -> str:
         stream = w.stream
         fraction = stream.voiced_fraction(w)
-        voiced = fraction >= stream.settings.vad_min_voiced_fraction
+        voiced = window_is_voiced(stream.voiced_seconds(w), stream.settings.vad_min_voiced_s)
         smoothed = stream.smoother.update(r.probs, w.t_end(), voiced)
         latency = now - w.due
         self.metrics.latency_seconds.observe(latency)

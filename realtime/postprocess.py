@@ -6,7 +6,8 @@ flip the display), and a gate that says whether a window holds voice at all.
 The gate is webrtcvad (a GMM voice detector, torch-free) on 30 ms frames,
 combined with an adaptive noise floor: a frame counts as voiced only when the
 VAD says speech *and* it stands above the recent floor, because webrtcvad alone
-calls loud stationary noise speech. Unvoiced windows relax the smoothed
+calls loud stationary noise speech; a window is voiced when it holds enough
+seconds of such frames (:func:`window_is_voiced`). Unvoiced windows relax the smoothed
 probabilities towards uniform, so silence never shows a confident emotion.
 Imports numpy and webrtcvad only.
 """
@@ -88,14 +89,29 @@ class VoiceActivity:
         self._flags[self.frames % self._capacity] = voiced
         self.frames += 1
 
-    def voiced_fraction(self, start: int, end: int) -> float:
-        """Fraction of analysed frames inside samples ``[start, end)`` that hold voice (0 if none)."""
+    def _range(self, start: int, end: int) -> np.ndarray:
         f0 = max(0, -(-start // self.frame), self.frames - self._capacity)
         f1 = min(end // self.frame, self.frames)
-        if f1 <= f0:
-            return 0.0
-        idx = np.arange(f0, f1) % self._capacity
-        return float(self._flags[idx].mean())
+        return self._flags[np.arange(f0, f1) % self._capacity] if f1 > f0 else np.zeros(0, dtype=bool)
+
+    def voiced_fraction(self, start: int, end: int) -> float:
+        """Fraction of analysed frames inside samples ``[start, end)`` that hold voice (0 if none)."""
+        flags = self._range(start, end)
+        return float(flags.mean()) if len(flags) else 0.0
+
+    def voiced_seconds(self, start: int, end: int) -> float:
+        """Seconds of voice the analysed frames inside samples ``[start, end)`` hold (what the window's gate asks)."""
+        return float(self._range(start, end).sum()) * self.frame / self.sample_rate
+
+
+def window_is_voiced(voiced_s: float, min_voiced_s: float) -> bool:
+    """The window gate: a window holds speech when its VAD found at least ``min_voiced_s`` seconds of voice.
+
+    Seconds, not a share of the window: a window needs about as much speech
+    to be worth an emotion whether it is 5 s long or a stream's first 2 s,
+    and a 5 s window with one short utterance in it still shows it.
+    """
+    return voiced_s >= min_voiced_s
 
 
 class Smoother:

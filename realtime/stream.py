@@ -55,7 +55,7 @@ class StreamSettings:
     vad_noise_window_s: float
     vad_margin_db: float
     vad_min_dbfs: float
-    vad_min_voiced_fraction: float
+    vad_min_voiced_s: float
     smoothing_tau_s: float
     sample_rate: int = SAMPLE_RATE
     geometry: ChunkGeometry = field(default_factory=ChunkGeometry.whole_window)  # the engine's
@@ -95,7 +95,7 @@ class StreamSettings:
             vad_noise_window_s=post.vad_noise_window_s,
             vad_margin_db=post.vad_margin_db,
             vad_min_dbfs=post.vad_min_dbfs,
-            vad_min_voiced_fraction=post.vad_min_voiced_fraction,
+            vad_min_voiced_s=post.vad_min_voiced_s,
             smoothing_tau_s=post.smoothing_tau_s,
         )
 
@@ -325,6 +325,9 @@ class Stream:
 
     def voiced_fraction(self, window: Window) -> float:
         return self.vad.voiced_fraction(window.start, window.end)
+
+    def voiced_seconds(self, window: Window) -> float:
+        return self.vad.voiced_seconds(window.start, window.end)
 
     # ------------------------------------------------------------ back-pressure
 

@@ -165,6 +165,24 @@ def test_vad_fraction_is_per_window_range():
     assert vad.voiced_fraction(100, 50) == 0.0
 
 
+def voiced_seconds_per_window(audio: np.ndarray, window_s: float = 5.0) -> list[float]:
+    vad = VoiceActivity(SR, capacity_s=len(audio) / SR + 1)
+    for i in range(0, len(audio), 777):
+        vad.process(audio[i : i + 777])
+    n = int(window_s * SR)
+    return [vad.voiced_seconds(s, s + n) for s in range(0, len(audio) - n + 1, SR // 2)]
+
+
+def test_vad_counts_voiced_seconds_of_a_window():
+    speech = load_audio(demo_clip_path())[SR : 3 * SR]  # 2 s of speech in 6 s of silence
+    audio = np.concatenate([np.zeros(2 * SR, np.float32), speech, np.zeros(2 * SR, np.float32)])
+    vad = VoiceActivity(SR, capacity_s=20.0)
+    vad.process(audio)
+    assert 1.5 < vad.voiced_seconds(0, 6 * SR) <= 2.1
+    assert vad.voiced_seconds(0, 6 * SR) == pytest.approx(vad.voiced_fraction(0, 6 * SR) * 6.0, abs=0.03)
+    assert vad.voiced_seconds(0, 2 * SR) == 0.0 and vad.voiced_seconds(100, 50) == 0.0
+
+
 def test_smoother_time_constant_and_gate():
     sm = Smoother(6, tau_s=1.0)
     a = np.array([1, 0, 0, 0, 0, 0], dtype=float)

@@ -78,3 +78,87 @@ def test_a_small_synthetic_stream_through_the_daemon(tmp_path: Path) -> None:
     assert s["windows"] == len(preds) == s["scored"] + s["mixed"] + s["pause"]
     assert s["scored"] > 0 and s["pause"] > 0  # the 6 s gaps give windows without speech
     assert 0.0 <= pool_scores([s])["ua"] <= 1.0
+
+
+def prediction(seq: int, t_end: float, probs: list[float], fraction: float, window_s: float = 5.0) -> dict:
+    from contract.audio import LABELS
+
+    return {"type": "prediction", "seq": seq, "t_start": max(0.0, t_end - window_s), "t_end": t_end,
+            "probs": dict(zip(LABELS, probs, strict=True)), "voiced_fraction": fraction, "top": "anger"}
+
+
+def test_repost_applies_the_daemons_gate_and_smoother() -> None:
+    from realtime.postprocess import Smoother
+    from training.stream_eval import repost, voiced_seconds
+
+    a, b = [0.7, 0.1, 0.05, 0.05, 0.05, 0.05], [0.1, 0.1, 0.1, 0.1, 0.1, 0.5]
+    preds = [prediction(2, 6.0, b, 0.3), prediction(0, 5.0, a, 0.3), prediction(1, 5.5, a, 0.05),
+             prediction(3, 2.0, a, 0.3, window_s=2.0), {"type": "hello"}]
+    assert voiced_seconds(preds[0]) == pytest.approx(1.5) and voiced_seconds(preds[3]) == pytest.approx(0.6)
+    out = repost(preds, min_voiced_s=0.5, tau_s=1.0)
+    assert [p["seq"] for p in out] == [0, 1, 2, 3]  # in window order, other messages dropped
+    assert [p["voiced"] for p in out] == [True, False, True, True]  # 1.5 s, 0.25 s, 1.5 s, 0.6 s of a 2 s window
+    assert out[1]["top"] is None and out[0]["top"] == "anger"
+    sm = Smoother(6, 1.0)
+    want = [sm.update(np.array(a), 5.0, True), sm.update(np.array(a), 5.5, False), sm.update(np.array(b), 6.0, True)]
+    for p, w in zip(out, want, strict=False):
+        np.testing.assert_allclose(list(p["smoothed"].values()), w)
+    raw = repost(preds, min_voiced_s=0.0, tau_s=0.0)  # no gate, no smoothing: each window's own leader
+    assert [p["top"] for p in raw] == ["anger", "anger", "sad", "anger"]
+    assert preds[0]["top"] == "anger"  # the input is left as it was
+
+
+def test_kept_streams_rescore_under_another_gate_and_smoothing(tmp_path: Path) -> None:
+    from training.stream_eval import load_streams, rescore, save_stream
+
+    segs = [Segment(0.0, 4.0, "anger"), Segment(5.0, 9.0, "sad"), Segment(30.0, 31.0, "fear")]
+    anger, sad = [0.9, 0.02, 0.02, 0.02, 0.02, 0.02], [0.02, 0.02, 0.02, 0.02, 0.02, 0.9]
+    preds = [prediction(i, 5.0 + 0.5 * i, anger if 5.0 + 0.5 * i < 8.0 else sad, 0.15) for i in range(12)]
+    preds += [prediction(12 + i, 20.0 + 0.5 * i, anger, 0.0) for i in range(4)]  # a pause: nothing voiced
+    for fold in (0, 1):
+        save_stream(tmp_path / f"fold{fold}", "ravdess_01", preds, segs)
+    streams = load_streams(tmp_path)
+    assert [name for name, _, _ in streams] == ["fold0/ravdess_01", "fold1/ravdess_01"]
+    assert streams[0][1] == preds and streams[0][2] == segs
+    strict, loose = rescore(streams, 1.0, 0.0, group=1), rescore(streams, 0.5, 0.0, group=1)
+    assert strict["scored_silent_share"] == 1.0 and strict["ua"] == 0.0  # 0.75 s voiced per window: all gated at 1 s
+    assert loose["scored_silent_share"] == 0.0 and loose["pause_reported"] == 0
+    assert set(loose["groups"]) == {"fold0", "fold1"} and loose["ua"] == pytest.approx(loose["groups"]["fold0"]["ua"])
+    slow = rescore(streams, 0.5, 10.0)
+    assert slow["recall"]["sad"] < loose["recall"]["sad"]  # a long time constant lags the change of emotion
+    assert loose["flips"] == 2 and slow["flips"] == 0  # one change each per stream; the slow display never shows it
+
+
+def test_stream_windows_scored_offline_are_what_the_model_computes_on_the_stream() -> None:
+    """training.stream_heads: chunks encoded once (the cache's format), any head's window probabilities from
+    them, equal to the model on each window's audio (zeros before the stream's start, as the daemon reads it)."""
+    torch = pytest.importorskip("torch")
+    from contract.geometry import ChunkGeometry
+    from training.chunk_model import WhisperChunkModel
+    from training.features import ChunkEncoder
+    from training.stream_heads import encode_stream, head_probs, probs_parity, window_ends, with_probs
+
+    cfg = {"encoder": {"name": "tiny.en", "blocks": 2, "chunk_s": 1.0, "hop_s": 0.5},
+           "head": {"kind": "moments", "layers": [0, 1, 2]}}
+    torch.manual_seed(0)
+    model = WhisperChunkModel(cfg).eval()
+    with torch.no_grad():
+        model.head.linear.weight.mul_(0.05)
+    enc = ChunkEncoder.__new__(ChunkEncoder)  # the cache's encoder around this model's (random) weights
+    enc.torch, enc.frontend, enc.encoder, enc.d, enc.batch = torch, model.frontend, model.encoder, model.d, 64
+    audio, _ = build_stream([(tone(2.0, 220), "anger"), (tone(1.5, 330), "sad")], np.random.default_rng(0), gap_every=0)
+    ch = ChunkGeometry()
+    preds = [prediction(i, t, [1 / 6] * 6, 0.5) for i, t in enumerate(np.arange(1.0, len(audio) / SAMPLE_RATE, 0.5))]
+    ends = window_ends(preds)
+    sc = encode_stream(audio, ends, ch, enc)
+    assert len(sc.keys) == len(set(sc.keys)) < 9 * len(ends)  # each chunk once
+    probs = head_probs(model, sc, ends)
+    for e, p in zip(ends, probs, strict=True):
+        window = np.zeros(ch.window_samples, np.float32)
+        part = audio[max(0, e - ch.window_samples) : e]
+        window[ch.window_samples - len(part) :] = part
+        with torch.inference_mode():
+            want = torch.softmax(model(torch.from_numpy(window)[None]), -1)[0].numpy()
+        np.testing.assert_allclose(p, want, atol=3e-3)  # float16 chunk statistics, as the cache stores them
+    swapped = with_probs(preds, probs)
+    assert probs_parity(swapped, probs) < 1e-6 and probs_parity(preds, probs) > 0.0

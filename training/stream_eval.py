@@ -8,13 +8,19 @@ tested too), adds coloured background noise at a fixed SNR and a random
 overall level; :func:`score_stream` then takes the daemon's ``--jsonl``
 predictions and scores every window that is mostly one clip against that
 clip's label, and counts how often a window without speech is reported as an
-emotion. Imports numpy and the training audio helpers only.
+emotion. :func:`repost` re-runs the daemon's post-processing (the voice gate
+and the smoother) on the raw ``probs`` and ``voiced_fraction`` of kept
+``--jsonl`` lines, so other gate thresholds and time constants can be scored
+offline (:func:`rescore`) without playing the streams again. Imports numpy,
+the training audio helpers and the daemon's torch-free smoother only.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -111,7 +117,8 @@ def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> di
     when the daemon's smoothed leader (``top``) is the label, wrong when it
     names another emotion or reports silence (``top`` null: the user sees
     nothing). Windows without speech count as false alarms when ``top``
-    names an emotion. ``raw_hits`` scores the same windows by the window's
+    names an emotion; ``flips`` counts how often the emotion on display
+    changes to another (silence in between does not reset it). ``raw_hits`` scores the same windows by the window's
     own probabilities (no smoothing, no VAD), to tell the head from the
     post-processing. Returns counts and, per label, hits and totals, so
     several streams can be pooled with :func:`pool_scores`.
@@ -119,11 +126,15 @@ def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> di
     hits = {lab: 0 for lab in LABELS}
     raw_hits = {lab: 0 for lab in LABELS}
     totals = {lab: 0 for lab in LABELS}
-    out = {"windows": 0, "scored": 0, "mixed": 0, "pause": 0, "pause_reported": 0, "scored_silent": 0}
+    out = {"windows": 0, "scored": 0, "mixed": 0, "pause": 0, "pause_reported": 0, "scored_silent": 0, "flips": 0}
+    shown = None  # the emotion on display: a flip is a change from one shown emotion to another
     for p in predictions:
         if p.get("type", "prediction") != "prediction":
             continue
         out["windows"] += 1
+        if p.get("top") is not None:
+            out["flips"] += shown is not None and p["top"] != shown
+            shown = p["top"]
         truth = window_truth(float(p["t_start"]), float(p["t_end"]), segments)
         if truth is None:
             out["mixed"] += 1
@@ -142,8 +153,8 @@ def score_stream(predictions: Iterable[dict], segments: Sequence[Segment]) -> di
 
 def pool_scores(scores: Sequence[dict]) -> dict:
     """Sum :func:`score_stream` results and derive UA, per-class recall and the false-alarm rate."""
-    keys = ("windows", "scored", "mixed", "pause", "pause_reported", "scored_silent")
-    out: dict = {k: sum(s[k] for s in scores) for k in keys}
+    keys = ("windows", "scored", "mixed", "pause", "pause_reported", "scored_silent", "flips")
+    out: dict = {k: sum(s.get(k, 0) for s in scores) for k in keys}
     hits = {lab: sum(s["hits"][lab] for s in scores) for lab in LABELS}
     totals = {lab: sum(s["totals"][lab] for s in scores) for lab in LABELS}
     recall = {lab: hits[lab] / totals[lab] for lab in LABELS if totals[lab]}
@@ -154,3 +165,74 @@ def pool_scores(scores: Sequence[dict]) -> dict:
                pause_reported_share=out["pause_reported"] / out["pause"] if out["pause"] else float("nan"),
                scored_silent_share=out["scored_silent"] / out["scored"] if out["scored"] else float("nan"))
     return out
+
+
+# ----------------------------------------------------------------------------- post-processing offline
+
+
+def voiced_seconds(p: dict) -> float:
+    """How much of a prediction's window the daemon's VAD called voice, in seconds (its fraction of the window)."""
+    return float(p["voiced_fraction"]) * max(0.0, float(p["t_end"]) - float(p["t_start"]))
+
+
+def repost(predictions: Iterable[dict], min_voiced_s: float, tau_s: float, labels: Sequence[str] = LABELS) -> list[dict]:
+    """The prediction messages of one stream with ``voiced``, ``smoothed`` and ``top`` recomputed.
+
+    The daemon's own rule on the window's raw ``probs``: voiced when the VAD
+    flagged at least ``min_voiced_s`` seconds of it, smoothed by
+    :class:`realtime.postprocess.Smoother` with time constant ``tau_s`` over
+    the windows' end times, ``top`` the smoothed leader when voiced and None
+    when not. Messages are taken in ``seq`` order; other message types are dropped.
+    """
+    from realtime.postprocess import Smoother
+
+    preds = sorted((p for p in predictions if p.get("type", "prediction") == "prediction"), key=lambda p: p.get("seq", 0))
+    smoother = Smoother(len(labels), tau_s)
+    out = []
+    for p in preds:
+        voiced = voiced_seconds(p) >= min_voiced_s
+        probs = np.array([float(p["probs"][lab]) for lab in labels])
+        smoothed = smoother.update(probs, float(p["t_end"]), voiced)
+        out.append({**p, "voiced": voiced, "smoothed": dict(zip(labels, smoothed.tolist(), strict=True)),
+                    "top": labels[int(np.argmax(smoothed))] if voiced else None})
+    return out
+
+
+def save_stream(directory: Path, name: str, predictions: Sequence[dict], segments: Sequence[Segment]) -> None:
+    """Keep one stream's ``--jsonl`` predictions (``NAME.jsonl``) and its segments (``NAME.segments.json``)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+    (directory / f"{name}.segments.json").write_text(json.dumps([asdict(s) for s in segments]))
+
+
+def load_streams(directory: Path) -> list[tuple[str, list[dict], list[Segment]]]:
+    """Every stream :func:`save_stream` kept under ``directory`` (recursively): ``(name, predictions, segments)``."""
+    out = []
+    for seg_path in sorted(Path(directory).rglob("*.segments.json")):
+        name = seg_path.name[: -len(".segments.json")]
+        lines = seg_path.with_name(f"{name}.jsonl").read_text().splitlines()
+        segments = [Segment(**s) for s in json.loads(seg_path.read_text())]
+        out.append((str(seg_path.parent.relative_to(directory) / name), [json.loads(x) for x in lines if x.strip()], segments))
+    return out
+
+
+def rescore(streams: Sequence[tuple[str, list[dict], list[Segment]]], min_voiced_s: float, tau_s: float,
+            group: int = 0) -> dict:
+    """Score kept streams under another gate and time constant: :func:`pool_scores` of each group, then their mean.
+
+    ``group`` > 0 groups streams by the first ``group`` parts of their names
+    (e.g. 1: by fold folder, as bench/accuracy.py pools them) and averages
+    UA, window's own UA and per-class recall over the groups; shares and
+    counts pool over every stream. 0: one pool of all streams.
+    """
+    groups: dict[str, list[dict]] = {}
+    for name, preds, segments in streams:
+        key = "/".join(Path(name).parts[:group]) if group else ""
+        groups.setdefault(key, []).append(score_stream(repost(preds, min_voiced_s, tau_s), segments))
+    pooled = {k: pool_scores(v) for k, v in groups.items()}
+    total = pool_scores([s for v in groups.values() for s in v])
+    return {**total, "ua": float(np.mean([p["ua"] for p in pooled.values()])),
+            "raw_ua": float(np.mean([p["raw_ua"] for p in pooled.values()])),
+            "recall": {lab: float(np.mean([p["recall"][lab] for p in pooled.values() if lab in p["recall"]]))
+                       for lab in LABELS if any(lab in p["recall"] for p in pooled.values())},
+            "groups": {k: {"ua": p["ua"], "raw_ua": p["raw_ua"]} for k, p in pooled.items()}}
