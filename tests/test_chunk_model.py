@@ -273,3 +273,73 @@ def test_out_of_fold_logits_score_every_training_speaker_once_with_a_head_that_n
     assert (logits.argmax(1) == labels).mean() > 0.9  # the class signal generalises across speakers
     with pytest.raises(ValueError, match="temperature_folds=4 needs as many"):
         out_of_fold_logits(cfg, {}, recs, {"ravdess"}, SyntheticCache(recs), seed=0, folds=4)
+
+
+# ----------------------------------------------------------------------------- stream-like training windows
+
+
+def test_clip_runs_drop_the_silent_ends_of_each_clip() -> None:
+    from training.chunk_training import clip_chunk_runs
+
+    recs = records({("a", "anger"): 2})
+    fs = synthetic_features(recs, 0)
+    o, n = int(fs.offset[0]), int(fs.count[0])
+    fs.voiced[o, 1] = fs.voiced[o + n - 1, 1] = -70.0  # lead-in and tail: 40+ dB below the clip's loudest
+    runs = clip_chunk_runs(fs)
+    assert runs[0].tolist() == list(range(o + 1, o + n - 1))
+    assert runs[1].tolist() == list(range(int(fs.offset[1]), int(fs.offset[1]) + int(fs.count[1])))
+
+
+def test_stream_like_windows_follow_the_stream_scorers_rule() -> None:
+    from training.chunk_training import STREAM_SHARE, stream_like_windows
+
+    recs = records({("a", lab): 6 for lab in LABELS})  # speakers a:0, a:1, a:2
+    fs = synthetic_features(recs, 0)
+    sw = stream_like_windows(windows_of(fs, "zeros"), recs, 9, seed=0, passes=2, bank_size=4)
+    assert len(sw.chunks) > 20 and sw.chunks.shape[1] == 9 and len(sw.clip_of) == len(sw.chunks)
+    assert sw.chunks.min() >= -4 and not (sw.chunks == -1).any()  # pauses are noise of the bank, never its digital silence
+    owner = np.full(len(fs.feats), -1)
+    for i in range(len(fs.offset)):
+        owner[fs.offset[i] : fs.offset[i] + fs.count[i]] = fs.clip[i]
+    for row, label in zip(sw.chunks, sw.clip_of, strict=True):
+        own = row[row >= 0]
+        assert len({recs[owner[c]].speaker for c in own}) == 1  # one speaker's clips per stream
+        speech = {c: fs.voiced[own[owner[own] == c], 0].clip(0, 1).sum() for c in set(owner[own].tolist())}
+        assert speech[label] >= STREAM_SHARE * sum(speech.values()) - 1e-6  # labelled by the clip holding 2/3 of the speech
+        assert speech[label] * 0.5 >= min(1.0, 0.9 * fs.voiced[own[owner[own] == label], 0].clip(0, 1).sum() * 0.5) - 1e-6
+    assert (sw.chunks < 0).any(axis=1).mean() > 0.3  # many windows hold a pause, as a stream's do
+    again = stream_like_windows(windows_of(fs, "zeros"), recs, 9, seed=0, passes=2, bank_size=4)
+    np.testing.assert_array_equal(again.chunks, sw.chunks)  # deterministic
+    one = [i for i, r in enumerate(recs) if r.speaker == "a:1"]
+    only = stream_like_windows(Windows(fs, np.array(one), np.array(one), "zeros"), recs, 9, seed=0, passes=2, bank_size=4)
+    mine = np.isin(sw.clip_of, one)
+    np.testing.assert_array_equal(only.chunks, sw.chunks[mine])  # a speaker's windows do not depend on the others'
+
+
+def test_row_weights_give_stream_windows_their_share_of_each_clip() -> None:
+    from training.chunk_training import row_weights
+
+    recs = records({("a", "anger"): 4, ("a", "sad"): 4})
+    clean = Windows(None, np.arange(8), np.arange(8), "zeros")  # type: ignore[arg-type]
+    stream_of = np.array([0, 0, 0, 1, 5])  # clips 0, 1 and 5 label stream-like windows
+    wc, ws = row_weights([clean], recs, alpha=0.5, clean_p=0.5, stream_of=stream_of, stream_p=0.4)
+    per_clip = wc.copy()
+    np.add.at(per_clip, stream_of, ws)
+    assert np.allclose(per_clip, per_clip[0])  # a clip weighs the same in total, with or without stream windows
+    assert ws[:3].sum() == pytest.approx(0.4 * per_clip[0]) and wc[0] == pytest.approx(0.6 * per_clip[0])
+    assert wc[2] == pytest.approx(per_clip[2])  # no stream window: all of it on its own
+
+
+def test_head_fits_with_stream_like_windows() -> None:
+    from training.chunk_model import WhisperChunkModel
+
+    spec = {("a", lab): 12 for lab in LABELS}
+    train, test = records(spec), records({("t", lab): 10 for lab in LABELS})
+    bank = silent_bank()
+    bank[1][1:, 1] = -60.0  # noise entries, quieter than the speech
+    plain = WhisperChunkModel(small_cfg())
+    s0 = fit_head(plain, [windows_of(synthetic_features(train, 0), "zeros")], train, bank, {}, seed=0)
+    model = WhisperChunkModel(small_cfg())
+    s1 = fit_head(model, [windows_of(synthetic_features(train, 0), "zeros")], train, bank, {"stream_p": 0.5}, seed=0)
+    assert s1["windows"] > s0["windows"]  # the stream-like windows joined the fit
+    assert score_clips(model, windows_of(synthetic_features(test, 2), "zeros"), bank, test)["ua"] > 0.9

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ DEFAULT_TRAINER = {
     "corpus_weights": None,  # name -> factor on a corpus's share ("default": the others)
     "clean_p": 0.25,  # share of each clip's training weight on the clean variant (the rest: augmented ones)
     "temperature_folds": 0,  # > 0: the temperature also sees out-of-fold logits of the training speakers
+    "stream_p": 0.0,  # share of each clip's weight on stream-like windows (several clips of its speaker, pauses)
+    "stream_passes": 2,  # stream-like windows: how many shuffled streams of each training speaker's clips
 }
 
 
@@ -185,6 +188,162 @@ def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequ
     return _POOLED[key][1][w.index]
 
 
+# ----------------------------------------------------------------------------- stream-like training windows
+
+STREAM_PAUSE_CHUNKS = (1, 3)  # chunk hops of noise between two clips (0.5-1.5 s, as the stream scorer's pauses)
+STREAM_TRIM_DB = 25.0  # a clip's leading and trailing chunks this far below its loudest are its silence, not speech
+STREAM_SHARE = 2 / 3  # a window is labelled by the clip holding this share of its speech ...
+STREAM_MIN_S = 1.0  # ... and at least this much of it (or 0.9 of a shorter clip's), as training.stream_eval scores
+
+
+def clip_chunk_runs(fs: FeatureSet, trim_db: float = STREAM_TRIM_DB) -> list[np.ndarray]:
+    """Per clip of ``fs`` (its ``paths`` order), the chunk rows of its first window without its silent ends.
+
+    A chunk is the clip's silence when its loudest frame is more than
+    ``trim_db`` below the clip's loudest chunk's (the padding and the acted
+    corpora's lead-in and tail); the run keeps every chunk from the first
+    loud one to the last, as the stream scorer trims each clip.
+    """
+    first = np.full(len(fs.paths), -1, np.int64)
+    for wi in range(len(fs.clip) - 1, -1, -1):  # the first window of each clip
+        first[fs.clip[wi]] = wi
+    out = []
+    for wi in first:
+        if wi < 0:
+            out.append(np.zeros(0, np.int64))
+            continue
+        rows = np.arange(int(fs.offset[wi]), int(fs.offset[wi]) + int(fs.count[wi]))
+        peak = fs.voiced[rows, 1]
+        loud = np.nonzero(peak >= peak.max() - trim_db)[0]
+        out.append(rows[loud[0] : loud[-1] + 1])
+    return out
+
+
+_RUNS: dict[int, tuple[FeatureSet, list[np.ndarray]]] = {}  # feature set id -> (the set, its clip_chunk_runs)
+
+
+@dataclass
+class StreamWindows:
+    """Windows made like a live stream's from cached chunks: ``chunks [n, K]`` rows of ``fs.feats`` (or ``-1 - j``:
+    entry ``j`` of the noise bank), each labelled by the clip it is mostly (``clip_of``, position in the records)."""
+
+    fs: FeatureSet
+    chunks: np.ndarray
+    clip_of: np.ndarray
+
+
+def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int, passes: int = 2,
+                        hop_s: float = 0.5, bank_size: int = 96, use: np.ndarray | None = None) -> StreamWindows:
+    """Windows of the clips of ``w`` laid end to end per speaker, as :func:`training.stream_eval.build_stream` lays them.
+
+    For each speaker (``passes`` times, each in a new random order) the
+    clips' trimmed chunk runs (:func:`clip_chunk_runs`) follow each other
+    with 1-3 chunks of the noise bank (not digital silence) between them; a
+    window is every run of ``k`` consecutive chunks, one chunk hop apart as
+    the daemon scores them. A window is kept and labelled by a clip when that
+    clip holds at least 2/3 of its speech and at least 1 s of it (0.9 of a
+    shorter clip's), speech being each chunk's voiced share times the hop:
+    the stream scorer's rule. Windows whose speech is split are left out.
+    ``use`` (per record, bool): only these clips are laid out (those with
+    weight in the fit). The draw depends on ``seed`` and the speaker only,
+    so every fold sees the same windows of a speaker.
+    """
+    fs = w.fs
+    if _RUNS.get(id(fs), (None,))[0] is not fs:
+        _RUNS[id(fs)] = (fs, clip_chunk_runs(fs))
+    runs = _RUNS[id(fs)][1]
+    clip_pos = {p: i for i, p in enumerate(fs.paths)}  # record position -> clip index of fs
+    by_speaker: dict[str, list[int]] = {}
+    for pos in sorted(set(w.clip_of.tolist())):
+        if use is None or use[pos]:
+            by_speaker.setdefault(records[pos].speaker, []).append(pos)
+    windows: list[np.ndarray] = []
+    labels: list[int] = []
+    for speaker, positions in sorted(by_speaker.items()):
+        rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+        for _ in range(passes):
+            src: list[int] = []
+            owner: list[int] = []
+            for pos in rng.permutation(positions):
+                for _ in range(int(rng.integers(STREAM_PAUSE_CHUNKS[0], STREAM_PAUSE_CHUNKS[1] + 1))):
+                    src.append(-1 - int(rng.integers(1, bank_size)))  # noise, never the digital silence (entry 0)
+                    owner.append(-1)
+                rows = runs[clip_pos[str(records[pos].path)]]
+                src += rows.tolist()
+                owner += [int(pos)] * len(rows)
+            src_a, owner_a = np.array(src), np.array(owner)
+            speech = np.where(owner_a >= 0, np.clip(fs.voiced[np.maximum(src_a, 0), 0], 0, 1) * hop_s, 0.0)
+            clip_total: dict[int, float] = {}
+            for o, sp in zip(owner_a, speech, strict=True):
+                if o >= 0:
+                    clip_total[int(o)] = clip_total.get(int(o), 0.0) + float(sp)
+            for s in range(len(src_a) - k + 1):
+                own, sp = owner_a[s : s + k], speech[s : s + k]
+                total = sp.sum()
+                if total <= 0:
+                    continue
+                cand = np.unique(own[own >= 0])
+                per = np.array([sp[own == c].sum() for c in cand])
+                best = int(np.argmax(per))
+                c = int(cand[best])
+                if per[best] >= STREAM_SHARE * total and per[best] >= min(STREAM_MIN_S, 0.9 * clip_total[c]):
+                    windows.append(src_a[s : s + k])
+                    labels.append(c)
+    chunks = np.stack(windows) if windows else np.zeros((0, k), np.int64)
+    return StreamWindows(fs, chunks, np.array(labels, np.int64))
+
+
+def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers: Sequence[int], batch: int = 512) -> np.ndarray:
+    """The served pooled feature (``window_moments``) of every stream-like window ``[n, 4 f]``."""
+    bank_rich = chunk_rich(bank[0], bank[1], layers)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(sw.chunks), batch):
+            idx = sw.chunks[i : i + batch]
+            flat = idx.reshape(-1)
+            rich = np.empty((len(flat), bank_rich.shape[1]), np.float32)
+            own = flat >= 0
+            if own.any():
+                rich[own] = chunk_rich(sw.fs.feats[flat[own]], sw.fs.voiced[flat[own]], layers)
+            rich[~own] = bank_rich[-1 - flat[~own]]
+            out.append(_window_moments(torch.from_numpy(rich.reshape(*idx.shape, -1))).numpy())
+    return np.concatenate(out) if out else np.zeros((0, bank_rich.shape[1] - 2), np.float32)
+
+
+# (feature set id, speaker, clips, seed, passes, K, layers) -> (the set, [windows, F], the clip paths labelling them)
+_STREAM_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray, list[str]]] = {}
+
+
+def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Sequence[int], bank: tuple[np.ndarray, np.ndarray],
+                    seed: int, passes: int, hop_s: float, use: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled features ``[n, 4 f]`` of the stream-like windows of ``w``'s clips and the record each is labelled by.
+
+    Built and pooled once per speaker (:func:`stream_like_windows` draws per
+    speaker), so the folds of a cross-validation share them.
+    """
+    pos_of = {str(r.path): i for i, r in enumerate(records)}
+    by_speaker: dict[str, list[int]] = {}
+    for pos in sorted(set(w.clip_of.tolist())):
+        if use is None or use[pos]:
+            by_speaker.setdefault(records[pos].speaker, []).append(pos)
+    xs, clips = [], []
+    for speaker, positions in sorted(by_speaker.items()):
+        paths = tuple(sorted(str(records[i].path) for i in positions))
+        key = (id(w.fs), speaker, paths, seed, passes, k, tuple(layers))
+        if key not in _STREAM_POOLED:
+            one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
+            mask = np.zeros(len(records), bool)
+            mask[positions] = True
+            sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask)
+            _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers), [str(records[i].path) for i in sw.clip_of])
+        _, x, labelled = _STREAM_POOLED[key]
+        xs.append(x)
+        clips.append(np.array([pos_of[q] for q in labelled], np.int64))
+    if not xs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return np.concatenate(xs), np.concatenate(clips)
+
+
 def sample_weights(records: Sequence[Record], alpha: float, corpus_weights: dict[str, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-clip sampling probabilities and per-class loss weights (see the module docstring).
 
@@ -210,12 +369,16 @@ def sample_weights(records: Sequence[Record], alpha: float, corpus_weights: dict
 
 
 def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: float, clean_p: float,
-                corpus_weights: dict[str, float] | None = None) -> list[np.ndarray]:
+                corpus_weights: dict[str, float] | None = None, stream_of: np.ndarray | None = None,
+                stream_p: float = 0.0) -> list[np.ndarray]:
     """Per window of each variant, its share of the training loss (mean 1 over all windows).
 
     A clip weighs ``p_clip * class_weight`` (:func:`sample_weights`), spread
     over its windows; ``clean_p`` of it goes to the clean variant and the rest
     to the augmented ones, and a clip without augmented windows keeps it all clean.
+    With ``stream_of`` (the clip each stream-like window is labelled by,
+    :func:`stream_like_windows`), ``stream_p`` of a clip's weight goes to its
+    stream-like windows first (when it labels any), and one more array, theirs, is returned.
     """
     p_clip, class_w = sample_weights(records, alpha, corpus_weights)
     clip_w = p_clip * class_w[[r.label_index for r in records]]
@@ -223,13 +386,17 @@ def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: floa
     counts = [np.bincount(w.clip_of, minlength=n) for w in train]
     aug = np.sum(counts[1:], axis=0) if len(train) > 1 else np.zeros(n)
     aug_variants = np.sum([c > 0 for c in counts[1:]], axis=0) if len(train) > 1 else np.zeros(n)
+    in_stream = np.bincount(stream_of, minlength=n) if stream_of is not None else np.zeros(n, np.int64)
+    rest = np.where(in_stream > 0, 1.0 - stream_p, 1.0)
     out = []
     for v, (w, c) in enumerate(zip(train, counts, strict=True)):
         if v == 0:
             share = np.where(aug > 0, clean_p, 1.0)
         else:
             share = np.where(c > 0, (1 - clean_p) / np.maximum(aug_variants, 1), 0.0)
-        out.append(clip_w[w.clip_of] * share[w.clip_of] / np.maximum(c[w.clip_of], 1))
+        out.append(clip_w[w.clip_of] * rest[w.clip_of] * share[w.clip_of] / np.maximum(c[w.clip_of], 1))
+    if stream_of is not None:
+        out.append(clip_w[stream_of] * stream_p / np.maximum(in_stream[stream_of], 1))
     total = np.concatenate(out)
     scale = len(total) / total.sum()
     return [o * scale for o in out]
@@ -301,7 +468,18 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     k, layers = model.geometry.chunks_per_window, model.layers
     xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
-    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"))
+    stream_p = float(c["stream_p"])
+    stream_of = None
+    if stream_p > 0:
+        if pooling != "window_moments":
+            raise ValueError("head_trainer.stream_p needs the served pooling (window_moments)")
+        p_clip, _ = sample_weights(records, float(c["corpus_alpha"]), c.get("corpus_weights"))
+        x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, int(c["stream_passes"]),
+                                         model.geometry.hop_samples / 16000, use=p_clip > 0)
+        xs.append(torch.from_numpy(x_s))
+        ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
+    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"),
+                          stream_of, stream_p)
     keep = [wt > 0 for wt in weights]
     x = torch.cat([xi[m] for xi, m in zip(xs, keep, strict=True)])
     y = torch.cat([yi[m] for yi, m in zip(ys, keep, strict=True)])
