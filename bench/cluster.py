@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
@@ -90,7 +91,8 @@ def role_of(pid: int) -> str:
     for fragment, role in ROLES:
         if fragment in cmd:
             if role is None:
-                return cmd.split(fragment, 1)[1].split()[0].split(":")[-1].lower()
+                # "ServeReplica:ser:Ingress", or "...:Ingress.handle_request" while the replica serves one
+                return cmd.split(fragment, 1)[1].split()[0].split(":")[-1].split(".")[0].lower()
             return role
     return "other"
 
@@ -272,6 +274,58 @@ def markdown(doc: dict) -> str:
             f"cluster {best['cluster'] or 'none'} (of the N measured).\n" + (shares if roles else ""))
 
 
+CAPACITY_STREAMS = (1_000, 10_000)
+GPU_CHUNKS_PER_S = (2_000, 8_000)  # a GPU encoder's throughput: a parameter until one is measured
+CORE_BUSY = 0.7  # plan a single-threaded Python process (proxy, ingress) at this share of one core
+CONNECTIONS_PER_INGRESS = 64  # conf/serve.yaml: server.max_clients per ingress replica
+
+
+def capacity(doc: dict) -> dict:
+    """Replicas, cores and GPUs for ``CAPACITY_STREAMS`` live streams, from the marginal cost of a stream measured.
+
+    Each part's CPU per stream and second of audio is the slope between the two largest points that held
+    (``delta cpu_s_by_role[part] / delta (N x span)``), so what a part spends whatever the load (the
+    controller's and the proxy's polling, the GCS, the raylet, the dashboard) does not count per stream;
+    with one point it is that point's share (an overestimate). A stream needs ``1 / hop`` chunks a second.
+    """
+    ok = [r for r in doc["cluster"] if r["ok"]]  # a saturated point measures the queue, not the cost
+    pts = sorted(ok or doc["cluster"][:1], key=lambda r: r["streams"])[-2:]
+    hi = pts[-1]
+    lo = pts[0] if len(pts) == 2 else {"streams": 0, "span_s": hi["span_s"], "cpu_s_by_role": {}}
+    stream_s = hi["streams"] * hi["span_s"] - lo["streams"] * lo["span_s"]
+    per_stream = {k: max(0.0, (v - lo["cpu_s_by_role"].get(k, 0.0)) / stream_s) for k, v in hi.get("cpu_s_by_role", {}).items()}
+    n = f"{lo['streams']} -> {hi['streams']}" if lo["streams"] else str(hi["streams"])
+    chunks_per_stream_s = 1.0 / doc["hop_s"]
+    rows = []
+    for streams in CAPACITY_STREAMS:
+        ingress_cores = streams * per_stream.get("ingress", float("nan"))
+        proxy_cores = streams * per_stream.get("proxy", float("nan"))
+        encoder_cores = streams * per_stream.get("encoder", float("nan"))
+        ingress_replicas = max(math.ceil(streams / CONNECTIONS_PER_INGRESS), math.ceil(ingress_cores / CORE_BUSY))
+        rows.append({
+            "streams": streams,
+            "chunks_per_s": streams * chunks_per_stream_s,
+            "ingress_cores": ingress_cores,
+            "ingress_replicas": ingress_replicas,
+            "proxy_cores": proxy_cores,
+            "proxies": math.ceil(proxy_cores / CORE_BUSY),
+            "encoder_cpu_cores": encoder_cores,
+            "gpus": {str(g): math.ceil(streams * chunks_per_stream_s / g) for g in GPU_CHUNKS_PER_S},
+        })
+    return {"from_point": n, "per_stream_cores": per_stream, "rows": rows}
+
+
+def capacity_markdown(cap: dict) -> str:
+    head = ["streams", "chunks/s", "ingress cores (replicas)", "proxy cores (proxies)", "encoder: CPU cores",
+            *(f"encoder: GPUs at {g:,} chunks/s" for g in GPU_CHUNKS_PER_S)]
+    body = [[f"{r['streams']:,}", f"{r['chunks_per_s']:,.0f}", f"{r['ingress_cores']:.0f} ({r['ingress_replicas']})",
+             f"{r['proxy_cores']:.0f} ({r['proxies']})", f"{r['encoder_cpu_cores']:.0f}",
+             *(str(r["gpus"][str(g)]) for g in GPU_CHUNKS_PER_S)] for r in cap["rows"]]
+    per = ", ".join(f"{k} {1000 * v:.1f}" for k, v in sorted(cap["per_stream_cores"].items()))
+    return (f"Marginal cost of a stream between N = {cap['from_point']} (CPU ms per second of its audio: {per}); replicas at "
+            f"{CORE_BUSY:.0%} of a core or {CONNECTIONS_PER_INGRESS} connections each:\n\n{table(head, body)}\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="8,16,32,48", help="comma-separated N values, increasing")
@@ -280,7 +334,13 @@ def main() -> None:
     ap.add_argument("--encoders", type=int, default=1, help="encoder replicas")
     ap.add_argument("--threads", type=int, default=None, help="the encoder's onnxruntime threads (default: its CPUs)")
     ap.add_argument("--out", default=str(RESULTS / "cluster.json"))
+    ap.add_argument("--tables", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
     args = ap.parse_args()
+    if args.tables:
+        doc = json.loads(Path(args.tables).read_text())
+        print(markdown(doc))
+        print(capacity_markdown(capacity(doc)))
+        return
     ns = [int(x) for x in args.streams.split(",")]
     if not ns or min(ns) < 1 or args.seconds <= 0 or args.ingress < 1 or args.encoders < 1:
         raise SystemExit("--streams: positive integers; --seconds > 0; --ingress, --encoders >= 1")
@@ -326,8 +386,10 @@ def main() -> None:
 
     doc["max_streams_within_budget"] = {
         k: max([r["streams"] for r in doc[k] if r["ok"]], default=0) for k in ("daemon", "cluster")}
+    doc["capacity"] = capacity(doc)
     print()
     print(markdown(doc))
+    print(capacity_markdown(doc["capacity"]))
     out = write_json(args.out, doc)
     print(f"wrote {out}")
 
