@@ -236,7 +236,12 @@ def point(target: Any, n: int, seconds: float, frame: int, hop_s: float, engine_
     row["cpu_outside_engine_ms_per_window"] = 1000 * max(0.0, cpu_s - busy) / scored
     row["cpu_ms_per_window"] = 1000 * cpu_s / scored
     if len(e1) > 1:
-        m = e1[1]
+        m, m0 = e1[1], e0[1]
+        calls = m.sum("ser_encoder_roundtrip_seconds_count") - m0.sum("ser_encoder_roundtrip_seconds_count")
+        local = (m.sum("ser_inference_seconds_sum") - m0.sum("ser_inference_seconds_sum")
+                 - m.sum("ser_encoder_roundtrip_seconds_sum") + m0.sum("ser_encoder_roundtrip_seconds_sum"))
+        row["encoder_calls"] = int(calls)
+        row["head_ms_per_call"] = 1000 * local / calls if calls else float("nan")  # classify, in the ingress
         row["encoder_roundtrip_p50_ms"] = 1000 * histogram_quantile(m, "ser_encoder_roundtrip_seconds", 0.5)
         row["encoder_roundtrip_p99_ms"] = 1000 * histogram_quantile(m, "ser_encoder_roundtrip_seconds", 0.99)
         row["ray_overhead_p50_ms"] = 1000 * histogram_quantile(m, "ser_encoder_overhead_seconds", 0.5)
@@ -247,7 +252,8 @@ def point(target: Any, n: int, seconds: float, frame: int, hop_s: float, engine_
 def markdown(doc: dict) -> str:
     head = ["N", "daemon p50 / p99 ms", "daemon drops", "daemon CPU %", "cluster p50 / p99 ms", "cluster drops",
             "cluster CPU %", "added p50 / p99 ms", "encoder call p50 / p99 ms (bucket)", "Ray per call p50 / p99 ms (bucket)",
-            "CPU ms per window outside engine (daemon / cluster)", "daemon ok", "cluster ok"]
+            "head in the ingress ms per call", "CPU ms per window outside engine (daemon / cluster)", "daemon ok",
+            "cluster ok"]
     rows = []
     for d, c in zip(doc["daemon"], doc["cluster"], strict=True):
         rows.append([
@@ -257,6 +263,7 @@ def markdown(doc: dict) -> str:
             f"{c['latency_p50_ms'] - d['latency_p50_ms']:+.0f} / {c['latency_p99_ms'] - d['latency_p99_ms']:+.0f}",
             f"{c.get('encoder_roundtrip_p50_ms', float('nan')):.0f} / {c.get('encoder_roundtrip_p99_ms', float('nan')):.0f}",
             f"{c.get('ray_overhead_p50_ms', float('nan')):.0f} / {c.get('ray_overhead_p99_ms', float('nan')):.0f}",
+            f"{c.get('head_ms_per_call', float('nan')):.2f}",
             f"{d['cpu_outside_engine_ms_per_window']:.1f} / {c['cpu_outside_engine_ms_per_window']:.1f}",
             "yes" if d["ok"] else "no", "yes" if c["ok"] else "no",
         ])
