@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from engine.interface import Engine, NonFiniteOutput
+from realtime.chunkstore import ChunkStore
 from realtime.metrics import DaemonMetrics
 from realtime.queues import BoundedQueue
 from realtime.stream import Stream, Window
@@ -125,9 +126,7 @@ class Scheduler:
         self._state = EngineState()
         k, d = engine.chunks_per_window, engine.embedding_dim
         self._chunks = np.zeros((max_batch * k, engine.chunk_samples), dtype=np.float32)
-        # Every new stream's first windows hold chunks of silence from before its start: their embedding is the
-        # same for all streams, so it is encoded once (a burst of new streams then costs one chunk each).
-        self._silence: np.ndarray | None = None
+        self.chunks = ChunkStore()  # every stream's chunk embeddings, pruned per batch; the shared silence chunk
         self._embeddings = np.zeros((max_batch, k, d), dtype=np.float32)
         self._thread = threading.Thread(target=self._run, name="ser-inference", daemon=True)
 
@@ -248,7 +247,7 @@ class Scheduler:
     def _chunks_to_encode(self, w: Window) -> set[tuple[int, int]]:
         """The chunks of ``w`` its stream has not encoded yet (the shared silence chunk excepted)."""
         s = w.stream
-        return {(id(s), k) for k in s.chunk_keys(w) if k not in s.chunks and not (k == 0 and self._silence is not None)}
+        return {(id(s), k) for k in self.chunks.missing(s, s.chunk_keys(w))}
 
     def _everyone_queued(self) -> bool:
         if self.active_streams is None:
@@ -320,12 +319,9 @@ class Scheduler:
         unreadable: set[tuple[int, int]] = set()
         for w in batch:
             s = w.stream
-            for key in s.chunk_keys(w):
+            for key in self.chunks.missing(s, s.chunk_keys(w)):
                 ck = (id(s), key)
-                if key in s.chunks or ck in rows or ck in unreadable:
-                    continue
-                if key == 0 and self._silence is not None:  # the all-zero chunk before a stream's start: one for all
-                    s.chunks.put(0, self._silence)
+                if ck in rows or ck in unreadable:
                     continue
                 if s.read_chunk(key, self._chunks[len(owners)]):
                     rows[ck] = len(owners)
@@ -344,9 +340,7 @@ class Scheduler:
             log.warning("%s; their windows are dropped", exc)
         for i, (s, key) in enumerate(owners):
             if (id(s), key) not in bad_chunks:
-                s.chunks.put(key, emb[i].copy())
-                if key == 0 and self._silence is None:
-                    self._silence = emb[i].copy()
+                self.chunks.put(s, key, emb[i].copy())
 
         overwritten: list[Window] = []
         non_finite: list[Window] = []
@@ -360,7 +354,7 @@ class Scheduler:
                 non_finite.append(w)
             else:
                 for i, k in enumerate(keys):
-                    self._embeddings[len(kept), i] = s.chunks.get(k)
+                    self._embeddings[len(kept), i] = self.chunks.get(s, k)
                 kept.append(w)
         probs: np.ndarray | None = None
         if kept:
@@ -375,7 +369,7 @@ class Scheduler:
                 kept = [kept[i] for i in keep_rows]
                 probs = probs[keep_rows]
         dt = time.perf_counter() - t0
-        self._prune(batch)
+        self.chunks.prune(batch)
         if overwritten:
             self._report_drops(overwritten, "overwritten")
         if non_finite:
@@ -388,19 +382,6 @@ class Scheduler:
         self.metrics.windows_scored.inc(n)
         now = time.monotonic()
         self._deliver([Result(w, np.array(probs[i]), None, n, dt, now) for i, w in enumerate(kept)])
-
-    @staticmethod
-    def _prune(batch: list[Window]) -> None:
-        """Keep, per stream, only the chunks of its newest window so far (at most K; 2K if one came late)."""
-        newest: dict[int, tuple[Stream, Window]] = {}
-        for w in batch:
-            cur = newest.get(id(w.stream))
-            if cur is None or w.end > cur[1].end:
-                newest[id(w.stream)] = (w.stream, w)
-        for s, w in newest.values():
-            if w.end >= s.chunks.newest_end:  # a window served late (out of order) must not evict newer chunks
-                s.chunks.newest_end = w.end
-                s.chunks.keep_only(s.chunk_keys(w))
 
     def _report_drops(self, windows: list[Window], reason: str) -> None:
         self.metrics.windows_dropped.inc(len(windows), reason)

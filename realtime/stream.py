@@ -15,10 +15,10 @@ been delivered (scored and published, or dropped); ``on_retired`` fires once,
 from whichever side finishes last.
 
 Streaming engines encode each chunk of a stream once: the stream names the
-chunks a window needs (``chunk_keys``, by their end sample), reads them
-(samples before the stream's start are zeros) and keeps their embeddings
-(``chunks``, bounded to the chunks of the newest window scored). A
-whole-window model is the case of one chunk, the window itself.
+chunks a window needs (``chunk_keys``, by their end sample) and reads them
+(samples before the stream's start are zeros); their embeddings are kept by the
+scheduler's :class:`~realtime.chunkstore.ChunkStore`. A whole-window model is
+the case of one chunk, the window itself.
 
 One thread feeds a stream at a time; the scheduler's worker reads windows from
 its ring concurrently, without locks (see ringbuffer.py).
@@ -121,39 +121,8 @@ class Window:
         return self.end / self.stream.settings.sample_rate
 
 
-class ChunkCache:
-    """Embeddings of a stream's chunks by end sample, for the scheduler's thread only.
-
-    ``keep_only`` after each batch keeps just the chunks of the newest
-    window, so the cache never holds more than K entries between batches; a
-    window that was dropped only means the next one finds fewer cached.
-    """
-
-    def __init__(self) -> None:
-        self._emb: dict[int, np.ndarray] = {}
-        self.newest_end = -1  # end sample of the newest window whose chunks the cache was pruned to
-
-    def __len__(self) -> int:
-        return len(self._emb)
-
-    def __contains__(self, key: int) -> bool:
-        return key in self._emb
-
-    def get(self, key: int) -> np.ndarray:
-        return self._emb[key]
-
-    def put(self, key: int, embedding: np.ndarray) -> None:
-        self._emb[key] = embedding
-
-    def keep_only(self, keys: list[int]) -> None:
-        """Forget every chunk but ``keys`` (the newest window's)."""
-        wanted = set(keys)
-        for k in [k for k in self._emb if k not in wanted]:
-            del self._emb[k]
-
-
 class Stream:
-    """A source of 16 kHz audio with its own clock, ring buffer, VAD, smoother, chunk cache and lifecycle."""
+    """A source of 16 kHz audio with its own clock, ring buffer, VAD, smoother and lifecycle."""
 
     def __init__(
         self,
@@ -194,7 +163,6 @@ class Stream:
         self.retired = False
         self.delivered = 0
         self.created = time.monotonic()
-        self.chunks = ChunkCache()
         self._on_retired = on_retired
         self._outstanding = 0
         self._cond = threading.Condition()
