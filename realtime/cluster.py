@@ -454,8 +454,7 @@ class Ingress:
 
     def check_health(self) -> None:
         """Serve's health check: a replica whose scheduler thread died is replaced."""
-        t = self.daemon.scheduler._thread
-        if self.daemon.loop is not None and not t.is_alive():
+        if self.daemon.loop is not None and not self.daemon.scheduler.is_alive():
             raise RuntimeError("the scheduler thread of this ingress replica is not running")
 
     async def __del__(self) -> None:

@@ -89,6 +89,7 @@ class Daemon:
         self._remote_count = 0
         self._remote_serial = 0
         self._lock = threading.Lock()
+        self._in_transit = 0  # results handed to the event loop and not yet published (--fast --jsonl accounting)
         self.started_at = time.monotonic()
         self.source: Source | None = None
         self.exit_code = 0
@@ -169,10 +170,11 @@ class Daemon:
         """
         if self.jsonl is None:
             return True
-        try:
-            in_flight = sum(s.seq - s.delivered for s in list(self.streams.values()) if not s.droppable)
+        try:  # upstream first: a window moving on between two reads is counted twice, never missed
+            in_flight = sum(s.outstanding for s in list(self.streams.values()) if not s.droppable)
         except RuntimeError:  # the stream table changed under us: ask again on the next poll
             return False
+        in_flight += self._in_transit
         return self.jsonl.pending() + in_flight + 1 <= self.cfg.output.jsonl_queue_lines
 
     def _make_local_source(self) -> Source | None:
@@ -297,8 +299,11 @@ class Daemon:
     # ------------------------------------------------------------ results (scheduler thread -> loop)
 
     def _on_results_threadsafe(self, results: list[Result]) -> None:
+        """Scheduler thread: hand a batch's results to the loop (before the scheduler counts their windows done)."""
         loop = self.loop
         if loop is not None and not loop.is_closed():
+            with self._lock:
+                self._in_transit += len(results)
             with contextlib.suppress(RuntimeError):  # loop closing during shutdown
                 loop.call_soon_threadsafe(self._deliver, results)
 
@@ -306,13 +311,13 @@ class Daemon:
         now = time.monotonic()
         for r in results:
             w = r.window
-            stream = w.stream
             if r.probs is not None:
                 text = self._prediction_text(w, r, now)
-                self.server.publish(stream.id, text)
+                self.server.publish(w.stream.id, text)
                 if self.jsonl is not None:
                     self.jsonl.write(text)
-            stream.mark_delivered()
+        with self._lock:
+            self._in_transit -= len(results)
 
     def _prediction_text(self, w: Window, r: Result, now: float) -> str:
         stream = w.stream

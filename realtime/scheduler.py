@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +74,25 @@ class Result:
     batch_size: int = 0
     inference_s: float = 0.0
     done_at: float = 0.0
+
+
+@dataclass
+class EncodePlan:
+    """What a batch needs encoded: row ``i`` of the chunk array is chunk ``owners[i]`` (stream, end sample)."""
+
+    owners: list[tuple[Stream, int]] = field(default_factory=list)
+    rows: dict[tuple[int, int], int] = field(default_factory=dict)  # (id(stream), key) -> row
+    unreadable: set[tuple[int, int]] = field(default_factory=set)  # chunks the ring no longer holds
+
+
+@dataclass
+class Classified:
+    """A batch after ``classify``: the windows scored (``probs`` row by row) and those lost on the way."""
+
+    kept: list[Window] = field(default_factory=list)
+    probs: np.ndarray | None = None
+    overwritten: list[Window] = field(default_factory=list)
+    non_finite: list[Window] = field(default_factory=list)
 
 
 @dataclass
@@ -171,6 +190,10 @@ class Scheduler:
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every submitted window has been scored or dropped (used when flushing)."""
         return self._queue.wait_for(lambda: not self._queue and not self._busy, timeout=timeout)
+
+    def is_alive(self) -> bool:
+        """Whether the worker thread runs (a health check's question: a dead worker scores nothing)."""
+        return self._thread.is_alive()
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stopping = True
@@ -311,69 +334,18 @@ class Scheduler:
             self._queue.wait_for(lambda: self._stopping, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
 
     def _score(self, batch: list[Window]) -> None:
-        """Encode the batch's new chunks in one call, classify its windows in one call, deliver."""
-        eng = self.engine
+        """Plan the batch's new chunks, encode them in one call, classify its windows in one call, deliver."""
         t0 = time.perf_counter()
-        rows: dict[tuple[int, int], int] = {}  # (stream, chunk key) -> row of self._chunks
-        owners: list[tuple[Stream, int]] = []
-        unreadable: set[tuple[int, int]] = set()
-        for w in batch:
-            s = w.stream
-            for key in self.chunks.missing(s, s.chunk_keys(w)):
-                ck = (id(s), key)
-                if ck in rows or ck in unreadable:
-                    continue
-                if s.read_chunk(key, self._chunks[len(owners)]):
-                    rows[ck] = len(owners)
-                    owners.append((s, key))
-                else:
-                    unreadable.add(ck)
-        bad_chunks: set[tuple[int, int]] = set()
-        if owners:
-            self.metrics.chunks_encoded.observe(len(owners))
-        try:
-            emb = eng.encode_chunks(self._chunks[: len(owners)])
-        except NonFiniteOutput as exc:
-            emb = exc.output
-            bad_rows = set(exc.rows)
-            bad_chunks = {(id(s), key) for i, (s, key) in enumerate(owners) if i in bad_rows}
-            log.warning("%s; their windows are dropped", exc)
-        for i, (s, key) in enumerate(owners):
-            if (id(s), key) not in bad_chunks:
-                self.chunks.put(s, key, emb[i].copy())
-
-        overwritten: list[Window] = []
-        non_finite: list[Window] = []
-        kept: list[Window] = []
-        for w in batch:
-            s = w.stream
-            keys = s.chunk_keys(w)
-            if any((id(s), k) in unreadable for k in keys):
-                overwritten.append(w)
-            elif any((id(s), k) in bad_chunks for k in keys):
-                non_finite.append(w)
-            else:
-                for i, k in enumerate(keys):
-                    self._embeddings[len(kept), i] = self.chunks.get(s, k)
-                kept.append(w)
-        probs: np.ndarray | None = None
-        if kept:
-            try:
-                probs = eng.classify(self._embeddings[: len(kept)])
-            except NonFiniteOutput as exc:
-                log.warning("%s; those windows are dropped", exc)
-                probs = exc.output
-                bad = set(exc.rows)
-                non_finite += [w for i, w in enumerate(kept) if i in bad]
-                keep_rows = [i for i in range(len(kept)) if i not in bad]
-                kept = [kept[i] for i in keep_rows]
-                probs = probs[keep_rows]
+        plan = self._plan(batch)
+        bad_chunks = self._encode(plan)
+        out = self._classify(batch, plan.unreadable, bad_chunks)
         dt = time.perf_counter() - t0
         self.chunks.prune(batch)
-        if overwritten:
-            self._report_drops(overwritten, "overwritten")
-        if non_finite:
-            self._report_drops(non_finite, "non_finite")
+        if out.overwritten:
+            self._report_drops(out.overwritten, "overwritten")
+        if out.non_finite:
+            self._report_drops(out.non_finite, "non_finite")
+        kept, probs = out.kept, out.probs
         if not kept or probs is None:
             return
         n = len(kept)
@@ -382,6 +354,68 @@ class Scheduler:
         self.metrics.windows_scored.inc(n)
         now = time.monotonic()
         self._deliver([Result(w, np.array(probs[i]), None, n, dt, now) for i, w in enumerate(kept)])
+
+    def _plan(self, batch: list[Window]) -> EncodePlan:
+        """Read every chunk the batch's windows need that the store lacks into ``self._chunks``, once each."""
+        plan = EncodePlan()
+        for w in batch:
+            s = w.stream
+            for key in self.chunks.missing(s, s.chunk_keys(w)):
+                ck = (id(s), key)
+                if ck in plan.rows or ck in plan.unreadable:
+                    continue
+                if s.read_chunk(key, self._chunks[len(plan.owners)]):
+                    plan.rows[ck] = len(plan.owners)
+                    plan.owners.append((s, key))
+                else:
+                    plan.unreadable.add(ck)
+        return plan
+
+    def _encode(self, plan: EncodePlan) -> set[tuple[int, int]]:
+        """ONE ``encode_chunks`` call for the planned chunks; the store keeps the finite ones. Returns the others."""
+        owners = plan.owners
+        bad_chunks: set[tuple[int, int]] = set()
+        if owners:
+            self.metrics.chunks_encoded.observe(len(owners))
+        try:
+            emb = self.engine.encode_chunks(self._chunks[: len(owners)])
+        except NonFiniteOutput as exc:
+            emb = exc.output
+            bad_rows = set(exc.rows)
+            bad_chunks = {(id(s), key) for i, (s, key) in enumerate(owners) if i in bad_rows}
+            log.warning("%s; their windows are dropped", exc)
+        for i, (s, key) in enumerate(owners):
+            if (id(s), key) not in bad_chunks:
+                self.chunks.put(s, key, emb[i].copy())
+        return bad_chunks
+
+    def _classify(self, batch: list[Window], unreadable: set[tuple[int, int]], bad_chunks: set[tuple[int, int]]) -> Classified:
+        """ONE ``classify`` call for the windows whose K embeddings are all there and finite; the others are sorted out."""
+        out = Classified()
+        kept = out.kept
+        for w in batch:
+            s = w.stream
+            keys = s.chunk_keys(w)
+            if any((id(s), k) in unreadable for k in keys):
+                out.overwritten.append(w)
+            elif any((id(s), k) in bad_chunks for k in keys):
+                out.non_finite.append(w)
+            else:
+                for i, k in enumerate(keys):
+                    self._embeddings[len(kept), i] = self.chunks.get(s, k)
+                kept.append(w)
+        if not kept:
+            return out
+        try:
+            out.probs = self.engine.classify(self._embeddings[: len(kept)])
+        except NonFiniteOutput as exc:
+            log.warning("%s; those windows are dropped", exc)
+            bad = set(exc.rows)
+            out.non_finite += [w for i, w in enumerate(kept) if i in bad]
+            keep_rows = [i for i in range(len(kept)) if i not in bad]
+            out.kept = [kept[i] for i in keep_rows]
+            out.probs = exc.output[keep_rows]
+        return out
 
     def _report_drops(self, windows: list[Window], reason: str) -> None:
         self.metrics.windows_dropped.inc(len(windows), reason)

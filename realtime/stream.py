@@ -9,10 +9,14 @@ due: first after ``min_audio_s`` of audio (scored padded, as in training), then
 every ``hop_s``. ``finish()`` flushes the resampler and emits a last window
 flush with the end, so no audio is left unscored.
 
-Owns the stream's lifecycle too, and nothing else does: a stream is *ended*
-when its input is finished, and *retired* once every window it emitted has
-been delivered (scored and published, or dropped); ``on_retired`` fires once,
-from whichever side finishes last.
+Owns the stream's lifecycle too, and nothing else does, with one count: the
+windows it cut (``seq``) and those the scheduler finished (scored or dropped,
+their result handed on: ``window_done``); the difference is ``outstanding``. A
+stream is *ended* when its input is finished, and *retired* once it has ended
+and nothing is outstanding; ``on_retired`` fires once, from whichever side
+finishes last. (The scheduler hands a result on before it counts the window
+done, so a daemon that carries both to its event loop in order publishes a
+stream's last prediction before it retires the stream.)
 
 Streaming engines encode each chunk of a stream once: the stream names the
 chunks a window needs (``chunk_keys``, by their end sample) and reads them
@@ -161,10 +165,9 @@ class Stream:
         self.seq = 0
         self.ended = False
         self.retired = False
-        self.delivered = 0
         self.created = time.monotonic()
         self._on_retired = on_retired
-        self._outstanding = 0
+        self._done = 0  # windows the scheduler finished (scored or dropped); seq - _done are outstanding
         self._cond = threading.Condition()
         self._resampler: Any = None
         self.input_rate = 0
@@ -218,15 +221,16 @@ class Stream:
 
     # ------------------------------------------------------------ lifecycle
 
-    def mark_delivered(self, n: int = 1) -> None:
-        """``n`` of this stream's windows reached their end (published or dropped)."""
+    def window_done(self) -> None:
+        """The scheduler finished (scored or dropped) one of this stream's windows, after handing on its result."""
         with self._cond:
-            self.delivered += n
+            self._done += 1
+            self._cond.notify_all()
         self._maybe_retire()
 
     def _maybe_retire(self) -> None:
         with self._cond:
-            if self.retired or not self.ended or self.delivered < self.seq:
+            if self.retired or not self.ended or self._done < self.seq:
                 return
             self.retired = True
         if self._on_retired is not None:
@@ -243,10 +247,9 @@ class Stream:
 
     def _emit(self, end: int) -> None:
         window = Window(self, self.seq, end, time.monotonic(), self.droppable)
-        self.seq += 1
-        self.last_end = end
         with self._cond:
-            self._outstanding += 1
+            self.seq += 1
+        self.last_end = end
         self._on_window(window)
 
     # ------------------------------------------------------------ reading (scheduler thread)
@@ -299,21 +302,16 @@ class Stream:
 
     # ------------------------------------------------------------ back-pressure
 
-    def window_done(self) -> None:
-        """The scheduler finished (scored or dropped) one of this stream's windows."""
-        with self._cond:
-            self._outstanding -= 1
-            self._cond.notify_all()
-
     @property
     def outstanding(self) -> int:
+        """Windows cut and not yet finished by the scheduler (queued or being scored)."""
         with self._cond:
-            return self._outstanding
+            return self.seq - self._done
 
     def wait_outstanding_below(self, limit: int, timeout: float) -> bool:
         """Block the feeding thread until fewer than ``limit`` windows are unscored (--fast pacing)."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._outstanding < limit, timeout=timeout)
+            return self._cond.wait_for(lambda: self.seq - self._done < limit, timeout=timeout)
 
     def describe(self) -> dict[str, Any]:
         """What ``hello``, ``streams`` and /healthz say about this stream."""
