@@ -160,7 +160,7 @@ class Daemon:
 
     def __init__(self, model: str | None = None, backend: str | None = None, overrides: Sequence[str] = (),
                  start_timeout: float = 120.0) -> None:
-        from realtime.testing import ListenProcess, script
+        from bench.harness import ListenProcess, script
 
         cmd = [*script("ser-listen"), "--device", "none", "--port", "0", *overrides]
         if model:

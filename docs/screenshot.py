@@ -4,8 +4,10 @@ Starts the daemon on a free loopback port, opens the page it serves in Debian's
 Chromium (Playwright, never a browser download), lets the demo clip play long
 enough for the timeline to fill, and saves the screenshot.
 
-    python docs/screenshot.py                    # docs/dashboard.png, 1280x860, 25 s of audio
-    python docs/screenshot.py --seconds 40 --out /tmp/dash.png
+    python -m docs.screenshot                    # docs/dashboard.png, 1280x860, 25 s of audio
+    python -m docs.screenshot --seconds 40 --out /tmp/dash.png
+
+Run as a module from the repository root: it imports ``bench.harness``, which is not installed.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from realtime.testing import ListenProcess, launch_chromium, script
+from bench.harness import ListenProcess, launch_chromium, script
 
 REPO = Path(__file__).resolve().parents[1]
 

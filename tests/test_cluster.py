@@ -39,9 +39,9 @@ pytest.importorskip("fastapi", reason="the cluster extra is not installed (pip i
 
 from websockets.sync.client import connect  # noqa: E402
 
+from bench.harness import ListenProcess, script  # noqa: E402
 from contract.audio import load_audio  # noqa: E402
 from realtime.sources import demo_clip_path  # noqa: E402
-from realtime.testing import ListenProcess, script  # noqa: E402
 from tests.conftest import write_wav  # noqa: E402
 
 pytestmark = pytest.mark.slow

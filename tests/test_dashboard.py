@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.testing import CHROMIUM, launch_chromium, script
+from bench.harness import CHROMIUM, launch_chromium, script
 from tests.conftest import write_wav
 
 pytestmark = pytest.mark.slow

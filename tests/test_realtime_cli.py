@@ -21,9 +21,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from bench.harness import ListenProcess, script
 from contract.audio import LABELS, load_audio
 from realtime.sources import demo_clip_path
-from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
 
 REPO = Path(__file__).resolve().parents[1]

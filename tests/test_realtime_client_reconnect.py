@@ -25,6 +25,7 @@ from websockets.frames import Close
 from websockets.http11 import Response
 from websockets.sync.client import connect
 
+from bench.harness import ListenProcess, script
 from contract.audio import load_audio
 from realtime import client as client_mod
 from realtime.client import (
@@ -37,7 +38,6 @@ from realtime.client import (
     describe_failure,
 )
 from realtime.sources import demo_clip_path
-from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.harness import ListenProcess, script
 from contract.audio import LABELS, load_audio
 from engine.shipped import default_model_path
 from realtime.sources import demo_clip_path
-from realtime.testing import ListenProcess, script
 from tests.conftest import write_wav
 from tests.test_realtime_cli import REPO, run
 

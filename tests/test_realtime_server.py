@@ -23,11 +23,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from bench.harness import script
 from contract.audio import LABELS, load_audio
 from realtime.config import load_daemon_config
 from realtime.daemon import Daemon
 from realtime.sources import demo_clip_path
-from realtime.testing import script
 from tests.conftest import write_wav
 
 SR = 16_000

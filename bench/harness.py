@@ -1,4 +1,9 @@
-"""Drive a real ``ser-listen`` from another program: for tests, screenshots and integration rigs.
+"""Drive a real ``ser-listen`` from another program: for tests, benchmarks and the dashboard screenshot.
+
+A harness, not part of ser: it lives in ``bench/``, which the tests, the benchmark drivers and
+``docs/screenshot.py`` import from the repository root, and which the wheel does not ship
+(``[tool.setuptools.packages.find]`` in pyproject.toml lists the shipped packages). It used to be
+``realtime/testing.py``, installed with the daemon.
 
 ``ListenProcess`` starts the daemon as a subprocess, collects what it prints and reads
 the dashboard URL from its stderr (``--port 0`` lets it pick a free port, so nothing
