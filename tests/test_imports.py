@@ -126,3 +126,17 @@ def test_the_contract_imports_no_other_package(graph: dict[str, set[str]]) -> No
                  for b in deps if b.split(".")[0] not in ("contract", "conf"))
     assert not bad, bad
     assert not graph["conf"], "conf holds data only"
+
+
+def test_realtime_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, realtime.cli, realtime.daemon, realtime.client, realtime.sources, realtime.server;"
+        "from engine.backends import ort;"
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

@@ -318,3 +318,43 @@ def test_any_sequence_yields_documented_replies_or_closes_never_an_exception(eve
         if out.stop is not None:
             assert out.replies == [protocol.stopped(out.stop)] and s.stream_id is None
     assert closed == (s.closed is not None)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("{not json", "bad_message"),
+        ("[1, 2]", "bad_message"),
+        ('{"type": "dance"}', "bad_message"),
+        ('{"streams": "*"}', "bad_message"),
+        ('{"type": "subscribe", "streams": 5}', "bad_message"),
+        ('{"type": "start", "sample_rate": 4000, "encoding": "pcm_s16le"}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000, "encoding": "mp3"}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 3}', "config_invalid"),
+        ('{"type": "start", "sample_rate": 16000.5, "encoding": "pcm_s16le"}', "config_invalid"),
+        ('{"type": "start", "encoding": "pcm_s16le"}', "config_invalid"),
+    ],
+)
+def test_protocol_rejects_bad_messages_with_their_codes(text, code):
+    with pytest.raises(ProtocolError) as exc:
+        protocol.parse_client_message(text)
+    assert exc.value.code == code
+
+
+def test_protocol_accepts_good_messages():
+    assert protocol.parse_client_message('{"type": "subscribe", "streams": ["a", "a", "b"], "x": 1}') == {
+        "type": "subscribe",
+        "streams": ["a", "b"],
+    }
+    assert protocol.parse_client_message('{"type": "start", "sample_rate": 44100, "encoding": "pcm_f32le"}')["channels"] == 1
+
+
+def test_decode_pcm():
+    pcm = np.array([[0, 16384], [-32768, 32767]], dtype="<i2").tobytes()
+    np.testing.assert_allclose(protocol.decode_pcm(pcm, "pcm_s16le", 2), [[0, 0.5], [-1, 32767 / 32768]])
+    for frame, enc, ch in [(b"\x00" * 3, "pcm_s16le", 1), (b"\x00" * 6, "pcm_f32le", 1), (b"\x00" * 6, "pcm_s16le", 2), (b"", "pcm_s16le", 1)]:
+        with pytest.raises(ProtocolError) as exc:
+            protocol.decode_pcm(frame, enc, ch)
+        assert exc.value.code == "invalid_audio_frame"
+    with pytest.raises(ProtocolError):
+        protocol.decode_pcm(np.array([np.nan], dtype="<f4").tobytes(), "pcm_f32le", 1)
