@@ -206,7 +206,7 @@ def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, r
     the shipped default model (the real Whisper encoder and head) too.
     """
     from engine.registry import load_engine
-    from tests.test_realtime_units import expected_window
+    from tests.stream_fixtures import expected_window
 
     path = "default" if model == "default" else request.getfixturevalue(model)
     audio = load_audio(demo_clip_path())[: int(6.2 * SR)]

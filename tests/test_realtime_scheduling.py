@@ -17,13 +17,13 @@ import time
 import numpy as np
 import pytest
 
-from contract.audio import LABELS, WINDOW_SAMPLES, pad_or_crop
+from contract.audio import LABELS, WINDOW_SAMPLES
 from realtime.config import load_daemon_config
 from realtime.metrics import DaemonMetrics
 from realtime.scheduler import BACKGROUND_BATCH_DIVISOR, BACKGROUND_SHARE, LIVE_RECENT_S, Result, Scheduler
 from realtime.stream import Stream, StreamSettings, Window
 from tests.conftest import ResultCollector, tone
-from tests.stream_fixtures import engine_settings, settings
+from tests.stream_fixtures import engine_settings, expected_window, settings
 
 SR = 16_000
 
@@ -156,16 +156,6 @@ def test_scheduler_does_not_wait_for_streams_that_cannot_join(engine):
     (r,) = col.wait(1, timeout=30.0)
     sched.stop()
     assert r.dropped is None and r.batch_size == 1
-
-
-def expected_window(audio: np.ndarray, end: int, chunked: bool) -> np.ndarray:
-    """What offline scoring feeds the engine for the window ending at ``end``: samples before the start are
-    zeros (left) for a chunked model; a whole-window model pads a short window centred, as in training."""
-    if end >= WINDOW_SAMPLES:
-        return audio[end - WINDOW_SAMPLES : end]
-    if chunked:
-        return np.concatenate([np.zeros(WINDOW_SAMPLES - end, np.float32), audio[:end]])
-    return pad_or_crop(audio[:end], WINDOW_SAMPLES)
 
 
 class CountingEngine:
