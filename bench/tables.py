@@ -3,11 +3,14 @@
     python -m bench.tables                    # print the tables of every bench/results/*.json
     python -m bench.tables daemon-whisper hostile   # only these result files (names without .json)
     python -m bench.tables --write            # also write each as bench/results/NAME.md
-    python -m bench.tables --check            # exit 1 where a bench/results/NAME.md differs from its JSON
+    python -m bench.tables --check            # exit 1 where a bench/results/NAME.md or a README table differs from its JSON
+    python -m bench.tables --readme           # rewrite the README's tables from their JSON
 
 The drivers print these same tables when they finish (each imports its renderer from here), so
 a table in a README can be regenerated from the JSON of the run it reports, without rerunning
-it. Which renderer reads a file goes by its name: the longest matching prefix in
+it; the README's own tables stand between ``<!-- bench.tables:NAME -->`` and
+``<!-- /bench.tables:NAME -->`` markers (:data:`README_TABLES` says which JSON each comes from), and
+``--readme`` rewrites them. Which renderer reads a file goes by its name: the longest matching prefix in
 :data:`RENDERERS` (``daemon-compact.json`` is a ``daemon`` result, ``accuracy-base.json`` an
 ``accuracy`` one). Pure functions of the JSON; nothing here measures anything.
 """
@@ -15,13 +18,15 @@ it. Which renderer reads a file goes by its name: the longest matching prefix in
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.lib import RESULTS, table
+from bench.lib import REPO, RESULTS, table
 from contract.audio import LABELS
 
 NAMES = {"clean": "clean", "snr20": "white noise 20 dB SNR", "snr10": "white noise 10 dB SNR",
@@ -234,14 +239,16 @@ def daemon_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def hostile_markdown(doc: dict) -> str:
-    """bench/results/hostile.json: the targets table, the crowd by kind, then each good and late stream."""
-    def labels(d: dict) -> str:
-        return ", ".join(f"{k} {int(v)}" for k, v in sorted(d.items())) or "none"
+def _labels(d: dict) -> str:
+    return ", ".join(f"{k} {int(v)}" for k, v in sorted(d.items())) or "none"
 
+
+def hostile_targets_markdown(doc: dict) -> str:
+    """bench/results/hostile.json: the targets table alone (the README's)."""
     row, seconds = doc, doc["seconds"]
     t = row["targets"]
     ok = YES_NO
+    labels = _labels
     lines = [
         f"| measure ({row['hostile_clients_at_once']} hostile clients at once, {seconds:g} s) | target | measured | met |",
         "|---|---|---|---|",
@@ -262,7 +269,15 @@ def hostile_markdown(doc: dict) -> str:
         f"| engine: chunks encoded, per batch, ms per chunk | | {int(row['chunks_encoded'])}, "
         f"{row['chunks_encoded'] / max(1.0, row['chunk_batches']):.1f}, "
         f"{1000 * row['engine_busy_s'] / max(1.0, row['chunks_encoded']):.1f} ms | |",
-        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def hostile_markdown(doc: dict) -> str:
+    """bench/results/hostile.json: the targets table, the crowd by kind, then each good and late stream."""
+    row, labels = doc, _labels
+    lines = [
+        hostile_targets_markdown(doc),
         "| hostile kind | clients | sessions | refused | messages sent | MB sent | closes by code |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -321,13 +336,80 @@ def render(path: Path) -> str | None:
     return fn(json.loads(path.read_text())) if fn is not None else None
 
 
+# ---------------------------------------------------------------- the README's tables
+
+
+README = REPO / "README.md"
+
+# Each block of the README between <!-- bench.tables:NAME --> and <!-- /bench.tables:NAME -->: the result
+# file it is rendered from (bench/results/STEM.json) and how.
+README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "accuracy": ("accuracy", functools.partial(accuracy_markdown, heading="#####")),
+    "ablation": ("ablation", ablation_markdown),
+    "engine": ("engine", engine_markdown),
+    "daemon-whisper": ("daemon-whisper", daemon_markdown),
+    "daemon-compact": ("daemon-compact", daemon_markdown),
+    "hostile": ("hostile", hostile_targets_markdown),
+}
+_OPEN = re.compile(r"<!-- bench\.tables:([\w.-]+) -->")
+_BLOCK = re.compile(r"<!-- bench\.tables:([\w.-]+) -->\n.*?<!-- /bench\.tables:\1 -->", re.S)
+
+
+def readme_block(name: str, results: Path = RESULTS) -> str:
+    """What stands between the markers of README block ``name``: its table, a blank line either side."""
+    stem, fn = README_TABLES[name]
+    return "\n" + fn(json.loads((results / f"{stem}.json").read_text())).strip("\n") + "\n\n"
+
+
+def splice_readme(text: str, results: Path = RESULTS) -> str:
+    """``text`` (the README) with every marked block rendered again from its JSON.
+
+    ValueError if a marker is unknown, unclosed or repeated, or a table of :data:`README_TABLES` has none.
+    """
+    opened = _OPEN.findall(text)
+    unknown = sorted(set(opened) - set(README_TABLES))
+    if unknown:
+        raise ValueError(f"README: unknown bench.tables block(s) {', '.join(unknown)} (known: {', '.join(README_TABLES)})")
+    repeated = sorted({n for n in opened if opened.count(n) > 1})
+    missing = [n for n in README_TABLES if n not in opened]
+    if repeated or missing:
+        raise ValueError(f"README: bench.tables blocks repeated: {repeated or 'none'}; missing: {missing or 'none'}")
+    closed: list[str] = []
+
+    def render_block(m: re.Match) -> str:
+        closed.append(m.group(1))
+        return f"<!-- bench.tables:{m.group(1)} -->\n{readme_block(m.group(1), results)}<!-- /bench.tables:{m.group(1)} -->"
+
+    out = _BLOCK.sub(render_block, text)
+    unclosed = sorted(set(opened) - set(closed))
+    if unclosed:
+        raise ValueError(f"README: no <!-- /bench.tables:NAME --> closes {', '.join(unclosed)}")
+    return out
+
+
+def readme_is_stale(readme: Path = README, results: Path = RESULTS) -> bool:
+    """Whether ``readme``'s marked tables differ from what their JSON renders."""
+    text = readme.read_text()
+    return splice_readme(text, results) != text
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", help="result files to render (stems of bench/results/*.json; default: all)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="the folder of result JSON files")
     ap.add_argument("--write", action="store_true", help="write each table as NAME.md beside its JSON")
-    ap.add_argument("--check", action="store_true", help="exit 1 if an existing NAME.md differs from what its JSON renders")
+    ap.add_argument("--check", action="store_true",
+                    help="exit 1 if an existing NAME.md, or a table of README.md, differs from what its JSON renders")
+    ap.add_argument("--readme", action="store_true",
+                    help="rewrite README.md's tables between <!-- bench.tables:NAME --> markers from their JSON, then exit")
     args = ap.parse_args(argv)
+    if args.readme:
+        text = README.read_text()
+        new = splice_readme(text, args.results)
+        if new != text:
+            README.write_text(new)
+        print(f"{README.name}: {', '.join(README_TABLES)} {'rewritten' if new != text else 'already up to date'}")
+        return 0
     paths = [args.results / f"{n}.json" for n in args.names] if args.names else sorted(args.results.glob("*.json"))
     stale = []
     for path in paths:
@@ -348,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
             target.write_text(md)
     for t in stale:
         print(f"stale: {t} differs from what {t.with_suffix('.json').name} renders", file=sys.stderr)
+    if args.check and not args.names and readme_is_stale(README, args.results):
+        stale.append(README)
+        print(f"stale: {README} differs from what bench/results renders (python -m bench.tables --readme)", file=sys.stderr)
     return 1 if stale else 0
 
 
