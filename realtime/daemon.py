@@ -34,12 +34,12 @@ from realtime import protocol
 from realtime.config import DaemonConfig, is_loopback_host, typed
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
-from realtime.postprocess import window_is_voiced
+from realtime.prediction import PostProcessor
 from realtime.protocol import ProtocolError
 from realtime.scheduler import Result, Scheduler, describe_state
 from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
-from realtime.stream import Stream, StreamSettings, Window
+from realtime.stream import Stream, StreamSettings
 
 log = logging.getLogger("ser-listen")
 
@@ -86,6 +86,7 @@ class Daemon:
         self.settings = StreamSettings.from_config(cfg, engine.geometry)
         self.fast_settings = StreamSettings.from_config(cfg, engine.geometry, extra_buffer_windows=self.effective_max_batch())
         self.streams: dict[str, Stream] = {}
+        self._post: dict[Stream, PostProcessor] = {}  # each stream's post-processing (event loop only)
         self._remote_count = 0
         self._remote_serial = 0
         self._lock = threading.Lock()
@@ -127,6 +128,7 @@ class Daemon:
             stream_id, kind, settings, rate, channels, self.scheduler.submit, self.labels, droppable, info,
             on_retired=self._retired_threadsafe, group=group,
         )
+        self._post[stream] = PostProcessor(stream, self.labels)
         with self._lock:
             self.streams[stream_id] = stream
             self.metrics.streams.set(len(self.streams))
@@ -142,6 +144,7 @@ class Daemon:
 
     def _retire(self, stream: Stream) -> None:
         """A retired stream leaves the list, frees its remote slot, and ends --once."""
+        self._post.pop(stream, None)  # its last result was delivered before this call (the loop runs them in order)
         with self._lock:
             if self.streams.get(stream.id) is not stream:
                 return
@@ -308,28 +311,22 @@ class Daemon:
                 loop.call_soon_threadsafe(self._deliver, results)
 
     def _deliver(self, results: list[Result]) -> None:
+        """Event loop: each scored window through its stream's post-processor, to JSON once, to every reader."""
         now = time.monotonic()
         for r in results:
             w = r.window
             if r.probs is not None:
-                text = self._prediction_text(w, r, now)
+                post = self._post.get(w.stream)
+                if post is None:  # a stream the daemon did not open (tests feed the scheduler directly)
+                    post = self._post[w.stream] = PostProcessor(w.stream, self.labels)
+                prediction = post(w, r.probs, now)
+                self.metrics.latency_seconds.observe(prediction.latency_s)
+                text = prediction.to_json()
                 self.server.publish(w.stream.id, text)
                 if self.jsonl is not None:
                     self.jsonl.write(text)
         with self._lock:
             self._in_transit -= len(results)
-
-    def _prediction_text(self, w: Window, r: Result, now: float) -> str:
-        stream = w.stream
-        fraction = stream.voiced_fraction(w)
-        voiced = window_is_voiced(stream.voiced_seconds(w), stream.settings.vad_min_voiced_s)
-        smoothed = stream.smoother.update(r.probs, w.t_end(), voiced)
-        latency = now - w.due
-        self.metrics.latency_seconds.observe(latency)
-        msg = protocol.prediction(
-            stream.id, w.seq, w.t_start(), w.t_end(), self.labels, r.probs, smoothed, voiced, fraction, latency * 1000.0
-        )
-        return protocol.dumps(msg)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from contract.audio import SAMPLE_RATE, pad_or_crop
 from contract.geometry import ChunkGeometry
-from realtime.postprocess import Smoother, VoiceActivity
+from realtime.postprocess import VoiceActivity
 from realtime.ringbuffer import RingBuffer
 
 
@@ -126,7 +126,7 @@ class Window:
 
 
 class Stream:
-    """A source of 16 kHz audio with its own clock, ring buffer, VAD, smoother and lifecycle."""
+    """A source of 16 kHz audio with its own clock, ring buffer, VAD and lifecycle."""
 
     def __init__(
         self,
@@ -159,7 +159,7 @@ class Stream:
             margin_db=settings.vad_margin_db,
             min_dbfs=settings.vad_min_dbfs,
         )
-        self.smoother = Smoother(len(labels), settings.smoothing_tau_s)
+        self.labels = tuple(labels)  # what its windows' probabilities name (the model's labels)
         self.next_end = settings.min_audio_samples
         self.last_end = 0
         self.seq = 0
