@@ -124,6 +124,7 @@ def silent_bank(layers: int = 3, d: int = 384) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((4, layers, 4 * d), np.float16), np.tile(np.array([[0.01, -100.0]], np.float32), (4, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,trainer", [("moments", {}), ("moments", {"optimizer": "adamw", "steps": 300}),
                                           ("attention", {"steps": 150, "warmup_steps": 10})])
 def test_head_learns_calibrates_and_scores(kind: str, trainer: dict) -> None:
@@ -143,6 +144,7 @@ def test_head_learns_calibrates_and_scores(kind: str, trainer: dict) -> None:
     assert after <= before and float(model.head.temperature) == pytest.approx(t)
 
 
+@pytest.mark.slow
 def test_lbfgs_fit_is_the_regularised_optimum() -> None:
     """The closed-form fit reaches the minimum of scikit-learn's objective (its gradient vanishes there)."""
     from torch.nn import functional as F
@@ -187,6 +189,7 @@ def test_expected_calibration_error() -> None:
     assert expected_calibration_error(wrong, labels) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_offline_forward_is_encode_then_classify() -> None:
     from training.chunk_model import WhisperChunkModel
 
@@ -234,6 +237,7 @@ def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
     np.testing.assert_allclose(offline[:1], ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_temperature_from_logits_undoes_a_known_overconfidence() -> None:
     """Labels drawn from softmax(z); logits 2.5 z are overconfident by 2.5, which the fit must find."""
     from training.chunk_training import temperature_from_logits
@@ -261,6 +265,7 @@ class SyntheticCache:
         return self.fs
 
 
+@pytest.mark.slow
 def test_out_of_fold_logits_score_every_training_speaker_once_with_a_head_that_never_saw_it() -> None:
     from training.chunk_training import out_of_fold_logits
 
@@ -330,6 +335,7 @@ def test_row_weights_give_stream_windows_their_share_of_each_clip() -> None:
     assert wc[2] == pytest.approx(per_clip[2])  # no stream window: all of it on its own
 
 
+@pytest.mark.slow
 def test_head_fits_with_stream_like_windows() -> None:
     from training.chunk_model import WhisperChunkModel
 

@@ -96,7 +96,8 @@ def test_without_a_shipped_model_the_error_asks_for_model(monkeypatch: pytest.Mo
         load_engine(None)
 
 
-@pytest.mark.parametrize("model", ["default.onnx", "multilingual.onnx", "compact.onnx"])
+@pytest.mark.parametrize("model", [pytest.param("default.onnx", marks=pytest.mark.slow),
+                                   pytest.param("multilingual.onnx", marks=pytest.mark.slow), "compact.onnx"])
 def test_shipped_models_beat_chance_by_far_on_unseen_ravdess_actors(shared_data: Path, model: str) -> None:
     records = [r for r in scan_corpus("ravdess", shared_data / "ravdess").records if r.speaker.split(":")[-1] in UNSEEN_ACTORS]
     assert len(records) >= 80

@@ -125,6 +125,7 @@ def test_foreign_checkpoint_names_the_file(tmp_path: Path) -> None:
         load_engine(path, backend="torch")
 
 
+@pytest.mark.slow
 def test_torch_backend_matches_exported_onnx(tmp_path_factory: pytest.TempPathFactory) -> None:
     pytest.importorskip("torch")
     from tests.engine_fixtures import exported_compact

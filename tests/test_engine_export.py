@@ -34,6 +34,7 @@ def compact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return onnx_path.with_suffix(".ckpt"), onnx_path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("batch", "samples"),
     [(1, WINDOW_SAMPLES), (4, WINDOW_SAMPLES), (16, WINDOW_SAMPLES), (2, 20_000), (3, 123_457)],
@@ -50,6 +51,7 @@ def test_onnxruntime_matches_torch(compact: tuple[Path, Path], batch: int, sampl
     assert np.max(np.abs(got - ref)) < 1e-4
 
 
+@pytest.mark.slow
 def test_parity_helper_reports_small_difference(compact: tuple[Path, Path]) -> None:
     ckpt, onnx_path = compact
     model, _ = load_checkpoint(ckpt)
@@ -58,6 +60,7 @@ def test_parity_helper_reports_small_difference(compact: tuple[Path, Path]) -> N
     assert shapes == [(2, WINDOW_SAMPLES), (1, WINDOW_SAMPLES // 2)]
 
 
+@pytest.mark.slow
 def test_metadata_round_trip(compact: tuple[Path, Path]) -> None:
     _, onnx_path = compact
     info = read_model_info(onnx_path)
@@ -70,6 +73,7 @@ def test_metadata_round_trip(compact: tuple[Path, Path]) -> None:
     assert json.loads(info.extra["frontend"])["n_mels"] == 64
 
 
+@pytest.mark.slow
 def test_graph_is_single_file_dynamic_and_tensorrt_safe(compact: tuple[Path, Path]) -> None:
     _, onnx_path = compact
     model = onnx.load(str(onnx_path))
@@ -95,12 +99,14 @@ def test_checkpoint_without_ser_block_has_metadata(tmp_path: Path) -> None:
     assert meta["variant"] == "compact" and json.loads(meta["val_metrics"]) == {}
 
 
+@pytest.mark.slow
 def test_export_fails_beyond_tolerance(compact: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, _ = compact
     with pytest.raises(ExportError, match="differs from torch"):
         export_checkpoint(ckpt, tmp_path / "strict.onnx", tolerance=1e-12, log=lambda _m: None)
 
 
+@pytest.mark.slow
 def test_build_engine_cli_exports_and_reports_parity(compact: tuple[Path, Path], tmp_path: Path) -> None:
     ckpt, _ = compact
     out = tmp_path / "cli.onnx"
@@ -123,6 +129,7 @@ def test_build_engine_cli_bad_checkpoint(tmp_path: Path, content: bytes | None, 
     assert "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_build_engine_cli_without_tensorrt_says_so(compact: tuple[Path, Path]) -> None:
     if tensorrt_available():
         pytest.skip("TensorRT is installed here")

@@ -107,6 +107,7 @@ def _run(path: Path, x: np.ndarray, basic: bool = False) -> np.ndarray:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(["probs"], {"waveform": x})[0]
 
 
+@pytest.mark.slow
 def test_fp16_graph_keeps_frontend_fp32_and_matches(compact_onnx: Path, tmp_path: Path) -> None:
     import onnx
 
@@ -132,6 +133,7 @@ def test_fp16_graph_keeps_frontend_fp32_and_matches(compact_onnx: Path, tmp_path
     assert np.max(np.abs(got - ref)) < 2e-3
 
 
+@pytest.mark.slow
 def test_silence_survives_fp16(compact_onnx: Path, tmp_path: Path) -> None:
     import onnx
 
@@ -143,6 +145,7 @@ def test_silence_survives_fp16(compact_onnx: Path, tmp_path: Path) -> None:
     assert np.all(np.isfinite(got)) and np.allclose(got.sum(axis=1), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_qdq_graph_is_symmetric_int8_and_close(compact_onnx: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
@@ -181,6 +184,7 @@ def test_qdq_graph_is_symmetric_int8_and_close(compact_onnx: Path, tmp_path: Pat
     assert np.max(np.abs(probs - _run(compact_onnx, x))) < 0.25
 
 
+@pytest.mark.slow
 def test_int8_of_the_shipped_compact_model_stays_close_because_its_first_conv_stays_float(tmp_path: Path) -> None:
     """Properties that hold on every CPU; the measured numbers (which depend on the CPU's int8
     kernels: 0.131 vs 0.034 on one machine, 0.020 vs 0.015 on another) live in bench/int8.py."""

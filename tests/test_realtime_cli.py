@@ -42,6 +42,7 @@ def procs():
         p.stop()
 
 
+@pytest.mark.slow
 def test_offline_run_writes_jsonl_and_exits(energy_model, tmp_path):
     audio = load_audio(demo_clip_path())[: int(7.3 * SR)]
     clip = write_wav(tmp_path / "clip.wav", audio, sr=SR)
@@ -56,6 +57,7 @@ def test_offline_run_writes_jsonl_and_exits(energy_model, tmp_path):
     assert "dashboard at http://127.0.0.1:" in r.stderr  # the URL goes to stderr, stdout stays JSON
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
@@ -77,6 +79,7 @@ def test_clean_errors(energy_model, args, code, words):
     assert r.stderr.count("ser-listen: error:") == 1
 
 
+@pytest.mark.slow
 def test_port_in_use_is_a_clean_error(energy_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,6 +89,7 @@ def test_port_in_use_is_a_clean_error(energy_model):
     assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_list_devices_prints_the_table_of_this_machines_inputs():
     from realtime.sources import format_device_table, list_input_devices
 
@@ -105,6 +109,7 @@ def test_device_table_lists_every_input_and_marks_the_default():
     assert format_device_table([]).startswith("no input devices found")
 
 
+@pytest.mark.slow
 def test_listen_process_reports_a_daemon_that_dies_before_its_url(tmp_path, procs):
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"not an onnx model")
@@ -113,6 +118,7 @@ def test_listen_process_reports_a_daemon_that_dies_before_its_url(tmp_path, proc
         p.wait_url(30)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_closes_clients_with_1001_and_exits_0_quickly(energy_model, procs, sig):
     p = procs([*script("ser-listen"), "--device", "demo", "--model", str(energy_model), "--port", "0"])
@@ -133,6 +139,7 @@ def test_signal_closes_clients_with_1001_and_exits_0_quickly(energy_model, procs
     assert time.monotonic() - t0 < 2.0, "shutdown took too long"
 
 
+@pytest.mark.slow
 def test_example_client_streams_a_file_and_prints_predictions(energy_model, procs, tmp_path):
     p = procs([*script("ser-listen"), "--model", str(energy_model), "--port", "0"])
     port = p.wait_url()
@@ -147,6 +154,7 @@ def test_example_client_streams_a_file_and_prints_predictions(energy_model, proc
     assert r.returncode == 0 and "remote-2" in r.stdout and "voice" in r.stdout, r.stdout + r.stderr
 
 
+@pytest.mark.slow
 def test_token_from_environment(energy_model, procs):
     env = dict(os.environ, SER_TOKEN="envsecret")
     p = procs([*script("ser-listen"), "--model", str(energy_model), "--port", "0"], env=env)
@@ -157,6 +165,7 @@ def test_token_from_environment(energy_model, procs):
         assert json.loads(ws.recv(timeout=10))["code"] == "unauthorized"
 
 
+@pytest.mark.slow
 def test_reconnect_keeps_the_daemon_up_while_the_device_is_missing(energy_model, procs):
     p = procs([*script("ser-listen"), "--device", "no-such-device-xyz", "--reconnect", "--model", str(energy_model),
                "--port", "0", "source.reconnect_min_s=0.2"])
@@ -179,6 +188,7 @@ def test_reconnect_keeps_the_daemon_up_while_the_device_is_missing(energy_model,
     assert p.p.wait(5) == 0
 
 
+@pytest.mark.slow
 def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
     """The README's short client, verbatim but for the file name and port: predictions, then it ends."""
     text = (REPO / "README.md").read_text()
@@ -197,6 +207,7 @@ def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
     assert ends == pytest.approx([1.0, 1.5, 2.0, 2.5, 3.0], abs=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["energy_model", "chunked_model", pytest.param("default", marks=pytest.mark.slow)])
 def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, request, tmp_path):
     """Streaming (chunks encoded once per stream, cached, batched) gives what engine.infer gives per window.
@@ -222,6 +233,7 @@ def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, r
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_once_exits_when_the_file_ends_exactly_on_the_hop_grid(energy_model, tmp_path):
     """Finding 4: a file of exactly 2.0 s has no final flush window; --once used to wait forever."""
     audio = load_audio(demo_clip_path())[: 2 * SR]
@@ -234,12 +246,14 @@ def test_once_exits_when_the_file_ends_exactly_on_the_hop_grid(energy_model, tmp
     assert ends == pytest.approx([1.0, 1.5, 2.0], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_hop_off_the_models_chunk_grid_is_a_clean_error(chunked_model):
     r = run([*script("ser-listen"), "--model", str(chunked_model), "--port", "0", "--hop", "0.3"])
     assert r.returncode == 2, r.stderr
     assert "not a multiple of the model's chunk hop (0.5 s)" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_jsonl_to_a_stdout_nobody_reads_keeps_the_daemon_responsive(energy_model, tmp_path):
     """Finding 3: with a stalled stdout pipe, /healthz stopped answering and SIGTERM was ignored."""
     import urllib.request
@@ -285,6 +299,7 @@ def test_jsonl_to_a_stdout_nobody_reads_keeps_the_daemon_responsive(energy_model
     assert "Traceback" not in err_path.read_text()
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_the_model_loads_prints_no_traceback(procs):
     """Finding 10: Ctrl-C during model load printed a traceback. A big warm-up batch keeps it loading."""
     from engine.shipped import default_model_path
@@ -305,6 +320,7 @@ def test_ctrl_c_while_the_model_loads_prints_no_traceback(procs):
     assert code == 130 and "interrupted while loading the model" in err, (code, err)
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_flushes_in_flight_windows_and_exits_within_2_s(energy_model, procs):
     """30 clients each send a 3 s burst and stop; at SIGTERM their windows are queued or being scored:
     every client still gets all its predictions before the 1001 close, and the daemon exits within 2 s."""
@@ -368,6 +384,7 @@ def test_sigterm_under_load_flushes_in_flight_windows_and_exits_within_2_s(energ
         assert close_code in (1000, 1001), (i, close_code)
 
 
+@pytest.mark.slow
 def test_once_with_a_slow_reader_loses_no_line(energy_model, tmp_path):
     """Offline (--fast --once) waits for a slow --jsonl reader instead of dropping its lines."""
     audio = load_audio(demo_clip_path())[: 8 * SR]

@@ -194,6 +194,7 @@ op = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(capacity=st.integers(1, 6), order=st.sampled_from(["fifo", "fair"]), ops=st.lists(op, max_size=120))
 def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops):

@@ -265,6 +265,7 @@ class GoodClient(threading.Thread):
         return self.messages
 
 
+@pytest.mark.slow
 def test_every_error_code_while_a_good_client_keeps_streaming(engine):
     overrides = [
         "server.max_clients=3",
@@ -345,6 +346,7 @@ def test_token_and_origin(engine):
         connect(f"ws://127.0.0.1:{d.port}/ws", open_timeout=2)  # stopped means stopped
 
 
+@pytest.mark.slow
 def test_slow_client_loses_its_oldest_predictions_not_others(engine, tmp_path):
     path = write_wav(tmp_path / "speech.wav", load_audio(demo_clip_path()))
     overrides = ["server.client_queue=16"]
@@ -556,6 +558,7 @@ def test_text_is_measured_in_bytes_not_characters(engine):
         assert "80" in err["message"]
 
 
+@pytest.mark.slow
 def test_ser_client_fast_on_a_long_file_paces_itself_and_finishes(engine, tmp_path):
     """Finding 10: `ser-client --fast` on a file over the audio burst was closed as rate_limited, then waited 30 s."""
     speech = load_audio(demo_clip_path())
@@ -569,6 +572,7 @@ def test_ser_client_fast_on_a_long_file_paces_itself_and_finishes(engine, tmp_pa
     assert preds and preds[-1]["t_end"] == pytest.approx(9.0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_ser_client_waits_for_a_stream_slot_or_gives_up_in_one_line(engine, tmp_path):
     """Found by bench/hostile.py (a client joining mid-attack): with every stream slot taken, ser-client
     streamed anyway, each frame was refused as invalid_audio_frame, and it waited 30 s for a last

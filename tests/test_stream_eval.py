@@ -129,6 +129,7 @@ def test_kept_streams_rescore_under_another_gate_and_smoothing(tmp_path: Path) -
     assert loose["flips"] == 2 and slow["flips"] == 0  # one change each per stream; the slow display never shows it
 
 
+@pytest.mark.slow
 def test_stream_windows_scored_offline_are_what_the_model_computes_on_the_stream() -> None:
     """training.stream_heads: chunks encoded once (the cache's format), any head's window probabilities from
     them, equal to the model on each window's audio (zeros before the stream's start, as the daemon reads it)."""

