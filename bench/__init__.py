@@ -16,6 +16,9 @@
 scraper, percentiles, the JSON writer with machine info, table printing);
 ``bench.streams`` the well-behaved real-time stream client and the latency
 definition; ``bench.crowd`` the hostile clients; ``bench.tables`` every
-Markdown table, rendered from the JSON the drivers write to ``bench/results/``.
-These are benchmarks, not tests.
+Markdown table, rendered from the JSON the drivers write to ``bench/results/``
+(and spliced into the README with ``--readme``); ``bench.harness`` a real
+``ser-listen`` subprocess and the headless Chromium flags, for the drivers, the
+tests and ``docs/screenshot.py`` (here, not in ``realtime``, so the wheel does
+not ship it). These are benchmarks, not tests.
 """
