@@ -32,6 +32,7 @@ from contract.audio import AUDIO_SUFFIXES
 from engine.interface import Engine
 from realtime import protocol
 from realtime.config import DaemonConfig, is_loopback_host, typed
+from realtime.intake import Intake
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.prediction import PostProcessor
@@ -108,6 +109,7 @@ class Daemon:
             max_queue=cfg.scheduler.max_queue,
             active_streams=lambda: len(self.streams),
         )
+        self.intake = Intake()  # remote streams' DSP, off the event loop (its worker starts with the first frame)
         self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
 
     def effective_max_batch(self) -> int:
@@ -295,9 +297,14 @@ class Daemon:
             group=owner,
         )
 
+    async def feed_remote_stream(self, stream: Stream, frames: Any) -> None:
+        """A client's decoded frame, to its stream through the intake worker (waits while the intake is full)."""
+        await self.intake.push(stream, frames)
+
     def close_remote_stream(self, stream: Stream) -> None:
-        """Stop: score what is left (a final flush window); the stream retires once its results are out."""
-        stream.finish()
+        """Stop: score what is left (a final flush window, after the frames already queued); the stream retires
+        once its results are out."""
+        self.intake.finish(stream)
 
     # ------------------------------------------------------------ results (scheduler thread -> loop)
 
@@ -406,10 +413,15 @@ class Daemon:
         if self.source is not None:
             await asyncio.to_thread(self.source.stop, 0.5)
         flush_s = max(0.05, min(srv.flush_timeout_s, deadline - time.monotonic() - server_close_s))
-        if not await asyncio.to_thread(self.scheduler.wait_idle, flush_s):
+        flush_end = time.monotonic() + flush_s
+        if not await asyncio.to_thread(self.intake.wait_idle, flush_s):  # audio received: into the rings, windows cut
+            log.warning("shutdown: %d frame(s) of remote audio not fed after %.2f s", self.intake.pending(), flush_s)
+        left = max(0.02, flush_end - time.monotonic())
+        if not await asyncio.to_thread(self.scheduler.wait_idle, left):
             log.warning("shutdown: %d window(s) still unscored after %.2f s; not waiting for them", self.scheduler.pending(), flush_s)
         await asyncio.sleep(0)  # let the last _deliver callbacks run
         await self.server.shutdown()
+        await asyncio.to_thread(self.intake.stop, 0.1)
         await asyncio.to_thread(self.scheduler.stop, 0.2)
         if self.jsonl is not None:
             if self.finished_input:  # --once at its natural end: a slow reader gets every line, a stalled one cannot hold us

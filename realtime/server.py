@@ -89,6 +89,7 @@ class DaemonAPI(Protocol):
     def stream_list(self) -> list[dict[str, Any]]: ...
     def health(self) -> dict[str, Any]: ...
     def open_remote_stream(self, sample_rate: int, channels: int, encoding: str, owner: str | None = None) -> Any: ...
+    async def feed_remote_stream(self, stream: Any, frames: Any) -> None: ...
     def close_remote_stream(self, stream: Any) -> None: ...
 
     identity: dict[str, str]  # who answers where several do (a Ray Serve replica's deployment and tag); empty alone
@@ -535,7 +536,7 @@ class Server:
             if stream is not None:
                 self.daemon.close_remote_stream(stream)
         elif outcome.audio is not None and client.stream is not None:
-            client.stream.push(outcome.audio)
+            await self.daemon.feed_remote_stream(client.stream, outcome.audio)  # DSP off the loop, in order
         reason = next((m["code"] for m in outcome.replies if m["type"] == "error"), "closed")
         self._send_replies(client, outcome)
         if outcome.close is not None:
