@@ -17,7 +17,7 @@ itself did before: a connection's audio was taken no faster than it was
 processed, and the protocol's per-connection rate rules (``Session``) apply
 to every frame before it gets here. A stop is never refused (it is one small
 marker, queued behind the stream's audio). The worker starts with the first
-frame; ``stop`` ends it.
+frame; ``stop`` ends it, and what comes after is dropped.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class Intake:
         loop = asyncio.get_running_loop()
         while True:
             with self._cond:
-                if self._stopping or not self._full():
+                if self._stopping:  # shutting down: nothing will feed it any more, and nothing may pile up
+                    return
+                if not self._full():
                     self._put(stream, frames)
                     return
                 self._space_wanted = True
@@ -77,7 +79,8 @@ class Intake:
     def finish(self, stream: Stream) -> None:
         """``stream``'s input ended: it is finished (final window, retirement) after the frames queued before."""
         with self._cond:
-            self._put(stream, None)
+            if not self._stopping:
+                self._put(stream, None)
 
     # ------------------------------------------------------------ any thread
 
@@ -113,7 +116,7 @@ class Intake:
         self._queue.append((stream, frames))
         if frames is not None:
             self._bytes += frames.nbytes
-        if self._thread is None and not self._stopping:
+        if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="ser-intake", daemon=True)
             self._thread.start()
         self._cond.notify_all()
@@ -127,6 +130,9 @@ class Intake:
                     return
                 stream, frames = self._queue.popleft()
                 self._busy = True
+                wake = self._room_freed()
+            if wake:
+                self._wake_soon()
             try:
                 if frames is None:
                     stream.finish()
@@ -139,12 +145,17 @@ class Intake:
                     if frames is not None:
                         self._bytes -= frames.nbytes
                     self._busy = False
-                    wake = self._space_wanted and not self._full()
-                    if wake:
-                        self._space_wanted = False
+                    wake = self._room_freed()
                     self._cond.notify_all()
                 if wake:
                     self._wake_soon()
+
+    def _room_freed(self) -> bool:
+        """Under ``_cond``: whether a producer waits and now has room (it is told once)."""
+        if self._space_wanted and not self._full():
+            self._space_wanted = False
+            return True
+        return False
 
     def _wake_soon(self) -> None:
         loop = self._loop

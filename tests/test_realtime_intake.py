@@ -18,8 +18,10 @@ class Recorder:
         self.got: list[float | str] = []
         self.threads: set[str] = set()
         self.gate = gate
+        self.entered = threading.Event()  # the worker is inside push (held at the gate, if any)
 
     def push(self, frames: np.ndarray) -> None:
+        self.entered.set()
         if self.gate is not None:
             assert self.gate.wait(30)
         self.threads.add(threading.current_thread().name)
@@ -64,7 +66,9 @@ def test_a_full_queue_makes_the_producer_wait_never_grow_and_a_stop_still_goes_i
     intake = Intake(max_items=4, max_bytes=1 << 30)
 
     async def main() -> None:
-        for k in range(5):  # one being fed (held at the gate), four queued
+        await intake.push(stuck, frame(0))
+        assert await asyncio.to_thread(stuck.entered.wait, 30)  # the worker holds frame 0 at the gate
+        for k in range(1, 5):  # four queued: the queue is full
             await intake.push(stuck, frame(k))
         assert intake.pending() == 5
         late = asyncio.ensure_future(intake.push(stuck, frame(5)))
@@ -88,7 +92,7 @@ def test_the_queue_is_bounded_in_bytes_too_but_one_big_frame_always_goes():
 
     async def main() -> None:
         await intake.push(s, frame(0, 10_000))  # 40 kB alone, over the bound: taken (no deadlock)
-        await asyncio.sleep(0.05)  # the worker holds it at the gate: queue empty, but it still counts
+        assert await asyncio.to_thread(s.entered.wait, 30)  # the worker holds it at the gate: queue empty, it still counts
         late = asyncio.ensure_future(intake.push(s, frame(1)))
         await asyncio.sleep(0.1)
         assert not late.done()
@@ -114,3 +118,18 @@ def test_one_streams_failure_does_not_stop_the_others():
     assert intake.wait_idle(30)
     intake.stop()
     assert good.got == [1.0, "end"] and bad.got == [] and not intake.is_alive()
+
+
+def test_after_stop_nothing_is_queued():
+    s = Recorder("s")
+    intake = Intake()
+
+    async def main() -> None:
+        await intake.push(s, frame(1))
+        assert intake.wait_idle(30)
+        intake.stop()
+        await intake.push(s, frame(2))
+        intake.finish(s)
+
+    asyncio.run(main())
+    assert intake.pending() == 0 and s.got == [1.0]
