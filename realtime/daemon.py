@@ -31,12 +31,12 @@ from omegaconf import OmegaConf
 from contract.audio import AUDIO_SUFFIXES
 from engine.interface import Engine
 from realtime import protocol
+from realtime.admission import Admission
 from realtime.config import DaemonConfig, is_loopback_host, typed
 from realtime.intake import Intake
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.prediction import PostProcessor
-from realtime.protocol import ProtocolError
 from realtime.scheduler import Result, Scheduler, describe_state
 from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
@@ -88,7 +88,7 @@ class Daemon:
         self.fast_settings = StreamSettings.from_config(cfg, engine.geometry, extra_buffer_windows=self.effective_max_batch())
         self.streams: dict[str, Stream] = {}
         self._post: dict[Stream, PostProcessor] = {}  # each stream's post-processing (event loop only)
-        self._remote_count = 0
+        self.admission = Admission.from_config(cfg.server)  # client slots (server) and remote-stream slots (here)
         self._remote_serial = 0
         self._lock = threading.Lock()
         self._in_transit = 0  # results handed to the event loop and not yet published (--fast --jsonl accounting)
@@ -110,7 +110,7 @@ class Daemon:
             active_streams=lambda: len(self.streams),
         )
         self.intake = Intake()  # remote streams' DSP, off the event loop (its worker starts with the first frame)
-        self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics)
+        self.server = Server(ServerSettings.from_config(cfg.server), self, self.metrics, admission=self.admission)
 
     def effective_max_batch(self) -> int:
         """``scheduler.max_batch``, capped by ``scheduler.max_batch_cpu`` when the engine runs on a CPU."""
@@ -151,9 +151,9 @@ class Daemon:
             if self.streams.get(stream.id) is not stream:
                 return
             del self.streams[stream.id]
-            if stream.kind == "remote":
-                self._remote_count -= 1
             self.metrics.streams.set(len(self.streams))
+        if stream.kind == "remote":
+            self.admission.stream_retired()
         self._streams_changed()
         if self.once and stream.kind in ("file", "demo") and self.stop_event is not None:
             self.finished_input = True
@@ -279,11 +279,8 @@ class Daemon:
         A stopped stream keeps its slot until its last window is delivered, so
         cycling start/stop cannot hold more than ``server.max_remote_streams``.
         """
-        limit = self.cfg.server.max_remote_streams
+        self.admission.take_stream()  # ProtocolError server_busy when every slot is taken
         with self._lock:
-            if self._remote_count >= limit:
-                raise ProtocolError("server_busy", f"too many remote streams (server.max_remote_streams={limit})")
-            self._remote_count += 1
             self._remote_serial += 1
             serial = self._remote_serial
         replica = self.identity.get("replica")  # one of several replicas: ids unique across them

@@ -51,6 +51,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from realtime import protocol
+from realtime.admission import Admission
 from realtime.config import is_loopback_host
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import Close, Limits, Outcome, ProtocolError, Session
@@ -280,8 +281,17 @@ class Client:
 class Server:
     """WebSocket + HTTP on one port; ``publish`` fans predictions out to subscribers."""
 
-    def __init__(self, settings: ServerSettings, daemon: DaemonAPI, metrics: DaemonMetrics, static_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        daemon: DaemonAPI,
+        metrics: DaemonMetrics,
+        static_dir: Path | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.settings = settings
+        # client slots here, remote-stream slots in the daemon: one object counts both (the daemon passes its own)
+        self.admission = admission if admission is not None else Admission(settings.max_clients, 0)
         self.limits = settings.limits()
         self.daemon = daemon
         self.metrics = metrics
@@ -484,9 +494,9 @@ class Server:
             refusal = protocol.refusal("unauthorized", "a valid token is required (?token=... or Authorization: Bearer)")
             await self._reject(ws, refusal, "unauthorized")
             return
-        if len(self.clients) >= self.settings.max_clients:
-            refusal = protocol.refusal("server_busy", f"too many clients (server.max_clients={self.settings.max_clients})")
-            await self._reject(ws, refusal, "server_busy")
+        busy = self.admission.client_refusal()
+        if busy is not None:
+            await self._reject(ws, protocol.refusal("server_busy", busy), "server_busy")
             return
         session = Session(self.limits, time.monotonic())
         client = Client(ws, self._next_id, session, BoundedQueue(self.settings.client_queue, order="fifo"))
@@ -508,6 +518,7 @@ class Server:
             log.exception("client %d: unexpected error", client.id)
         finally:
             self.clients.pop(client.id, None)
+            self.admission.client_left()
             self.metrics.clients.set(len(self.clients))
             if client.stream is not None:
                 stream, client.stream = client.stream, None
@@ -515,7 +526,7 @@ class Server:
             sender.cancel()
 
     def _limits(self) -> dict[str, Any]:
-        return {**self.limits.advertised(), "max_clients": self.settings.max_clients}
+        return {**self.limits.advertised(), "max_clients": self.admission.max_clients}
 
     async def _on_message(self, client: Client, message: str | bytes) -> bool:
         """Feed one message to the session and carry out its outcome; False ends the connection."""
