@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
@@ -46,7 +45,8 @@ from typing import Any
 import yaml
 
 from bench.daemon import BUDGET_MS, hop_from_hello, measure
-from bench.lib import HOST, REPO, RESULTS, Daemon, Metrics, cpu_seconds, rss_mb, table, write_json
+from bench.lib import HOST, REPO, RESULTS, Daemon, Metrics, cpu_seconds, rss_mb, write_json
+from bench.tables import capacity, capacity_markdown, cluster_markdown
 from contract.audio import SAMPLE_RATE
 
 START_TIMEOUT_S = 240.0  # serve run: a local Ray, the controller, the proxy, both deployments' replicas
@@ -249,90 +249,6 @@ def point(target: Any, n: int, seconds: float, frame: int, hop_s: float, engine_
     return row
 
 
-def markdown(doc: dict) -> str:
-    head = ["N", "daemon p50 / p99 ms", "daemon drops", "daemon CPU %", "cluster p50 / p99 ms", "cluster drops",
-            "cluster CPU %", "added p50 / p99 ms", "encoder call p50 / p99 ms (bucket)", "Ray per call p50 / p99 ms (bucket)",
-            "head in the ingress ms per call", "CPU ms per window outside engine (daemon / cluster)", "daemon ok",
-            "cluster ok"]
-    rows = []
-    for d, c in zip(doc["daemon"], doc["cluster"], strict=True):
-        rows.append([
-            d["streams"], f"{d['latency_p50_ms']:.0f} / {d['latency_p99_ms']:.0f}", d["dropped_windows"] + d["client_seq_gaps"],
-            f"{d['cpu_percent']:.0f}", f"{c['latency_p50_ms']:.0f} / {c['latency_p99_ms']:.0f}",
-            c["dropped_windows"] + c["client_seq_gaps"], f"{c['cpu_percent']:.0f}",
-            f"{c['latency_p50_ms'] - d['latency_p50_ms']:+.0f} / {c['latency_p99_ms'] - d['latency_p99_ms']:+.0f}",
-            f"{c.get('encoder_roundtrip_p50_ms', float('nan')):.0f} / {c.get('encoder_roundtrip_p99_ms', float('nan')):.0f}",
-            f"{c.get('ray_overhead_p50_ms', float('nan')):.0f} / {c.get('ray_overhead_p99_ms', float('nan')):.0f}",
-            f"{c.get('head_ms_per_call', float('nan')):.2f}",
-            f"{d['cpu_outside_engine_ms_per_window']:.1f} / {c['cpu_outside_engine_ms_per_window']:.1f}",
-            "yes" if d["ok"] else "no", "yes" if c["ok"] else "no",
-        ])
-    roles = sorted({k for c in doc["cluster"] for k in c.get("cpu_s_by_role", {})})
-    share_rows = []
-    for c in doc["cluster"]:
-        spent = c.get("cpu_s_by_role", {})
-        total = sum(spent.values()) or float("nan")
-        share_rows.append([c["streams"], *(f"{100 * spent.get(k, 0.0) / total:.0f}" for k in roles)])
-    best = doc["max_streams_within_budget"]
-    shares = f"\nWhere the cluster's CPU goes (% of its CPU seconds per point, by process):\n\n{table(['N', *roles], share_rows)}\n"
-    return (f"{doc['seconds_per_n']:g} s per point, {doc['ingress']} ingress + {doc['encoders']} encoder replica(s), "
-            f"hop {doc['hop_s']:g} s, the load generator on the same cores:\n\n{table(head, rows)}\n\n"
-            f"Largest N with p99 < {BUDGET_MS:.0f} ms and no dropped window: daemon {best['daemon'] or 'none'}, "
-            f"cluster {best['cluster'] or 'none'} (of the N measured).\n" + (shares if roles else ""))
-
-
-CAPACITY_STREAMS = (1_000, 10_000)
-GPU_CHUNKS_PER_S = (2_000, 8_000)  # a GPU encoder's throughput: a parameter until one is measured
-CORE_BUSY = 0.7  # plan a single-threaded Python process (proxy, ingress) at this share of one core
-CONNECTIONS_PER_INGRESS = 64  # conf/serve.yaml: server.max_clients per ingress replica
-
-
-def capacity(doc: dict) -> dict:
-    """Replicas, cores and GPUs for ``CAPACITY_STREAMS`` live streams, from the marginal cost of a stream measured.
-
-    Each part's CPU per stream and second of audio is the slope between the two largest points that held
-    (``delta cpu_s_by_role[part] / delta (N x span)``), so what a part spends whatever the load (the
-    controller's and the proxy's polling, the GCS, the raylet, the dashboard) does not count per stream;
-    with one point it is that point's share (an overestimate). A stream needs ``1 / hop`` chunks a second.
-    """
-    ok = [r for r in doc["cluster"] if r["ok"]]  # a saturated point measures the queue, not the cost
-    pts = sorted(ok or doc["cluster"][:1], key=lambda r: r["streams"])[-2:]
-    hi = pts[-1]
-    lo = pts[0] if len(pts) == 2 else {"streams": 0, "span_s": hi["span_s"], "cpu_s_by_role": {}}
-    stream_s = hi["streams"] * hi["span_s"] - lo["streams"] * lo["span_s"]
-    per_stream = {k: max(0.0, (v - lo["cpu_s_by_role"].get(k, 0.0)) / stream_s) for k, v in hi.get("cpu_s_by_role", {}).items()}
-    n = f"{lo['streams']} -> {hi['streams']}" if lo["streams"] else str(hi["streams"])
-    chunks_per_stream_s = 1.0 / doc["hop_s"]
-    rows = []
-    for streams in CAPACITY_STREAMS:
-        ingress_cores = streams * per_stream.get("ingress", float("nan"))
-        proxy_cores = streams * per_stream.get("proxy", float("nan"))
-        encoder_cores = streams * per_stream.get("encoder", float("nan"))
-        ingress_replicas = max(math.ceil(streams / CONNECTIONS_PER_INGRESS), math.ceil(ingress_cores / CORE_BUSY))
-        rows.append({
-            "streams": streams,
-            "chunks_per_s": streams * chunks_per_stream_s,
-            "ingress_cores": ingress_cores,
-            "ingress_replicas": ingress_replicas,
-            "proxy_cores": proxy_cores,
-            "proxies": math.ceil(proxy_cores / CORE_BUSY),
-            "encoder_cpu_cores": encoder_cores,
-            "gpus": {str(g): math.ceil(streams * chunks_per_stream_s / g) for g in GPU_CHUNKS_PER_S},
-        })
-    return {"from_point": n, "per_stream_cores": per_stream, "rows": rows}
-
-
-def capacity_markdown(cap: dict) -> str:
-    head = ["streams", "chunks/s", "ingress cores (replicas)", "proxy cores (proxies)", "encoder: CPU cores",
-            *(f"encoder: GPUs at {g:,} chunks/s" for g in GPU_CHUNKS_PER_S)]
-    body = [[f"{r['streams']:,}", f"{r['chunks_per_s']:,.0f}", f"{r['ingress_cores']:.0f} ({r['ingress_replicas']})",
-             f"{r['proxy_cores']:.0f} ({r['proxies']})", f"{r['encoder_cpu_cores']:.0f}",
-             *(str(r["gpus"][str(g)]) for g in GPU_CHUNKS_PER_S)] for r in cap["rows"]]
-    per = ", ".join(f"{k} {1000 * v:.1f}" for k, v in sorted(cap["per_stream_cores"].items()))
-    return (f"Marginal cost of a stream between N = {cap['from_point']} (CPU ms per second of its audio: {per}); replicas at "
-            f"{CORE_BUSY:.0%} of a core or {CONNECTIONS_PER_INGRESS} connections each:\n\n{table(head, body)}\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", default="8,16,32,48", help="comma-separated N values, increasing")
@@ -345,7 +261,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.tables:
         doc = json.loads(Path(args.tables).read_text())
-        print(markdown(doc))
+        print(cluster_markdown(doc))
         print(capacity_markdown(capacity(doc)))
         return
     ns = [int(x) for x in args.streams.split(",")]
@@ -395,7 +311,7 @@ def main() -> None:
         k: max([r["streams"] for r in doc[k] if r["ok"]], default=0) for k in ("daemon", "cluster")}
     doc["capacity"] = capacity(doc)
     print()
-    print(markdown(doc))
+    print(cluster_markdown(doc))
     print(capacity_markdown(doc["capacity"]))
     out = write_json(args.out, doc)
     print(f"wrote {out}")

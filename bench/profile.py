@@ -45,7 +45,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench.daemon import hop_from_hello, measure
-from bench.lib import RESULTS, Daemon, table, write_json
+from bench.lib import RESULTS, Daemon, write_json
+from bench.tables import profile_markdown
 from contract.audio import SAMPLE_RATE
 
 RATE_HZ = 200  # py-spy samples per second per thread
@@ -109,18 +110,6 @@ def breakdown(samples: list[tuple[str, str, int]], windows: int, rate_hz: float)
     }
 
 
-def text_table(doc: dict) -> str:
-    rows = [[k, f"{100 * v['share']:.1f}", f"{v['ms_per_window']:.2f}", f"{100 * v['on_loop_share']:.0f}"]
-            for k, v in doc["profile"]["stages"].items()]
-    r = doc["load"]
-    head = (f"N = {r['streams']} streams, {doc['seconds']:g} s: p50 {r['latency_p50_ms']:.0f} ms, p99 "
-            f"{r['latency_p99_ms']:.0f} ms, {r['windows_scored_per_s']:.1f} windows/s, daemon CPU {r['cpu_percent']:.0f} %, "
-            f"{doc['profile']['samples']} samples of its Python threads at {RATE_HZ} Hz:")
-    threads = ", ".join(f"{k} {v:.1f} s" for k, v in doc["profile"]["threads"].items())
-    return (f"{head}\n\n{table(['stage', 'share of samples %', 'ms per window', 'on the event loop %'], rows)}\n\n"
-            f"Sampled busy time by thread: {threads}\n")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--streams", type=int, default=48)
@@ -160,7 +149,7 @@ def main() -> None:
     finally:
         d.stop()
         raw.unlink(missing_ok=True)
-    print(text_table(doc))
+    print(profile_markdown(doc))
     out = write_json(args.out, doc)
     print(f"wrote {out}")
 
