@@ -183,8 +183,9 @@ class ReconnectPolicy:
     Waits double from ``min_s`` up to ``max_s``, each shortened by a random share of up to ``jitter`` so
     that the clients one dead daemon dropped together do not all knock on the restarted one at the same
     instant. ``for_s`` bounds a run of failures (from the first loss to the last attempt), not a whole run
-    of the client: :meth:`connected` starts the count over. Only a client that was connected once is
-    resumed (:attr:`was_connected`): a first connection that fails is a wrong URL or token, said at once.
+    of the client: :meth:`connected` starts the count over. Before the first working connection only a
+    daemon that is down or starting is waited for (:meth:`retries_first`: a client started before its
+    daemon, or during a rolling update); a wrong host, URL or token is said at once.
     """
 
     def __init__(self, for_s: float = RECONNECT_FOR_S, min_s: float = RECONNECT_MIN_S, max_s: float = RECONNECT_MAX_S,
@@ -208,6 +209,16 @@ class ReconnectPolicy:
         # refused, reset, unreachable, a timed-out handshake, a connection cut during the handshake: the daemon
         # is down or on its way up (the host name resolved once already, so a lookup failure is passing too)
         return isinstance(exc, (OSError, InvalidHandshake))
+
+    @staticmethod
+    def retries_first(exc: BaseException) -> bool:
+        """Whether a failed *first* connection is worth another: only a daemon that is down or on its way up
+        (refused, 502/503/504 from a proxy in front of it, 1012/1013), not a wrong host name, URL or token."""
+        if isinstance(exc, ConnectionClosed):
+            return close_code(exc) in (1012, 1013)
+        if isinstance(exc, InvalidStatus):
+            return exc.response.status_code in RETRY_HTTP_STATUSES
+        return isinstance(exc, ConnectionRefusedError)
 
     def nominal_s(self, attempt: int) -> float:
         """The wait before reconnect number ``attempt`` (1, 2, ...) without jitter: doubling, capped."""
@@ -283,8 +294,9 @@ async def _serve(url: str, session: _Session, reconnect: ReconnectPolicy | None)
                     reconnect.connected()
                 return await session.run(ws)
         except (OSError, ConnectionClosed, InvalidHandshake) as exc:
-            if (reconnect is None or not reconnect.was_connected or not reconnect.retries(exc)
-                    or not session.resumable()):
+            if reconnect is None or not session.resumable():
+                raise
+            if not (reconnect.retries(exc) if reconnect.was_connected else reconnect.retries_first(exc)):
                 raise
             delay = reconnect.next_delay()
             if delay is None:

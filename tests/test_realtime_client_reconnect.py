@@ -244,9 +244,26 @@ def test_without_a_policy_or_for_a_client_fault_the_loss_propagates(monkeypatch,
     assert capsys.readouterr().err == ""
 
 
-def test_a_first_connection_that_fails_is_not_retried(monkeypatch):
-    with pytest.raises(ConnectionRefusedError):
-        serve(monkeypatch, [ConnectionRefusedError(111, "x")], [], fast_policy())
+def test_a_first_connection_waits_for_a_daemon_that_is_down_but_not_for_a_wrong_host(monkeypatch, capsys):
+    import socket
+
+    refused = ConnectionRefusedError(111, "x")
+    session, code = serve(monkeypatch, [refused, refused, None], [None], fast_policy())  # started before its daemon
+    assert code == 0 and session.opened == 1
+    assert "cannot connect (connection refused)" in capsys.readouterr().err
+    with pytest.raises(socket.gaierror):  # a host name that does not resolve: said at once
+        serve(monkeypatch, [socket.gaierror(-2, "Name or service not known")], [], fast_policy())
+    with pytest.raises(ConnectionRefusedError):  # without --reconnect nothing is retried
+        serve(monkeypatch, [refused], [], None)
+
+
+@pytest.mark.parametrize(("exc", "first"), [
+    (ConnectionRefusedError(111, "x"), True),
+    (ConnectionResetError(104, "x"), False),
+    (OSError(113, "No route to host"), False),
+])
+def test_only_a_refused_first_connection_is_retried_among_socket_errors(exc, first):
+    assert ReconnectPolicy.retries_first(exc) is first
 
 
 def test_gives_up_with_a_client_error_after_reconnect_for(monkeypatch, capsys):
