@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from contract.config import ConfigError, apply_overrides
 from engine.registry import backend_names
 
+_S = TypeVar("_S")
 DEVICES = ("auto", "cpu", "cuda")
 RESAMPLE_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -210,6 +211,17 @@ def typed(raw: Any) -> DictConfig:
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def section(value: Any, schema: type[_S]) -> _S:
+    """A config section as an instance of its schema's dataclass (``section(cfg.audio, AudioConfig)``): the typed
+    config itself, with plain attributes for the modules that read it often (no OmegaConf lookup per access)."""
+    if isinstance(value, schema):
+        return value
+    obj = OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+    if isinstance(obj, schema):
+        return obj
+    return schema(**dict(obj))
 
 
 def render_yaml(cfg: Any) -> str:

@@ -38,7 +38,7 @@ from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
 from realtime.prediction import PostProcessor
 from realtime.scheduler import Result, Scheduler, describe_state
-from realtime.server import SHUTDOWN_CLOSE_WAIT_S, Server, ServerSettings
+from realtime.server import Server, ServerSettings
 from realtime.sources import DeviceSource, FileSource, Source, SourceError, demo_clip_path
 from realtime.stream import Stream, StreamSettings
 
@@ -207,6 +207,7 @@ class Daemon:
                 chunk_s=a.file_chunk_s,
                 fast_ahead_windows=self.effective_max_batch(),
                 output_ready=self._output_ready,
+                on_finished=self._source_finished_threadsafe,
             )
 
         def make_dev(rate: int, channels: int) -> Stream:
@@ -224,6 +225,7 @@ class Daemon:
             reconnect_max_s=self.cfg.source.reconnect_max_s,
             stall_timeout_s=self.cfg.source.stall_timeout_s,
             xrun_log_interval_s=self.cfg.source.xrun_log_interval_s,
+            on_finished=self._source_finished_threadsafe,
         )
 
     # ------------------------------------------------------------ DaemonAPI (server side, event loop)
@@ -354,9 +356,7 @@ class Daemon:
             raise SourceError(f"cannot listen on {self.cfg.server.host}:{self.cfg.server.port}: {exc.strerror or exc}") from exc
         self.announce_url(port)
         if self.source is not None:
-            src = self.source
-            src.on_finished = lambda: self.loop.call_soon_threadsafe(self._source_finished, src)  # type: ignore[method-assign,union-attr]
-            src.start()
+            self.source.start()
         await self.stop_event.wait()
         await self.shutdown()
         return self.exit_code
@@ -388,6 +388,13 @@ class Daemon:
             f"WebSocket ws://{shown}:{port}/ws; source: {self.device_spec}"
         )
 
+    def _source_finished_threadsafe(self, src: Source) -> None:
+        """Source thread: the local source ended (file done, device failed); the loop decides what it means."""
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                loop.call_soon_threadsafe(self._source_finished, src)
+
     def _source_finished(self, src: Source) -> None:
         if src.failed is not None and not src.stop_event.is_set():
             self.announce(f"ser-listen: error: {src.failed}")
@@ -406,7 +413,7 @@ class Daemon:
         t0 = time.monotonic()
         srv = self.cfg.server
         deadline = t0 + srv.shutdown_timeout_s
-        server_close_s = srv.drain_timeout_s + 2 * SHUTDOWN_CLOSE_WAIT_S + 0.1
+        server_close_s = self.server.shutdown_budget_s()
         if self.source is not None:
             await asyncio.to_thread(self.source.stop, 0.5)
         flush_s = max(0.05, min(srv.flush_timeout_s, deadline - time.monotonic() - server_close_s))

@@ -56,8 +56,8 @@ class PostProcessor:
     def __init__(self, stream: Stream, labels: tuple[str, ...]) -> None:
         self.stream = stream
         self.labels = tuple(labels)
-        self.min_voiced_s = stream.settings.vad_min_voiced_s
-        self.smoother = Smoother(len(self.labels), stream.settings.smoothing_tau_s)
+        self.min_voiced_s = stream.settings.post.vad_min_voiced_s
+        self.smoother = Smoother(len(self.labels), stream.settings.post.smoothing_tau_s)
 
     def __call__(self, window: Window, probs: np.ndarray, now: float) -> Prediction:
         """The prediction of ``window`` (scored as ``probs``), ``now`` being ``time.monotonic()`` at delivery."""

@@ -36,7 +36,7 @@ import mimetypes
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import resources
 from pathlib import Path
@@ -52,7 +52,7 @@ from websockets.http11 import Request, Response
 
 from realtime import protocol
 from realtime.admission import Admission
-from realtime.config import is_loopback_host
+from realtime.config import ServerConfig, is_loopback_host, section
 from realtime.metrics import DaemonMetrics
 from realtime.protocol import Close, Limits, Outcome, ProtocolError, Session
 from realtime.queues import BoundedQueue
@@ -112,37 +112,26 @@ class Connection(Protocol):
     def __aiter__(self) -> Any: ...
 
 
-@dataclass(frozen=True)
 class ServerSettings:
-    """The server's frozen view of ``server.*``: no defaults here, realtime.config.ServerConfig owns them
-    (and validates them once); ``from_config`` copies every field from that section."""
+    """The server's view of the typed config's ``server`` section: that section itself (``ServerConfig``, which
+    owns every key, default and check), read through, with the token and the allowed origins in the form the
+    checks compare (no token: None; origins without a trailing slash)."""
 
-    host: str
-    port: int
-    token: str | None
-    allowed_origins: tuple[str, ...]
-    max_clients: int
-    max_message_bytes: int
-    hard_max_message_factor: int
-    max_messages_per_s: float
-    max_text_bytes_per_s: float
-    max_starts_per_s: float
-    max_start_burst: int
-    client_queue: int
-    send_buffer_bytes: int
-    max_audio_realtime_factor: float
-    max_audio_burst_s: float
-    close_timeout_s: float
-    drain_timeout_s: float
-    ping_interval_s: float
+    def __init__(self, server: Any) -> None:
+        self.config: ServerConfig = section(server, ServerConfig)
+        token = self.config.token
+        self.token: str | None = str(token) if token not in (None, "") else None
+        self.allowed_origins: tuple[str, ...] = tuple(str(o).rstrip("/") for o in (self.config.allowed_origins or []))
 
     @classmethod
     def from_config(cls, s: Any) -> ServerSettings:
         """The ``server`` section of the daemon config; types and ranges are checked once, by realtime.config."""
-        values = {f.name: s[f.name] for f in fields(cls)}
-        values["token"] = str(s.token) if s.token not in (None, "") else None
-        values["allowed_origins"] = tuple(str(o).rstrip("/") for o in (s.allowed_origins or []))
-        return cls(**values)
+        return cls(s)
+
+    def __getattr__(self, name: str) -> Any:  # every other key, as the config has it
+        if name == "config":
+            raise AttributeError(name)
+        return getattr(self.config, name)
 
     def limits(self) -> Limits:
         return Limits.from_server(self)
@@ -316,7 +305,7 @@ class Server:
             self._handle,
             s.host,
             s.port,
-            process_request=self._process_request,
+            process_request=lambda _connection, request: self._process_request(request),
             max_size=s.max_message_bytes * max(1, s.hard_max_message_factor),
             max_queue=16,
             ping_interval=s.ping_interval_s,
@@ -328,11 +317,20 @@ class Server:
         self.port = sock.getsockname()[1]
         return self.port
 
+    def _close_all_wait_s(self) -> float:
+        """How long ``shutdown`` waits for every client's drain and closing handshake."""
+        return self.settings.drain_timeout_s + SHUTDOWN_CLOSE_WAIT_S + 0.1
+
+    def shutdown_budget_s(self) -> float:
+        """The most ``shutdown`` takes: the clients' closes, then the listener's (the daemon plans its exit with it)."""
+        return self._close_all_wait_s() + SHUTDOWN_CLOSE_WAIT_S
+
     async def shutdown(self) -> None:
         """Let each client's queued messages go out briefly, close everyone with 1001, drop who does not answer.
 
-        Bounded: at most ``drain_timeout_s`` for queued messages (less for a client that is not
-        reading) and ``SHUTDOWN_CLOSE_WAIT_S`` for the closing handshakes, whatever the clients do.
+        Bounded (``shutdown_budget_s``): at most ``drain_timeout_s`` for queued messages (less for a
+        client that is not reading) and ``SHUTDOWN_CLOSE_WAIT_S`` for the closing handshakes, whatever
+        the clients do.
         """
         if self._ws_server is not None:
             self._ws_server.server.close()  # no new connections (an embedding shell stops its own listener)
@@ -343,7 +341,7 @@ class Server:
         if clients:
             await asyncio.wait(
                 [asyncio.create_task(self._close(c, protocol.SHUTTING_DOWN, handshake_s=SHUTDOWN_CLOSE_WAIT_S)) for c in clients],
-                timeout=self.settings.drain_timeout_s + SHUTDOWN_CLOSE_WAIT_S + 0.1,
+                timeout=self._close_all_wait_s(),
             )
         for c in clients:
             if c.ws.transport is not None and c.ws.state.name != "CLOSED":
@@ -414,7 +412,8 @@ class Server:
         name = "index.html" if path == "/" else path[1:]
         return self._static(name)
 
-    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, request: Request) -> Response | None:
+        """python-websockets' ``process_request``: the HTTP answer, or None to go on with the WebSocket handshake."""
         try:
             info = inspect_request(request)
         except BadRequest as exc:

@@ -149,8 +149,9 @@ class Source:
 
     kind = "source"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_finished: Callable[[Source], None] | None = None) -> None:
         self.name = name
+        self._on_finished = on_finished  # the daemon's: a source that ends (file done, device failed) tells it here
         self.stop_event = threading.Event()
         self.failed: Exception | None = None
         self.finished = threading.Event()
@@ -179,13 +180,11 @@ class Source:
             log.error("%s", exc)
         finally:
             self.finished.set()
-            self.on_finished()
+            if self._on_finished is not None:
+                self._on_finished(self)
 
     def run(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def on_finished(self) -> None:
-        """Hook set by the daemon: a source that ends (file done, device failed) tells it here."""
 
 
 class FileSource(Source):
@@ -202,8 +201,9 @@ class FileSource(Source):
         chunk_s: float = 0.05,
         fast_ahead_windows: int = 32,
         output_ready: Callable[[], bool] | None = None,
+        on_finished: Callable[[Source], None] | None = None,
     ) -> None:
-        super().__init__(path.name)
+        super().__init__(path.name, on_finished)
         self.output_ready = output_ready  # --fast: also wait while the output (--jsonl) is behind
         import soundfile as sf
 
@@ -272,8 +272,9 @@ class DeviceSource(Source):
         reconnect_max_s: float = 10.0,
         stall_timeout_s: float = 2.0,
         xrun_log_interval_s: float = 1.0,
+        on_finished: Callable[[Source], None] | None = None,
     ) -> None:
-        super().__init__(spec)
+        super().__init__(spec, on_finished)
         self.spec = spec
         self.max_channels = max_channels
         self.block_s = block_s

@@ -40,27 +40,23 @@ import numpy as np
 
 from contract.audio import SAMPLE_RATE, pad_or_crop
 from contract.geometry import ChunkGeometry
+from realtime.config import AudioConfig, PostConfig, section
 from realtime.postprocess import VoiceActivity
 from realtime.ringbuffer import RingBuffer
 
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """Per-stream numbers, taken from the typed daemon config (``realtime.config``) by ``from_config``."""
+    """A stream's view of the typed daemon config: its ``audio`` and ``post`` sections as the schema's own
+    objects (``realtime.config`` owns every key, default and check), and the sizes in samples derived from
+    them and the engine's geometry by ``from_config``."""
 
+    audio: AudioConfig
+    post: PostConfig
     window_samples: int
     hop_samples: int
     min_audio_samples: int
     buffer_samples: int
-    # No defaults for what the config holds: realtime.config owns them (one schema), from_config copies them.
-    resample_quality: str
-    vad_aggressiveness: int
-    vad_frame_ms: int
-    vad_noise_window_s: float
-    vad_margin_db: float
-    vad_min_dbfs: float
-    vad_min_voiced_s: float
-    smoothing_tau_s: float
     sample_rate: int = SAMPLE_RATE
     geometry: ChunkGeometry = field(default_factory=ChunkGeometry.whole_window)  # the engine's
 
@@ -76,31 +72,25 @@ class StreamSettings:
         """
         if isinstance(geometry, int):
             geometry = ChunkGeometry.whole_window(geometry)
+        audio, post = section(cfg.audio, AudioConfig), section(cfg.post, PostConfig)  # typed and validated
         sr = SAMPLE_RATE
-        hop = int(round(cfg.audio.hop_s * sr))
+        hop = int(round(audio.hop_s * sr))
         chunk_hop = geometry.hop_samples
         if chunk_hop and hop % chunk_hop:
             raise ValueError(
-                f"audio.hop_s={cfg.audio.hop_s:g} is not a multiple of the model's chunk hop "
+                f"audio.hop_s={audio.hop_s:g} is not a multiple of the model's chunk hop "
                 f"({chunk_hop / sr:g} s): use a hop of {chunk_hop / sr:g} s or a multiple of it"
             )
         window_samples = geometry.window_samples
-        buffer = max(int(round(cfg.audio.buffer_s * sr)), window_samples + hop * (extra_buffer_windows + 2))
-        a, post = cfg.audio, cfg.post  # typed and validated by realtime.config
+        buffer = max(int(round(audio.buffer_s * sr)), window_samples + hop * (extra_buffer_windows + 2))
         return cls(
+            audio=audio,
+            post=post,
             geometry=geometry,
             window_samples=window_samples,
             hop_samples=hop,
-            min_audio_samples=min(window_samples, max(1, int(round(a.min_audio_s * sr)))),
+            min_audio_samples=min(window_samples, max(1, int(round(audio.min_audio_s * sr)))),
             buffer_samples=buffer,
-            resample_quality=a.resample_quality,
-            vad_aggressiveness=post.vad_aggressiveness,
-            vad_frame_ms=post.vad_frame_ms,
-            vad_noise_window_s=post.vad_noise_window_s,
-            vad_margin_db=post.vad_margin_db,
-            vad_min_dbfs=post.vad_min_dbfs,
-            vad_min_voiced_s=post.vad_min_voiced_s,
-            smoothing_tau_s=post.smoothing_tau_s,
         )
 
 
@@ -153,11 +143,11 @@ class Stream:
         self.vad = VoiceActivity(
             settings.sample_rate,
             capacity_s=settings.buffer_samples / settings.sample_rate,
-            aggressiveness=settings.vad_aggressiveness,
-            frame_ms=settings.vad_frame_ms,
-            noise_window_s=settings.vad_noise_window_s,
-            margin_db=settings.vad_margin_db,
-            min_dbfs=settings.vad_min_dbfs,
+            aggressiveness=settings.post.vad_aggressiveness,
+            frame_ms=settings.post.vad_frame_ms,
+            noise_window_s=settings.post.vad_noise_window_s,
+            margin_db=settings.post.vad_margin_db,
+            min_dbfs=settings.post.vad_min_dbfs,
         )
         self.labels = tuple(labels)  # what its windows' probabilities name (the model's labels)
         self.next_end = settings.min_audio_samples
@@ -189,7 +179,7 @@ class Stream:
             import soxr
 
             self._resampler = soxr.ResampleStream(
-                self.input_rate, self.settings.sample_rate, 1, dtype="float32", quality=self.settings.resample_quality
+                self.input_rate, self.settings.sample_rate, 1, dtype="float32", quality=self.settings.audio.resample_quality
             )
 
     def push(self, frames: np.ndarray) -> None:

@@ -20,7 +20,7 @@ SR = SAMPLE_RATE
 def old_text(stream: Stream, smoother: Smoother, w: Window, probs: np.ndarray, now: float) -> str:
     """The daemon's ``_prediction_text`` before the Prediction dataclass (the voice gate in voiced seconds)."""
     fraction = stream.voiced_fraction(w)
-    voiced = window_is_voiced(stream.voiced_seconds(w), stream.settings.vad_min_voiced_s)
+    voiced = window_is_voiced(stream.voiced_seconds(w), stream.settings.post.vad_min_voiced_s)
     smoothed = smoother.update(probs, w.t_end(), voiced)
     latency = now - w.due
     msg = protocol.prediction(stream.id, w.seq, w.t_start(), w.t_end(), LABELS, probs, smoothed, voiced, fraction, latency * 1000.0)
