@@ -150,7 +150,7 @@ def main() -> int:
             per_seed = []
             for s in seeds:  # one stream score per head seed (the streams themselves are the same)
                 where = keep / f"seed{s}" if len(seeds) > 1 else keep
-                per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where, listen=args.listen))
+                per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where, daemon_overrides=args.listen))
                 per_seed[-1]["kept"] = str(where)
             entry["stream"] = per_seed[0]
             if len(per_seed) > 1:
@@ -174,12 +174,13 @@ def main() -> int:
 
 def export_head(model, mc: dict, path: Path) -> None:  # noqa: ANN001 (a WhisperChunkModel)
     """The fold's head with the pinned encoder weights, as ONNX the daemon loads (parity-checked)."""
+    from contract.model_io import chunk_metadata
     from training.export_chunked import chunked_parity, export_chunked_onnx
     from training.metadata import model_metadata
 
     model.load_pretrained_encoder()
     meta = model_metadata({"model": mc}, {"variant": mc.get("variant", "whisper")}, name=path.stem)
-    meta.update({k: str(v) for k, v in model.chunking.items()})
+    meta.update(chunk_metadata(model.geometry, model.embedding_dim))
     export_chunked_onnx(model, path, meta)
     diff = chunked_parity(model, path)
     if not diff < 1e-3:
@@ -198,7 +199,7 @@ def speaker_stream(records: list, speaker: str, seed: int = 0) -> tuple[np.ndarr
 
 
 def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: Path | None = None,
-                  listen: list[str] | None = None) -> dict:
+                  daemon_overrides: list[str] | None = None) -> dict:
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows.
 
     With ``keep``, each stream's predictions and segments are saved under ``keep/foldF/`` (training.stream_eval.save_stream).
@@ -219,7 +220,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
                 wav = Path(tmp) / f"{speaker.replace(':', '_')}.wav"
                 sf.write(wav, audio, 16000, subtype="FLOAT")
                 proc = subprocess.run([str(listen), "--device", str(wav), "--fast", "--once", "--jsonl", "--port", "0",
-                                       "--model", str(onnx_path), "--backend", "onnxruntime", *(listen or [])],
+                                       "--model", str(onnx_path), "--backend", "onnxruntime", *(daemon_overrides or [])],
                                       capture_output=True, text=True, timeout=900, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"ser-listen failed on {wav}: {proc.stderr[-2000:]}")
@@ -239,7 +240,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
 
     from realtime.config import load_daemon_config
 
-    post = OmegaConf.to_container(load_daemon_config(listen or []).post)  # what ser-listen ran with
+    post = OmegaConf.to_container(load_daemon_config(daemon_overrides or []).post)  # what ser-listen ran with
     return {"per_fold": per_fold, "post": post, "ua": mean([f["ua"] for f in per_fold]), "clip_ua": mean([f["clip_ua"] for f in per_fold]),
             "raw_ua": mean([f["raw_ua"] for f in per_fold]),
             "recall": {lab: mean([f["recall"][lab] for f in per_fold if lab in f["recall"]]) for lab in LABELS},

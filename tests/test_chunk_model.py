@@ -319,6 +319,10 @@ def test_stream_like_windows_follow_the_stream_scorers_rule() -> None:
     only = stream_like_windows(Windows(fs, np.array(one), np.array(one), "zeros"), recs, 9, seed=0, passes=2, bank_size=4)
     mine = np.isin(sw.clip_of, one)
     np.testing.assert_array_equal(only.chunks, sw.chunks[mine])  # a speaker's windows do not depend on the others'
+    capped = stream_like_windows(windows_of(fs, "zeros"), recs, 9, seed=0, passes=2, bank_size=4, per_clip=2)
+    assert np.bincount(capped.clip_of).max() == 2 and set(capped.clip_of.tolist()) == set(sw.clip_of.tolist())
+    full = {tuple(r) for r in sw.chunks}
+    assert all(tuple(r) in full for r in capped.chunks)  # a subset of the same windows, every labelling clip kept
 
 
 def test_row_weights_give_stream_windows_their_share_of_each_clip() -> None:

@@ -52,6 +52,7 @@ DEFAULT_TRAINER = {
     "temperature_folds": 0,  # > 0: the temperature also sees out-of-fold logits of the training speakers
     "stream_p": 0.0,  # share of each clip's weight on stream-like windows (several clips of its speaker, pauses)
     "stream_passes": 2,  # stream-like windows: how many shuffled streams of each training speaker's clips
+    "stream_per_clip": 4,  # ... and at most this many windows labelled by each clip
 }
 
 
@@ -233,7 +234,8 @@ class StreamWindows:
 
 
 def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int, passes: int = 2,
-                        hop_s: float = 0.5, bank_size: int = 96, use: np.ndarray | None = None) -> StreamWindows:
+                        hop_s: float = 0.5, bank_size: int = 96, use: np.ndarray | None = None,
+                        per_clip: int = 0) -> StreamWindows:
     """Windows of the clips of ``w`` laid end to end per speaker, as :func:`training.stream_eval.build_stream` lays them.
 
     For each speaker (``passes`` times, each in a new random order) the
@@ -245,8 +247,10 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
     shorter clip's), speech being each chunk's voiced share times the hop:
     the stream scorer's rule. Windows whose speech is split are left out.
     ``use`` (per record, bool): only these clips are laid out (those with
-    weight in the fit). The draw depends on ``seed`` and the speaker only,
-    so every fold sees the same windows of a speaker.
+    weight in the fit); ``per_clip`` > 0 keeps at most that many windows per
+    labelling clip (drawn at random: the fit's cost, not the clip's weight,
+    grows with their number). The draw depends on ``seed`` and the speaker
+    only, so every fold sees the same windows of a speaker.
     """
     fs = w.fs
     if _RUNS.get(id(fs), (None,))[0] is not fs:
@@ -261,6 +265,7 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
     labels: list[int] = []
     for speaker, positions in sorted(by_speaker.items()):
         rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+        first = len(windows)
         for _ in range(passes):
             src: list[int] = []
             owner: list[int] = []
@@ -289,6 +294,12 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
                 if per[best] >= STREAM_SHARE * total and per[best] >= min(STREAM_MIN_S, 0.9 * clip_total[c]):
                     windows.append(src_a[s : s + k])
                     labels.append(c)
+        if per_clip > 0:  # at most per_clip windows of each clip of this speaker
+            mine = np.array(labels[first:], np.int64)
+            keep = np.sort(np.concatenate([rng.permutation(np.nonzero(mine == c)[0])[:per_clip] for c in np.unique(mine)]
+                                          or [np.zeros(0, np.int64)]))
+            windows[first:] = [windows[first + i] for i in keep]
+            labels[first:] = [labels[first + i] for i in keep]
     chunks = np.stack(windows) if windows else np.zeros((0, k), np.int64)
     return StreamWindows(fs, chunks, np.array(labels, np.int64))
 
@@ -315,7 +326,8 @@ _STREAM_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray, list[str]]] = {}
 
 
 def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Sequence[int], bank: tuple[np.ndarray, np.ndarray],
-                    seed: int, passes: int, hop_s: float, use: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    seed: int, passes: int, hop_s: float, use: np.ndarray | None = None,
+                    per_clip: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``[n, 4 f]`` of the stream-like windows of ``w``'s clips and the record each is labelled by.
 
     Built and pooled once per speaker (:func:`stream_like_windows` draws per
@@ -329,12 +341,12 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
     xs, clips = [], []
     for speaker, positions in sorted(by_speaker.items()):
         paths = tuple(sorted(str(records[i].path) for i in positions))
-        key = (id(w.fs), speaker, paths, seed, passes, k, tuple(layers))
+        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers))
         if key not in _STREAM_POOLED:
             one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
             mask = np.zeros(len(records), bool)
             mask[positions] = True
-            sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask)
+            sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
             _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers), [str(records[i].path) for i in sw.clip_of])
         _, x, labelled = _STREAM_POOLED[key]
         xs.append(x)
@@ -475,7 +487,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
             raise ValueError("head_trainer.stream_p needs the served pooling (window_moments)")
         p_clip, _ = sample_weights(records, float(c["corpus_alpha"]), c.get("corpus_weights"))
         x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, int(c["stream_passes"]),
-                                         model.geometry.hop_samples / 16000, use=p_clip > 0)
+                                         model.geometry.hop_samples / 16000, use=p_clip > 0, per_clip=int(c["stream_per_clip"]))
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"),
