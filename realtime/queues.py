@@ -27,8 +27,8 @@ message kind) inside a ``group`` (a client; the key itself by default):
   the keys of a group, oldest first within a key (the scheduler: one stream,
   or one client's many streams, cannot starve the rest).
 - **Drop accounting.** ``put`` returns what left and why (``coalesced``,
-  ``evicted``, ``rejected``, ``overflow``); ``remove_key`` returns what it
-  discarded (``removed``); ``drops`` counts every reason for the queue's life.
+  ``evicted``, ``rejected``, ``overflow``); ``drops`` counts every reason for
+  the queue's life.
 
 Thread-safe: every method takes one re-entrant lock; ``wait_for`` blocks a
 consumer thread on the same condition that ``put`` notifies (the scheduler is
@@ -42,13 +42,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
 T = TypeVar("T")
 
-DROP_REASONS = ("coalesced", "evicted", "rejected", "overflow", "removed")
+DROP_REASONS = ("coalesced", "evicted", "rejected", "overflow")
 ORDERS = ("fifo", "fair")
 
 
@@ -295,17 +295,6 @@ class BoundedQueue(Generic[T]):
         with self._cond:
             return next((p for p, cls in enumerate(self._classes) if cls.size), None)
 
-    def take(self, n: int) -> list[T]:
-        """Up to ``n`` items in service order, without waiting."""
-        with self._cond:
-            out: list[T] = []
-            while len(out) < n:
-                item = self.get_nowait()
-                if item is None:
-                    break
-                out.append(item)
-            return out
-
     def wait_for(self, predicate: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
         """Block until ``predicate()`` (default: not empty) holds or ``timeout`` passes; returns the predicate.
 
@@ -329,28 +318,6 @@ class BoundedQueue(Generic[T]):
 
     # ------------------------------------------------------------ housekeeping
 
-    def remove_key(self, key: Hashable, group: Hashable | None = None) -> list[T]:
-        """Discard every pending item of ``key`` (a stream that left); returns them, counted as ``removed``."""
-        g = key if group is None else group
-        with self._cond:
-            out: list[T] = []
-            for cls in self._classes:
-                fifo = cls.groups.get(g, {}).get(key)
-                for e in list(fifo or ()):
-                    cls.take(e)
-                    self._unindex(e)
-                    self._size -= 1
-                    out.append(e.item)
-            self.drops["removed"] += len(out)
-            if out:
-                self._cond.notify_all()
-            return out
-
-    def clear(self) -> list[T]:
-        """Empty the queue (not counted as drops); returns what was held, in service order."""
-        with self._cond:
-            return self.take(self._size)
-
     def __len__(self) -> int:
         return self._size
 
@@ -362,9 +329,3 @@ class BoundedQueue(Generic[T]):
         with self._cond:
             keys = {(g, k) for cls in self._classes for g, ks in cls.groups.items() for k in ks}
             return len(keys)
-
-    def snapshot(self) -> Iterator[T]:
-        """The held items, highest class first and in arrival order within a class, without taking them."""
-        with self._cond:
-            entries = [e for cls in self._classes for e in cls.arrival if e.alive]
-        return iter([e.item for e in entries])

@@ -1,7 +1,7 @@
 """realtime/queues.py: the one bounded queue of the daemon (client outboxes, due windows).
 
 Each rule of the module docstring is exercised directly, then checked as a property over
-arbitrary sequences of puts, gets and removals (hypothesis): the cap always holds, every
+arbitrary sequences of puts and gets (hypothesis): the cap always holds, every
 item put is accounted for exactly once (served, dropped with a reason, or still held),
 ``peek`` shows what ``get_nowait`` then takes, and fair order lets no key starve.
 """
@@ -17,6 +17,14 @@ from hypothesis import strategies as st
 from realtime.queues import DROP_REASONS, BoundedQueue
 
 
+def take(q: BoundedQueue, n: int) -> list:
+    """Up to ``n`` items in service order, as consumers take them (``get_nowait`` until empty)."""
+    out: list = []
+    while len(out) < n and (item := q.get_nowait()) is not None:
+        out.append(item)
+    return out
+
+
 def test_fifo_order_and_cap_drops_the_oldest_of_the_biggest_key():
     q: BoundedQueue[str] = BoundedQueue(4)
     for i in range(3):
@@ -25,7 +33,7 @@ def test_fifo_order_and_cap_drops_the_oldest_of_the_biggest_key():
     r = q.put("b1", "b")  # full: "a" holds the most, its oldest leaves
     assert r.accepted and r.dropped == [("a0", "evicted")]
     assert len(q) == 4
-    assert q.take(10) == ["a1", "a2", "b0", "b1"]
+    assert take(q, 10) == ["a1", "a2", "b0", "b1"]
     assert q.drops["evicted"] == 1
 
 
@@ -40,7 +48,7 @@ def test_undroppable_items_are_kept_and_overflow_is_reported():
     assert not r.accepted and r.dropped == [("p1", "rejected")] and not r.overflow
     r = q.put("error", "ctl", droppable=False)
     assert not r.accepted and r.overflow
-    assert q.take(5) == ["hello", "started", "stopped"]
+    assert take(q, 5) == ["hello", "started", "stopped"]
 
 
 def test_coalescing_keeps_one_pending_update_and_the_latest_wins():
@@ -51,9 +59,9 @@ def test_coalescing_keeps_one_pending_update_and_the_latest_wins():
         r = q.put(f"streams v{v}", "streams", coalesce="streams", droppable=False)
         assert r.accepted and r.dropped == [(f"streams v{v - 1}", "coalesced")]
     assert len(q) == 2
-    assert q.take(5) == ["streams v49", "p0"]  # in the first update's place, with the last content
+    assert take(q, 5) == ["streams v49", "p0"]  # in the first update's place, with the last content
     q.put("streams v50", "streams", coalesce="streams")  # taken: the next one queues afresh
-    assert q.take(5) == ["streams v50"]
+    assert take(q, 5) == ["streams v50"]
 
 
 def test_lower_class_is_dropped_first_and_served_last():
@@ -70,7 +78,7 @@ def test_lower_class_is_dropped_first_and_served_last():
     q2: BoundedQueue[str] = BoundedQueue(4)
     q2.put("other", "x", priority=1)
     q2.put("own", "mine", priority=0)
-    assert q2.take(2) == ["own", "other"]
+    assert take(q2, 2) == ["own", "other"]
 
 
 def test_one_class_at_a_time():
@@ -95,7 +103,7 @@ def test_fair_order_round_robins_groups_then_keys():
     q.put("c1-0", "c1", group="c")
     q.put("c2-0", "c2", group="c")
     q.put("c1-1", "c1", group="c")
-    got = q.take(7)
+    got = take(q, 7)
     assert got == ["hog0", "a0", "c1-0", "hog1", "a1", "c2-0", "hog2"]
 
 
@@ -107,20 +115,8 @@ def test_fair_eviction_takes_from_the_hog():
     for i in range(4, 20):
         q.put(f"hog{i}", "hog")
     q.put("a1", "a")
-    held = list(q.snapshot())
+    held = take(q, 10)
     assert "a0" in held and "a1" in held and len(held) == 5
-
-
-def test_remove_key_forgets_the_key():
-    q: BoundedQueue[str] = BoundedQueue(10, order="fair")
-    q.put("s0", "s", coalesce="c")
-    q.put("s1", "s")
-    q.put("t0", "t")
-    assert q.key_count() == 2
-    assert q.remove_key("s") == ["s0", "s1"]
-    assert q.key_count() == 1 and q.drops["removed"] == 2
-    q.put("s2", "s", coalesce="c")  # the coalescing slot was freed with the item
-    assert q.take(5) == ["t0", "s2"]
 
 
 def test_bookkeeping_does_not_grow_with_streams_that_came_and_went():
@@ -190,7 +186,6 @@ op = st.one_of(
     st.tuples(st.just("get")),
     st.tuples(st.just("get_class"), st.integers(0, 1)),
     st.tuples(st.just("take"), st.integers(0, 5)),
-    st.tuples(st.just("remove"), st.integers(0, 4), st.integers(0, 2)),
 )
 
 
@@ -219,13 +214,10 @@ def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops
             assert peeked == item
             if item is not None:
                 served.append(item)
-        elif o[0] == "take":
-            served.extend(q.take(o[1]))
         else:
-            for item in q.remove_key(o[1], group=o[2]):
-                dropped[item] = "removed"
+            served.extend(take(q, o[1]))
         assert 0 <= len(q) <= capacity
-    held = q.clear()
+    held = take(q, len(q))
     assert len(q) == 0 and q.key_count() == 0
     assert sorted(served + held + list(dropped)) == sorted(put)  # each exactly once
     assert sum(q.drops.values()) == len(dropped)
@@ -239,7 +231,7 @@ def test_fair_service_reaches_every_key_within_one_round(loads):
     for key, n in enumerate(loads):
         for i in range(n):
             q.put((key, i), key)
-    served = q.take(sum(loads))
+    served = take(q, sum(loads))
     keys = len(loads)
     first_round = [k for k, _ in served[:keys]]
     assert sorted(first_round) == list(range(keys))
