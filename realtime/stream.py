@@ -1,13 +1,14 @@
-"""One audio stream: downmix and streaming resampling to 16 kHz, its ring buffer, VAD flags and window schedule.
+"""One audio stream: its ring buffer of 16 kHz audio, its window clock and its lifecycle.
 
 Owns the stream clock. Whatever feeds a stream (a capture thread, a file
-reader, a WebSocket client) hands it native-rate frames; the stream downmixes
-them, resamples them with one ``soxr.ResampleStream`` for its whole life (so
-consecutive chunks join without seams), writes them to its ring buffer,
-analyses them for voice, and emits a :class:`Window` each time a window falls
-due: first after ``min_audio_s`` of audio (scored padded, as in training), then
-every ``hop_s``. ``finish()`` flushes the resampler and emits a last window
-flush with the end, so no audio is left unscored.
+reader, the intake worker for a WebSocket client) hands it native-rate frames;
+its :class:`~realtime.frontend.Frontend` downmixes, resamples (one
+``soxr.ResampleStream`` for the input's life, so frames join without seams) and
+analyses them for voice; the stream writes the result to its ring buffer and
+then emits a :class:`Window` each time a window falls due: first after
+``min_audio_s`` of audio (scored padded, as in training), then every ``hop_s``.
+``finish()`` flushes the resampler and emits a last window flush with the end,
+so no audio is left unscored.
 
 Owns the stream's lifecycle too, and nothing else does, with one count: the
 windows it cut (``seq``) and those the scheduler finished (scored or dropped,
@@ -41,7 +42,7 @@ import numpy as np
 from contract.audio import SAMPLE_RATE, pad_or_crop
 from contract.geometry import ChunkGeometry
 from realtime.config import AudioConfig, PostConfig, section
-from realtime.postprocess import VoiceActivity
+from realtime.frontend import Frontend
 from realtime.ringbuffer import RingBuffer
 
 
@@ -116,7 +117,7 @@ class Window:
 
 
 class Stream:
-    """A source of 16 kHz audio with its own clock, ring buffer, VAD and lifecycle."""
+    """A source of 16 kHz audio: its front end (downmix, resampler, VAD), ring buffer, window clock and lifecycle."""
 
     def __init__(
         self,
@@ -140,15 +141,8 @@ class Stream:
         self.info = dict(info or {})
         self._on_window = on_window
         self.ring = RingBuffer(settings.buffer_samples)
-        self.vad = VoiceActivity(
-            settings.sample_rate,
-            capacity_s=settings.buffer_samples / settings.sample_rate,
-            aggressiveness=settings.post.vad_aggressiveness,
-            frame_ms=settings.post.vad_frame_ms,
-            noise_window_s=settings.post.vad_noise_window_s,
-            margin_db=settings.post.vad_margin_db,
-            min_dbfs=settings.post.vad_min_dbfs,
-        )
+        # downmix, resampling, VAD (its flags kept as long as the ring keeps the audio)
+        self.frontend = Frontend(settings.audio, settings.post, settings.sample_rate, settings.buffer_samples, input_rate, channels)
         self.labels = tuple(labels)  # what its windows' probabilities name (the model's labels)
         self.next_end = settings.min_audio_samples
         self.last_end = 0
@@ -159,38 +153,24 @@ class Stream:
         self._on_retired = on_retired
         self._done = 0  # windows the scheduler finished (scored or dropped); seq - _done are outstanding
         self._cond = threading.Condition()
-        self._resampler: Any = None
-        self.input_rate = 0
-        self.channels = 0
-        self.set_input(input_rate, channels)
 
     # ------------------------------------------------------------ feeding
 
+    @property
+    def input_rate(self) -> int:
+        return self.frontend.input_rate
+
+    @property
+    def channels(self) -> int:
+        return self.frontend.channels
+
     def set_input(self, input_rate: int, channels: int) -> None:
         """(Re)declare the native format; a device reopened at another rate gets a fresh resampler."""
-        if input_rate == self.input_rate and channels == self.channels:
-            return
-        if self._resampler is not None:
-            self._append(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-        self.input_rate = int(input_rate)
-        self.channels = int(channels)
-        self._resampler = None
-        if self.input_rate != self.settings.sample_rate:
-            import soxr
-
-            self._resampler = soxr.ResampleStream(
-                self.input_rate, self.settings.sample_rate, 1, dtype="float32", quality=self.settings.audio.resample_quality
-            )
+        self._append(self.frontend.set_input(input_rate, channels))
 
     def push(self, frames: np.ndarray) -> None:
-        """Native-rate float32 frames ``[n]`` or ``[n, channels]``: downmix, resample, store, emit due windows."""
-        if frames.ndim == 2:
-            mono = frames[:, 0] if frames.shape[1] == 1 else frames.mean(axis=1, dtype=np.float32)
-        else:
-            mono = frames
-        mono = np.ascontiguousarray(mono, dtype=np.float32)
-        out = mono if self._resampler is None else self._resampler.resample_chunk(mono, last=False)
-        self._append(out)
+        """Native-rate float32 frames ``[n]`` or ``[n, channels]``: through the front end, into the ring, due windows cut."""
+        self._append(self.frontend.process(frames))
 
     def finish(self) -> None:
         """End of input: flush the resampler and emit a final window ending at the last sample.
@@ -200,8 +180,7 @@ class Stream:
         """
         if self.ended:
             return
-        if self._resampler is not None:
-            self._append(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+        self._append(self.frontend.flush())
         end = self.ring.written
         if end > self.last_end:
             self._emit(end)
@@ -230,7 +209,6 @@ class Stream:
         if len(audio) == 0:
             return
         self.ring.write(audio)
-        self.vad.process(audio)
         while self.ring.written >= self.next_end:
             self._emit(self.next_end)
             self.next_end += self.settings.hop_samples
@@ -285,10 +263,10 @@ class Stream:
         return True
 
     def voiced_fraction(self, window: Window) -> float:
-        return self.vad.voiced_fraction(window.start, window.end)
+        return self.frontend.voiced_fraction(window.start, window.end)
 
     def voiced_seconds(self, window: Window) -> float:
-        return self.vad.voiced_seconds(window.start, window.end)
+        return self.frontend.voiced_seconds(window.start, window.end)
 
     # ------------------------------------------------------------ back-pressure
 
