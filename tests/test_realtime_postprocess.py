@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from contract.audio import SAMPLE_RATE, load_audio
+from realtime.config import load_daemon_config
 from realtime.postprocess import Smoother, VoiceActivity
 from realtime.sources import demo_clip_path
 
@@ -62,6 +63,31 @@ def test_vad_counts_voiced_seconds_of_a_window():
     assert 1.5 < vad.voiced_seconds(0, 6 * SR) <= 2.1
     assert vad.voiced_seconds(0, 6 * SR) == pytest.approx(vad.voiced_fraction(0, 6 * SR) * 6.0, abs=0.03)
     assert vad.voiced_seconds(0, 2 * SR) == 0.0 and vad.voiced_seconds(100, 50) == 0.0
+
+
+def test_window_gate_passes_a_second_of_speech_but_not_noise_or_room_tone():
+    """The shipped gate (post.vad_min_voiced_s): a window holding as much speech as the stream scorer scores
+    (1 s, under noise 10-30 dB below it) is voiced; 5 s of steady noise or room tone of any colour is not."""
+    from realtime.postprocess import window_is_voiced
+    from training.features import coloured_noise
+
+    gate = load_daemon_config().post.vad_min_voiced_s
+    rng = np.random.default_rng(0)
+    speech = load_audio(demo_clip_path())
+    for seconds in (1.0, 1.5):
+        for snr in (30, 20, 10):
+            audio = np.zeros(10 * SR, np.float32)
+            part = speech[SR : SR + int(seconds * SR)]
+            audio[5 * SR : 5 * SR + len(part)] = part
+            audio += (coloured_noise(len(audio), rng, 1.0) * np.sqrt(np.mean(part**2) / 10 ** (snr / 10))).astype(np.float32)
+            vad = VoiceActivity(SR, capacity_s=20.0)
+            vad.process(audio)
+            assert window_is_voiced(vad.voiced_seconds(3 * SR, 8 * SR), gate), (seconds, snr)
+    for colour in (0.0, 1.0, 2.0):
+        for dbfs in (-70, -50, -35):
+            noise = (coloured_noise(20 * SR, rng, colour) * 10 ** (dbfs / 20)).astype(np.float32)
+            assert not any(window_is_voiced(v, gate) for v in voiced_seconds_per_window(noise)), (colour, dbfs)
+    assert window_is_voiced(0.0, 0.0)  # a gate of 0 s passes everything
 
 
 def test_smoother_time_constant_and_gate():
