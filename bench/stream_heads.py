@@ -50,7 +50,7 @@ def main() -> int:
     ap.add_argument("--parity", action="store_true", help="check the offline probabilities against the kept daemon ones")
     ap.add_argument("--tag", default="")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides, key=value")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may follow the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     import torch

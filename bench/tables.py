@@ -90,7 +90,17 @@ def accuracy_markdown(result: dict, heading: str = "###") -> str:
                 out.append(f"| {corpus} | {rows[0]['n']} | " + " | ".join(f"{r['ua']:.3f}" for r in rows) + " | "
                            + ", ".join(f"{k} {v:.2f}" for k, v in rows[-1]["recall"].items()) + " |")
         out.append("")
-    for name, e in encs.items():
+    return "\n".join(out + stream_lines(result)) + "\n"
+
+
+def stream_markdown(result: dict) -> str:
+    """bench/results/accuracy[-TAG].json: the live-like stream tables alone (per encoder that has them)."""
+    return "\n".join(stream_lines(result)) + "\n"
+
+
+def stream_lines(result: dict) -> list[str]:
+    out: list[str] = []
+    for name, e in result["encoders"].items():
         st = e.get("stream")
         if st:
             out += [f"Live-like streams ({name}; {st['hours']:.2f} h of audio through ser-listen --fast --once --jsonl, shipped smoothing and VAD):", "",
@@ -111,7 +121,7 @@ def accuracy_markdown(result: dict, heading: str = "###") -> str:
             if "flips_per_min" in st:  # results before it was measured render as they did
                 out += [f"The emotion on display changed {st['flips_per_min']:.1f} times a minute (post.smoothing_tau_s "
                         f"{st.get('post', {}).get('smoothing_tau_s', '?')}, post.vad_min_voiced_s {st.get('post', {}).get('vad_min_voiced_s', '?')}).", ""]
-    return "\n".join(out) + "\n"
+    return out
 
 
 def ablation_markdown(doc: dict) -> str:
@@ -423,6 +433,8 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "int8_encoder": int8_encoder_markdown,
     "int8": int8_markdown,
     "probe_layers": probe_markdown,
+    "stream-post": lambda doc: __import__("bench.stream_post", fromlist=["markdown"]).markdown(doc),  # late: they import this module
+    "stream-heads": lambda doc: __import__("bench.stream_heads", fromlist=["markdown"]).markdown(doc),
 }
 
 
