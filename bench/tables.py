@@ -458,6 +458,7 @@ README = REPO / "README.md"
 # file it is rendered from (bench/results/STEM.json) and how.
 README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "accuracy": ("accuracy", functools.partial(accuracy_markdown, heading="#####")),
+    "accuracy-streams": ("accuracy-stream-final", stream_markdown),
     "ablation": ("ablation", ablation_markdown),
     "engine": ("engine", engine_markdown),
     "daemon-whisper": ("daemon-whisper", daemon_markdown),
