@@ -87,6 +87,7 @@ class ClusterArgs:
     backend: str = "auto"  # the encoder's backend (auto | tensorrt | onnxruntime)
     device: str = "auto"  # the encoder's device (auto | cpu | cuda)
     threads: int | None = None  # the encoder's onnxruntime intra-op threads (None: its CPUs)
+    encoder_timeout_s: float = ENCODER_TIMEOUT_S  # an encoder call unanswered this long loses its batch's windows
     config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -98,6 +99,8 @@ class ClusterArgs:
         if unknown:
             raise ValueError(f"unknown application args {unknown}; known: {sorted(known)}")
         parsed = cls(**args)
+        if not parsed.encoder_timeout_s > 0:
+            raise ValueError(f"args.encoder_timeout_s must be > 0, not {parsed.encoder_timeout_s!r}")
         daemon_config_from_mapping(parsed.config, "args.config")  # fail at build time, not in every replica
         return parsed
 
@@ -389,7 +392,8 @@ api = FastAPI(title="ser", docs_url=None, redoc_url=None, openapi_url=None)
 class Ingress:
     """Protocol v1, the dashboard, ``/healthz`` and ``/metrics``: a ``ser-listen`` without a port or an engine of its own."""
 
-    async def __init__(self, encoder: DeploymentHandle, model: str | None = None, config: dict[str, Any] | None = None) -> None:
+    async def __init__(self, encoder: DeploymentHandle, model: str | None = None, config: dict[str, Any] | None = None,
+                       encoder_timeout_s: float = ENCODER_TIMEOUT_S) -> None:
         cfg = daemon_config_from_mapping(config or {}, "args.config")
         identity = replica_identity()
         metrics = DaemonMetrics(const_labels=identity)  # this process's one registry: the daemon's and the calls'
@@ -397,7 +401,8 @@ class Ingress:
         # The head is a few kFLOP per window: one intra-op thread, so the replica's CPU goes to its streams.
         local = load_engine(model, backend="onnxruntime", device="cpu", threads=1)
         caller = identity.get("replica", f"pid-{os.getpid()}")
-        engine = RemoteEncoder(local, encoder, described, caller, EncoderCallMetrics(metrics.registry, identity))
+        engine = RemoteEncoder(local, encoder, described, caller, EncoderCallMetrics(metrics.registry, identity),
+                               timeout_s=encoder_timeout_s)
         self.encoder = encoder
         self.daemon = Daemon(cfg, engine, device="none", metrics=metrics)
         self.daemon.identity = identity
@@ -468,4 +473,4 @@ def build_app(args: dict[str, Any] | None = None) -> Any:
     """The application ``serve run`` / ``serve deploy`` build from ``conf/serve.yaml`` (``import_path``)."""
     a = ClusterArgs.parse(args)
     encoder = Encoder.bind(a.model, a.backend, a.device, a.threads)
-    return Ingress.bind(encoder, a.model, a.config)
+    return Ingress.bind(encoder, a.model, a.config, a.encoder_timeout_s)

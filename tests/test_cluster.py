@@ -52,7 +52,7 @@ SR = 16_000
 FRAME = SR // 10  # 100 ms frames, as a live client sends them
 PROB_TOL = 1e-4  # |p_cluster - p_daemon| per label; measured differences are ~1e-7 (batch-dependent float sums)
 APP = "ser"
-STALE_AFTER_S = 30.0  # the daemons' scheduler.stale_after_s here (shipped: 1 s in conf/serve.yaml)
+STALE_AFTER_S = 30.0  # scheduler.stale_after_s and the encoder's timeout here (shipped: 1 s and 5 s)
 
 
 def free_port() -> int:
@@ -81,9 +81,9 @@ def build_test_app(ingress: dict[str, Any] | None = None, encoder: dict[str, Any
     # A late window is scored late, not dropped: the comparisons below must hold on a machine busy with
     # other work, where the shipped 1 s would drop some (the bench measures the shipped setting).
     config["scheduler"] = {**config.get("scheduler", {}), "stale_after_s": STALE_AFTER_S}
-    a = ClusterArgs.parse({**app["args"], "threads": 1, "config": config})
+    a = ClusterArgs.parse({**app["args"], "threads": 1, "config": config, "encoder_timeout_s": STALE_AFTER_S})
     enc = Encoder.options(**opts["Encoder"]).bind(a.model, a.backend, a.device, a.threads)
-    return Ingress.options(**opts["Ingress"]).bind(enc, a.model, a.config)
+    return Ingress.options(**opts["Ingress"]).bind(enc, a.model, a.config, a.encoder_timeout_s)
 
 
 class Cluster:
