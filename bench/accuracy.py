@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.lib import REPO, RESULTS, write_json
+from bench.lib import REPO, RESULTS, write_report
 from bench.tables import accuracy_markdown
 from contract.audio import LABELS
 
@@ -161,11 +161,8 @@ def main() -> int:
         result["encoders"][encoder] = entry
         del cache
     result["minutes"] = (time.time() - t0) / 60
-    out = write_json(RESULTS / f"accuracy{'-' + args.tag if args.tag else ''}.json", result, indent=1, default=float)
-    md = accuracy_markdown(result)
-    out.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {out} and {out.with_suffix('.md')} ({result['minutes']:.1f} min)")
+    write_report(RESULTS / f"accuracy{'-' + args.tag if args.tag else ''}.json", result, accuracy_markdown(result),
+                 f" ({result['minutes']:.1f} min)", indent=1, default=float)
     return 0
 
 

@@ -270,6 +270,15 @@ def write_json(path: str | Path, doc: dict, *, indent: int | None = 2, default: 
     return out
 
 
+def write_report(path: str | Path, doc: dict, markdown: str, note: str = "", **json_kw: Any) -> Path:
+    """A result: ``doc`` as JSON at ``path`` (:func:`write_json`), ``markdown`` beside it as ``.md``, both printed."""
+    out = write_json(path, doc, **json_kw)
+    out.with_suffix(".md").write_text(markdown)
+    print(markdown)
+    print(f"wrote {out} and {out.with_suffix('.md')}{note}")
+    return out
+
+
 def table(head: Sequence[str], rows: Iterable[Sequence[Any]], style: str = "markdown") -> str:
     """A table of ``rows`` (cells already formatted, or anything ``str`` accepts) under ``head``.
 

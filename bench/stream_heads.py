@@ -36,7 +36,7 @@ from bench.accuracy import (
     speaker_stream,
     stochastic,
 )
-from bench.lib import RESULTS, table, write_json
+from bench.lib import RESULTS, table, write_report
 from contract.audio import LABELS
 
 
@@ -117,11 +117,7 @@ def main() -> int:
                      f" parity {max(parity):.1e}" if parity else "")
     doc = {"overrides": args.overrides, "seeds": seeds, "folds": args.folds, "gate": gate, "tau": tau, "runs": runs,
            "summary": summarise(runs), "minutes": (time.time() - t0) / 60}
-    out = write_json(RESULTS / f"stream-heads{'-' + args.tag if args.tag else ''}.json", doc, indent=1, default=float)
-    md = markdown(doc)
-    out.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_report(RESULTS / f"stream-heads{'-' + args.tag if args.tag else ''}.json", doc, markdown(doc), indent=1, default=float)
     return 0
 
 

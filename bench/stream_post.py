@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.lib import RESULTS, table, write_json
+from bench.lib import RESULTS, table, write_report
 
 
 def voiced_seconds_by_kind(streams: list) -> dict[str, list[float]]:
@@ -66,11 +66,7 @@ def main() -> int:
                          "pause": r["pause"], "flips_per_min": r["flips"] / minutes, "folds": r["groups"]})
     doc = {"dir": str(args.dir), "streams": len(streams), "minutes": minutes, "rows": rows,
            "voiced_seconds": voiced_seconds_by_kind(streams)}
-    out = write_json(RESULTS / f"stream-post{'-' + args.tag if args.tag else ''}.json", doc, indent=1)
-    md = markdown(doc)
-    out.with_suffix(".md").write_text(md)
-    print(md)
-    print(f"wrote {out} and {out.with_suffix('.md')}")
+    write_report(RESULTS / f"stream-post{'-' + args.tag if args.tag else ''}.json", doc, markdown(doc), indent=1)
     return 0
 
 
