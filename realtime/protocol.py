@@ -27,7 +27,7 @@ import json
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from dataclasses import field as dc_field
 from typing import Any
 
@@ -259,27 +259,54 @@ def prediction(
 # ---------------------------------------------------------------- the session (no I/O)
 
 
-@dataclass(frozen=True)
 class Limits:
-    """A connection's budgets (``server.*`` of the daemon config; defaults in realtime.config);
-    the ``hello`` message advertises them."""
+    """A connection's budgets: a view of the daemon config's ``server`` section, read through, not a copy.
 
-    max_message_bytes: int
-    max_messages_per_s: float
-    max_text_bytes_per_s: float
-    max_starts_per_s: float
-    max_start_burst: int
-    max_audio_realtime_factor: float
-    max_audio_burst_s: float
+    ``realtime.config.ServerConfig`` owns each budget's type, default, range and
+    documentation; this class only names which of its keys are a connection's
+    budgets (:data:`KEYS`, in the order ``hello`` advertises them). It takes the
+    section (or anything with these attributes: the tests' variations), so this
+    module still imports no config code.
+    """
+
+    KEYS = (
+        "max_message_bytes",
+        "max_messages_per_s",
+        "max_text_bytes_per_s",
+        "max_starts_per_s",
+        "max_start_burst",
+        "max_audio_realtime_factor",
+        "max_audio_burst_s",
+    )
+    __slots__ = ("_server",)
+
+    def __init__(self, server: Any) -> None:
+        missing = [k for k in self.KEYS if not hasattr(server, k)]
+        if missing:
+            raise TypeError(f"not a server config section: no {', '.join(missing)}")
+        self._server = server
 
     @classmethod
     def from_server(cls, server: Any) -> Limits:
-        """The budgets out of a ``server`` config section (or anything with these attributes)."""
-        return cls(**{f.name: getattr(server, f.name) for f in fields(cls)})
+        """The budgets of a ``server`` config section (or anything with these attributes)."""
+        return cls(server)
+
+    def __getattr__(self, name: str) -> Any:  # each budget, as the section has it
+        if name in Limits.KEYS:
+            return getattr(self._server, name)
+        raise AttributeError(name)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Limits) and self.advertised() == other.advertised()
+
+    __hash__ = None  # type: ignore[assignment]  # a view of a mutable section: equal by value, not hashable
+
+    def __repr__(self) -> str:
+        return f"Limits({', '.join(f'{k}={v!r}' for k, v in self.advertised().items())})"
 
     def advertised(self) -> dict[str, Any]:
         """What a client needs to stay within the budgets (``ser-client --fast`` paces itself by these)."""
-        return asdict(self)
+        return {k: getattr(self._server, k) for k in self.KEYS}
 
 
 class TokenBucket:

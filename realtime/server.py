@@ -134,7 +134,8 @@ class ServerSettings:
         return getattr(self.config, name)
 
     def limits(self) -> Limits:
-        return Limits.from_server(self)
+        """A connection's budgets: a view of the same section (``hello`` advertises them)."""
+        return Limits(self.config)
 
 
 # ---------------------------------------------------------------- HTTP requests, read once

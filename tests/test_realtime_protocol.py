@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from realtime import protocol
-from realtime.config import load_daemon_config
+from realtime.config import ServerConfig, load_daemon_config, section
 from realtime.protocol import (
     CLOSE_POLICY,
     CLOSE_TOO_BIG,
@@ -33,13 +33,13 @@ STOP = json.dumps({"type": "stop"})
 
 
 @functools.cache
-def shipped_limits() -> Limits:
-    return Limits.from_server(load_daemon_config().server)
+def shipped_server() -> ServerConfig:
+    return section(load_daemon_config().server, ServerConfig)
 
 
 def limits(**over: float) -> Limits:
-    """The shipped budgets (realtime.config defaults), with ``over`` changed."""
-    return dataclasses.replace(shipped_limits(), **over)
+    """The shipped budgets (realtime.config defaults), with ``over`` changed: a view of such a server section."""
+    return Limits(dataclasses.replace(shipped_server(), **over))
 
 
 def s16(seconds: float, rate: int = 16000) -> bytes:
@@ -273,7 +273,7 @@ events = st.lists(
 @given(
     events=events,
     limits=st.builds(
-        Limits,
+        ServerConfig,
         max_message_bytes=st.integers(16, 4096),
         max_messages_per_s=st.floats(1, 50),
         max_text_bytes_per_s=st.floats(16, 4096),
@@ -281,7 +281,7 @@ events = st.lists(
         max_start_burst=st.integers(1, 4),
         max_audio_realtime_factor=st.floats(0.5, 3),
         max_audio_burst_s=st.floats(0.001, 2),
-    ),
+    ).map(Limits),  # a view of a server section with these budgets
 )
 def test_any_sequence_yields_documented_replies_or_closes_never_an_exception(events, limits):
     now = 0.0
