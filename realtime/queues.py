@@ -26,6 +26,10 @@ message kind) inside a ``group`` (a client; the key itself by default):
   ``order="fair"`` serves each class round-robin across groups, then across
   the keys of a group, oldest first within a key (the scheduler: one stream,
   or one client's many streams, cannot starve the rest).
+- **Batches.** ``take_while(decide, priority)`` takes items in service order
+  while ``decide`` says so, all under the lock: the consumer picks its batch
+  (a size and cost limit, stale items set apart) without ever holding the lock
+  itself, and what it decided on is what it gets.
 - **Drop accounting.** ``put`` returns what left and why (``coalesced``,
   ``evicted``, ``rejected``, ``overflow``); ``drops`` counts every reason for
   the queue's life.
@@ -39,6 +43,7 @@ event. Per-key bookkeeping is deleted as soon as a key has nothing pending.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -50,6 +55,14 @@ T = TypeVar("T")
 
 DROP_REASONS = ("coalesced", "evicted", "rejected", "overflow")
 ORDERS = ("fifo", "fair")
+
+
+class Decision(enum.Enum):
+    """What ``take_while`` does with the item it shows its caller."""
+
+    TAKE = "take"  # out of the queue, into the taken list
+    SKIP = "skip"  # out of the queue, into the skipped list (the caller discards it: a stale window)
+    STOP = "stop"  # left in place, and everything behind it: the take ends
 
 
 @dataclass(eq=False, slots=True)
@@ -265,30 +278,54 @@ class BoundedQueue(Generic[T]):
         With ``priority``, only from that class (a batch that must not mix classes).
         """
         with self._cond:
-            for p, cls in enumerate(self._classes):
-                if priority is not None and p != priority:
-                    continue
-                if cls.size:
-                    e = cls.pop_fifo() if self.order == "fifo" else cls.pop_fair()
-                    self._unindex(e)
-                    self._size -= 1
-                    self._cond.notify_all()
-                    return e.item
-            return None
+            cls = self._serving(priority)
+            if cls is None:
+                return None
+            e = cls.pop_fifo() if self.order == "fifo" else cls.pop_fair()
+            self._unindex(e)
+            self._size -= 1
+            self._cond.notify_all()
+            return e.item
 
-    def peek(self, priority: int | None = None) -> T | None:
-        """The item ``get_nowait(priority)`` would return next, left in place (a batch that stops short of it)."""
+    def take_while(
+        self, decide: Callable[[T], Decision], priority: int | None = None
+    ) -> tuple[list[T], list[T]]:
+        """Take items in service order, as ``decide`` says of each, under the queue's lock: one atomic batch.
+
+        ``decide(item)`` sees the item ``get_nowait(priority)`` would return next:
+        :attr:`Decision.TAKE` takes it, :attr:`Decision.SKIP` takes it out apart
+        (the caller discards it: a stale window), :attr:`Decision.STOP` leaves it
+        and everything behind it. Returns ``(taken, skipped)``, each in service
+        order. The item decided on is the item taken, however many producers put
+        meanwhile, so a consumer never holds the queue's lock itself. ``decide``
+        runs under that lock: it must not put or take (nor wait for a thread that does); if it raises, the
+        items taken before are lost with the exception, as with any consumer that fails holding them.
+        """
+        taken: list[T] = []
+        skipped: list[T] = []
         with self._cond:
-            for p, cls in enumerate(self._classes):
-                if priority is not None and p != priority:
-                    continue
-                if cls.size:
-                    return cls.head_fifo().item if self.order == "fifo" else cls.head_fair().item
-            return None
+            while True:
+                cls = self._serving(priority)
+                if cls is None:
+                    break
+                head = cls.head_fifo() if self.order == "fifo" else cls.head_fair()
+                verdict = decide(head.item)
+                if verdict is Decision.STOP:
+                    break
+                e = cls.pop_fifo() if self.order == "fifo" else cls.pop_fair()
+                self._unindex(e)
+                self._size -= 1
+                (taken if verdict is Decision.TAKE else skipped).append(e.item)
+            if taken or skipped:
+                self._cond.notify_all()
+        return taken, skipped
 
-    def locked(self) -> threading.Condition:
-        """The queue's lock, to hold across several calls (``peek`` then ``get_nowait`` of the same item)."""
-        return self._cond
+    def _serving(self, priority: int | None) -> _Class[T] | None:
+        """Under the lock: the class ``get_nowait(priority)`` serves from, or None when it has nothing."""
+        for p, cls in enumerate(self._classes):
+            if (priority is None or p == priority) and cls.size:
+                return cls
+        return None
 
     def head_priority(self) -> int | None:
         """The class the next ``get_nowait()`` serves from, or None when empty."""

@@ -50,7 +50,7 @@ import numpy as np
 from engine.interface import Engine, NonFiniteOutput
 from realtime.chunkstore import ChunkStore
 from realtime.metrics import DaemonMetrics
-from realtime.queues import BoundedQueue
+from realtime.queues import BoundedQueue, Decision
 from realtime.stream import Stream, Window
 
 log = logging.getLogger("ser-listen")
@@ -237,8 +237,6 @@ class Scheduler:
         with self._lock:  # busy before the windows leave the queue, so wait_idle never sees neither
             self._busy = True
         now = time.monotonic()
-        batch: list[Window] = []
-        stale: list[Window] = []
         # One class per batch: live streams never wait inside a batch of background windows; and while
         # live streams are being served, background batches are small, so a live window that falls due
         # meanwhile waits little for the engine.
@@ -249,21 +247,22 @@ class Scheduler:
         background = cls == 1 and self._live_recent(now)
         limit = max(1, self.max_batch // BACKGROUND_BATCH_DIVISOR) if background else self.max_batch
         chunks: set[tuple[int, int]] = set()
-        with q.locked():  # the window peeked is the window taken
-            while len(batch) < limit:
-                w = q.peek(priority=cls)
-                if w is None:
-                    break
-                if w.droppable and now - w.due > self.stale_after_s:
-                    stale.append(w)
-                    q.get_nowait(priority=cls)
-                    continue
-                need = self._chunks_to_encode(w) - chunks
-                if batch and len(chunks) + len(need) > limit:
-                    break
-                q.get_nowait(priority=cls)
-                chunks |= need
-                batch.append(w)
+        taken = 0
+
+        def decide(w: Window) -> Decision:  # under the queue's lock: the window decided on is the window taken
+            nonlocal taken
+            if taken >= limit:
+                return Decision.STOP
+            if w.droppable and now - w.due > self.stale_after_s:
+                return Decision.SKIP
+            need = self._chunks_to_encode(w) - chunks
+            if taken and len(chunks) + len(need) > limit:
+                return Decision.STOP
+            chunks.update(need)
+            taken += 1
+            return Decision.TAKE
+
+        batch, stale = q.take_while(decide, priority=cls)
         self.metrics.queue_depth.set(len(q))
         return batch, stale, background
 

@@ -3,7 +3,8 @@
 Each rule of the module docstring is exercised directly, then checked as a property over
 arbitrary sequences of puts and gets (hypothesis): the cap always holds, every
 item put is accounted for exactly once (served, dropped with a reason, or still held),
-``peek`` shows what ``get_nowait`` then takes, and fair order lets no key starve.
+``take_while`` shows its caller what ``get_nowait`` would take and takes exactly what it was told,
+and fair order lets no key starve.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realtime.queues import DROP_REASONS, BoundedQueue
+from realtime.queues import DROP_REASONS, BoundedQueue, Decision
 
 
 def take(q: BoundedQueue, n: int) -> list:
@@ -163,6 +164,76 @@ def test_wait_for_wakes_a_consumer_thread():
     assert not q.wait_for(timeout=0.01)  # empty: the wait times out
 
 
+def test_take_while_takes_skips_and_stops_as_told_within_one_class():
+    """The scheduler's batch: stale windows set apart, at most a few taken, one class, the rest left in order."""
+    q: BoundedQueue[str] = BoundedQueue(16, order="fair")
+    for key in ("a", "b"):
+        for i in range(3):
+            q.put(f"{key}{i}", key, group=key)
+    q.put("bg0", "c", priority=1)
+    shown: list[str] = []
+
+    def decide(item: str) -> Decision:
+        shown.append(item)
+        if item in ("a0", "b1"):
+            return Decision.SKIP  # stale: out of the queue, reported apart
+        return Decision.TAKE if len(shown) <= 4 else Decision.STOP
+
+    taken, skipped = q.take_while(decide, priority=0)
+    assert shown == ["a0", "b0", "a1", "b1", "a2"]  # round robin, as get_nowait serves them
+    assert taken == ["b0", "a1"] and skipped == ["a0", "b1"]
+    assert len(q) == 3 and take(q, 5) == ["a2", "b2", "bg0"]  # the stopped-at item leads, class 1 untouched
+    assert q.take_while(lambda item: Decision.TAKE) == ([], [])  # empty
+
+
+def test_take_while_without_a_class_serves_as_get_nowait_and_frees_coalesced_slots():
+    q: BoundedQueue[str] = BoundedQueue(8)
+    q.put("other", "x", priority=1)
+    q.put("streams v1", "streams", coalesce="streams")
+    q.put("own", "mine")
+    taken, skipped = q.take_while(lambda item: Decision.TAKE)
+    assert (taken, skipped) == (["streams v1", "own", "other"], []) and len(q) == 0 and q.key_count() == 0
+    assert q.put("streams v2", "streams", coalesce="streams").dropped == []  # queued afresh
+    assert q.take_while(lambda item: Decision.STOP) == ([], []) and take(q, 2) == ["streams v2"]
+
+
+def test_take_while_decides_on_the_item_it_takes_while_producers_put():
+    q: BoundedQueue[int] = BoundedQueue(10_000, order="fair")
+    stop = threading.Event()
+
+    def produce() -> None:
+        i = 0
+        while not stop.is_set() and i < 5000:
+            q.put(i, i % 7, group=i % 3)
+            i += 1
+
+    t = threading.Thread(target=produce)
+    t.start()
+    try:
+        seen: list[int] = []
+        got: list[int] = []
+        while t.is_alive() or q:
+            shown: list[int] = []
+
+            def decide(item: int, shown: list[int] = shown) -> Decision:
+                shown.append(item)
+                if len(shown) > 5:
+                    return Decision.STOP
+                return Decision.SKIP if item % 2 else Decision.TAKE
+
+            taken, skipped = q.take_while(decide)
+            decided = shown[: len(taken) + len(skipped)]
+            assert sorted(decided) == sorted(taken + skipped)
+            assert taken == [x for x in decided if x % 2 == 0] and skipped == [x for x in decided if x % 2]
+            seen += shown[len(decided) :]  # the item stopped at stays queued
+            got += decided
+    finally:
+        stop.set()
+        t.join(10)
+    assert sorted(got) == list(range(5000)) and len(q) == 0
+    assert set(seen) <= set(got)
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError):
         BoundedQueue(0)
@@ -186,6 +257,11 @@ op = st.one_of(
     st.tuples(st.just("get")),
     st.tuples(st.just("get_class"), st.integers(0, 1)),
     st.tuples(st.just("take"), st.integers(0, 5)),
+    st.tuples(
+        st.just("take_while"),
+        st.sampled_from([None, 0, 1]),
+        st.lists(st.sampled_from(list(Decision)), max_size=6),
+    ),
 )
 
 
@@ -209,11 +285,21 @@ def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops
             assert r.accepted == (n not in dropped)
         elif o[0] in ("get", "get_class"):
             prio = o[1] if o[0] == "get_class" else None
-            peeked = q.peek(priority=prio)  # what the scheduler looks at before it takes (or leaves) a window
+            shown: list[int] = []  # what a batch's decision looks at before it takes (or leaves) an item
+            assert q.take_while(lambda x, shown=shown: shown.append(x) or Decision.STOP, priority=prio) == (
+                [],
+                [],
+            )
             item = q.get_nowait(priority=prio)
-            assert peeked == item
+            assert shown == ([] if item is None else [item])
             if item is not None:
                 served.append(item)
+        elif o[0] == "take_while":
+            _, prio, verdicts = o
+            plan = iter(verdicts)
+            taken, skipped = q.take_while(lambda x, plan=plan: next(plan, Decision.STOP), priority=prio)
+            assert len(taken) + len(skipped) <= len(verdicts)
+            served.extend(taken + skipped)
         else:
             served.extend(take(q, o[1]))
         assert 0 <= len(q) <= capacity
