@@ -458,9 +458,13 @@ class Ingress:
         return _response(answer)
 
     def check_health(self) -> None:
-        """Serve's health check: a replica whose scheduler thread died is replaced."""
-        if self.daemon.loop is not None and not self.daemon.scheduler.is_alive():
-            raise RuntimeError("the scheduler thread of this ingress replica is not running")
+        """Serve's health check: a replica whose scheduler or intake thread died is replaced (``/healthz`` says
+        ``failing`` for the same threads: ``Daemon.dead_threads``)."""
+        dead = self.daemon.dead_threads()
+        if dead:
+            many = len(dead) > 1
+            threads = " and ".join(dead) + (" threads" if many else " thread")
+            raise RuntimeError(f"the {threads} of this ingress replica {'are' if many else 'is'} not running")
 
     async def __del__(self) -> None:
         """Graceful replica shutdown (scale-down, redeploy): clients get 1001 going away, as from ser-listen."""

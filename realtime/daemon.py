@@ -7,10 +7,11 @@ and published to WebSocket subscribers and, with ``--jsonl``, to a
 :class:`~realtime.jsonl.JsonlWriter` (which never blocks the loop). A stream
 leaves the list when :class:`~realtime.stream.Stream` says it is retired
 (ended, every window delivered); a remote stream holds its place under
-``server.max_remote_streams`` until then. ``health()`` reports the engine's
-and the local source's real state. SIGINT/SIGTERM stop capture, let in-flight
-windows finish (bounded), close every client with 1001 and return 0. With
-``--once`` the daemon stops by itself when its file source has retired.
+``server.max_remote_streams`` until then. ``health()`` reports the worker
+threads', the engine's and the local source's real state. SIGINT/SIGTERM stop
+capture, let in-flight windows finish (bounded), close every client with 1001
+and return 0. With ``--once`` the daemon stops by itself when its file source
+has retired.
 """
 
 from __future__ import annotations
@@ -247,17 +248,29 @@ class Daemon:
         with self._lock:
             return [s.describe() for s in self.streams.values()]
 
-    def health(self) -> dict[str, Any]:
-        """The daemon's real state: ``status`` is ``ok`` only while the engine works and the local source runs.
+    def dead_threads(self) -> list[str]:
+        """The worker threads of a running daemon that no longer run: ``scheduler`` (nothing is scored) and
+        ``intake`` (remote streams get no audio). Neither comes back by itself, so both health checks fail on
+        them: ``health()`` (``/healthz``) and the Ray Serve ingress's ``check_health`` (the replica is replaced).
+        Empty before the daemon runs (nothing is started yet)."""
+        if self.loop is None:
+            return []
+        workers = (("scheduler", self.scheduler), ("intake", self.intake))
+        return [name for name, worker in workers if not worker.is_alive()]
 
-        ``failing``: the engine's last batch raised (it is backing off);
-        ``degraded``: the local source failed or is reconnecting. The server
-        answers /healthz with 503 unless ``ok`` and strips names and paths.
+    def health(self) -> dict[str, Any]:
+        """The daemon's real state: ``status`` is ``ok`` only while its threads and engine work and the local source runs.
+
+        ``failing``: a worker thread died (``dead_threads`` names it) or the
+        engine's last batch raised (it is backing off); ``degraded``: the local
+        source failed or is reconnecting. The server answers /healthz with 503
+        unless ``ok`` and strips names and paths.
         """
         engine = describe_state(self.scheduler.engine_state())
         source = None if self.source is None else self.source.health()
+        dead = self.dead_threads()
         status = "ok"
-        if engine["status"] != "ok":
+        if dead or engine["status"] != "ok":
             status = "failing"
         elif source is not None and source["state"] in ("failed", "reconnecting"):
             status = "degraded"
@@ -269,6 +282,7 @@ class Daemon:
             "device": self.engine.device,
             "max_batch": self.scheduler.max_batch,
             "engine": engine,
+            "dead_threads": dead,
             "source": source,
             "streams": self.stream_list(),
             "clients": len(self.server.clients),

@@ -104,7 +104,13 @@ class Intake:
         self._wake_soon()
 
     def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        """Whether the worker can feed streams (a health check's question, as ``Scheduler.is_alive``): it runs,
+        or has not been needed yet (it starts with the first frame). False once stopped, or once it died:
+        every remote stream would then wait for audio that never reaches its ring."""
+        with self._cond:
+            if self._stopping:
+                return False
+            return self._thread is None or self._thread.is_alive()
 
     # ------------------------------------------------------------ internals
 

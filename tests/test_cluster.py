@@ -13,6 +13,8 @@ a deadline; every connection goes to 127.0.0.1.
   getting predictions; what was lost meanwhile is counted.
 - An ingress replica killed under a ``ser-client --reconnect``: the client sees the close,
   reconnects, streams again and finishes its file.
+- An ingress whose scheduler or intake thread is gone fails Serve's health check (no cluster: the
+  replica's class called on a daemon of this process).
 - The encoder scales from 1 to 2 replicas under load (before the kills: a killed ingress replica's last
   report of calls in flight can hold the encoder's autoscaling up for a while).
 """
@@ -301,6 +303,36 @@ def stream_together(url: str, audio: np.ndarray, n: int, distinct_replicas: bool
 
 def by_seq(predictions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return {p["seq"]: p for p in predictions}
+
+
+def test_an_ingress_whose_scheduler_or_intake_thread_is_gone_fails_its_health_check(engine):
+    """Serve's check_health asks the daemon's dead_threads (as /healthz does): no cluster needed, the replica's
+    own object, with a daemon of this process."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from realtime.cluster import Ingress
+    from realtime.config import load_daemon_config
+    from realtime.daemon import Daemon
+
+    check = Ingress.func_or_class.check_health  # the class Serve runs; called on a stand-in replica
+
+    async def main() -> None:
+        d = Daemon(load_daemon_config(["server.port=0"]), engine, announce=lambda line: None)
+        replica = SimpleNamespace(daemon=d)
+        check(replica)  # not started yet
+        await d.start_embedded()
+        try:
+            check(replica)
+            d.intake.stop()
+            with pytest.raises(RuntimeError, match="^the intake thread of this ingress replica is not"):
+                check(replica)
+        finally:
+            d.scheduler.stop()
+        with pytest.raises(RuntimeError, match="^the scheduler and intake threads of this ingress"):
+            check(replica)
+
+    asyncio.run(main())
 
 
 def test_two_ingress_replicas_give_the_daemons_probabilities_and_share_encoder_batches(cluster, speech):

@@ -150,3 +150,44 @@ def test_per_stream_bookkeeping_is_not_kept_after_streams_retire(engine):
             d.scheduler.stop()
 
     asyncio.run(main())
+
+
+# The intake's death is the point of the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_dead_worker_thread_fails_health(engine):
+    """/healthz said ok with the intake thread dead (remote streams fed nothing), and the Ray ingress's
+    check_health looked at the scheduler only: both now ask ``dead_threads``."""
+    import asyncio
+
+    import numpy as np
+
+    from realtime.daemon import Daemon
+
+    async def main() -> None:
+        d = Daemon(load_daemon_config(["server.port=0"]), engine, announce=lambda line: None)
+        assert d.dead_threads() == []  # not running yet: nothing is started, nothing is dead
+        await d.start_embedded()
+        try:
+            health = d.health()
+            assert health["status"] == "ok" and health["dead_threads"] == [] and d.dead_threads() == []
+            s = d.open_remote_stream(SR, 1, "pcm_s16le", owner="c1")
+
+            def die(frames: np.ndarray) -> None:
+                raise SystemExit("the intake worker dies")  # `except Exception` in the worker lets it through
+
+            s.push = die  # type: ignore[method-assign]
+            await d.feed_remote_stream(s, np.zeros((1600, 1), np.float32))
+            for _ in range(3000):
+                if not d.intake.is_alive():
+                    break
+                await asyncio.sleep(0.01)
+            health = d.health()
+            assert d.dead_threads() == ["intake"] and health["dead_threads"] == ["intake"]
+            assert health["status"] == "failing" and health["engine"]["status"] == "ok"
+            answer = d.server._health()  # what /healthz answers
+            assert int(answer.status) == 503 and json.loads(answer.body)["dead_threads"] == ["intake"]
+        finally:
+            d.scheduler.stop()
+        assert d.dead_threads() == ["scheduler", "intake"]
+
+    asyncio.run(main())

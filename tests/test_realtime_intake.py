@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import numpy as np
+import pytest
 
 from realtime.intake import Intake
 
@@ -133,3 +135,34 @@ def test_after_stop_nothing_is_queued():
 
     asyncio.run(main())
     assert intake.pending() == 0 and s.got == [1.0]
+
+
+class Killer(Recorder):
+    """A stream whose push ends the worker thread: something ``except Exception`` does not hold back."""
+
+    def push(self, frames: np.ndarray) -> None:
+        raise SystemExit("the intake worker dies")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death is the point
+def test_is_alive_until_the_worker_dies_or_is_stopped():
+    intake = Intake()
+    assert intake.is_alive()  # not started yet (it starts with the first frame): nothing is wrong
+    s = Recorder("s")
+
+    async def feed(stream: Recorder) -> None:
+        await intake.push(stream, frame(1))
+
+    asyncio.run(feed(s))
+    assert intake.wait_idle(30) and s.got == [1.0] and intake.is_alive()
+    asyncio.run(feed(Killer("k")))
+    deadline = time.monotonic() + 30
+    while intake.is_alive():
+        assert time.monotonic() < deadline, "the worker did not end"
+        time.sleep(0.01)
+    late = Recorder("late")
+    asyncio.run(feed(late))  # queued, and nothing will ever feed it
+    assert not intake.wait_idle(0.1) and intake.pending() == 1 and late.got == []
+    stopped = Intake()
+    stopped.stop()
+    assert not stopped.is_alive()  # a stopped intake feeds nothing either
