@@ -11,7 +11,7 @@ enough to give precise errors. Torch-free: the daemon applies its overrides with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +68,22 @@ def _load_group(group: str, choice: str, conf_dir: Path) -> dict:
     return merged
 
 
-def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR) -> DictConfig:
-    """Build the config ``conf/<name>.yaml`` with its groups and the given overrides applied."""
+def compose(
+    name: str,
+    overrides: Sequence[str] = (),
+    conf_dir: Path = CONF_DIR,
+    sections: Mapping[str, Callable[[Any, str], DictConfig]] | None = None,
+) -> DictConfig:
+    """Build the config ``conf/<name>.yaml`` with its groups and the given overrides applied.
+
+    ``sections`` maps a top-level key to the function that types and
+    validates it (``training.schema.model_config`` for ``model``), called
+    with the section and its key twice: on the files, which fills the keys
+    they leave at the schema's defaults (so ``a.b=value`` may set them), and
+    after the overrides, so a mistyped or unknown key is a ConfigError naming
+    it, whichever file or override set it. This module stays schema-free: the
+    package that owns a section passes it.
+    """
     base_path = conf_dir / f"{name}.yaml"
     if not base_path.is_file():
         raise ConfigError(f"no config named {name!r} in {conf_dir}")
@@ -91,6 +105,9 @@ def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR)
             continue
         base[group] = _merge_concat(base.get(group) or {}, _load_group(group, choice, conf_dir))
     base["choices"] = {g: str(c) for g, c in defaults.items()}
+    for key, typed in (sections or {}).items():
+        if key in base:
+            base[key] = OmegaConf.to_container(typed(base[key], key), resolve=False)
     cfg = OmegaConf.create(base)
 
     cfg = apply_overrides(cfg, plain)
@@ -99,6 +116,9 @@ def compose(name: str, overrides: Sequence[str] = (), conf_dir: Path = CONF_DIR)
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config {name!r} does not resolve: {exc}") from exc
+    for key, typed in (sections or {}).items():
+        if key in cfg:
+            cfg[key] = typed(cfg[key], key)
     OmegaConf.set_struct(cfg, True)
     return cfg
 

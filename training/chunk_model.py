@@ -32,10 +32,9 @@ from torch import nn
 
 from contract.audio import LABELS
 from contract.geometry import ChunkGeometry
+from training.schema import model_config
 from training.voicing import chunk_gate, combine, frame_levels, frame_weights, weighted_moments
 from training.whisper import DIMENSIONS, HOP_LENGTH, WhisperEncoder, WhisperLogMel
-
-KINDS = ("moments", "attention")
 
 
 class MomentHead(nn.Module):
@@ -133,22 +132,22 @@ class WhisperChunkModel(nn.Module):
     """Frontend + encoder + per-chunk moments (the chunk half) and the head (the window half)."""
 
     def __init__(self, model_cfg: Any) -> None:
+        """``model_cfg``: a ``conf/model/whisper*.yaml`` config, whole or partial (absent keys take the schema's defaults)."""
         super().__init__()
-        enc, head = model_cfg["encoder"], model_cfg["head"]
-        self.variant = str(model_cfg.get("variant", "whisper"))
-        self.encoder_name = str(enc.get("name", "tiny.en"))
+        cfg = model_config(model_cfg)  # ConfigError naming the key for anything unknown, mistyped or out of range
+        enc, head = cfg.encoder, cfg.head
+        self.variant = cfg.variant
+        self.encoder_name = enc.name
         if self.encoder_name not in DIMENSIONS:
             raise ValueError(f"encoder.name must be one of {sorted(DIMENSIONS)}, got {self.encoder_name!r}")
         dims = DIMENSIONS[self.encoder_name]
-        self.layers = [int(i) for i in head["layers"]]
+        self.layers = list(head.layers)
         if not self.layers or min(self.layers) < 0 or max(self.layers) > dims.n_audio_layer:
             raise ValueError(f"head.layers must lie in 0..{dims.n_audio_layer} for {self.encoder_name}, got {self.layers}")
-        self.kind = str(head.get("kind", "moments"))
-        if self.kind not in KINDS:
-            raise ValueError(f"head.kind must be one of {KINDS}, got {self.kind!r}")
+        self.kind = head.kind
         blocks = max(self.layers)  # run only the blocks whose states are used
         # GeometryError (a ValueError) when chunk_s and hop_s do not tile the window.
-        self.geometry = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
+        self.geometry = ChunkGeometry.from_seconds(enc.chunk_s, enc.hop_s)
         self.d = dims.n_audio_state
         self.frontend = WhisperLogMel()
         self.encoder = WhisperEncoder(dims, blocks, max_positions=self.geometry.chunk_samples // HOP_LENGTH // 2)
@@ -158,8 +157,8 @@ class WhisperChunkModel(nn.Module):
             self.head: nn.Module = MomentHead(f)
             dim = 4 * f + 2
         else:
-            self.mix = LayerMix(len(self.layers), 2 * self.d, str(head.get("mix", "concat")))
-            self.head = ChunkHead(self.mix.dim, int(head.get("hidden", 0)), float(head.get("dropout", 0.3)), str(head.get("pooling", "attention")))
+            self.mix = LayerMix(len(self.layers), 2 * self.d, head.mix)
+            self.head = ChunkHead(self.mix.dim, head.hidden, head.dropout, head.pooling)
             dim = self.mix.dim
         self.embedding_dim = dim
 

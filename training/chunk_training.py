@@ -27,33 +27,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch.nn import functional as F
 
 from contract.audio import LABELS
 from training.corpora import Record
 from training.features import FeatureSet
+from training.schema import corpus_factor, head_trainer_config, model_config
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TRAINER = {
-    "optimizer": "lbfgs",  # lbfgs: the convex fit of the moments head; adamw: minibatches (the attention head's only choice)
-    "c": 0.05,  # inverse L2 strength of the L-BFGS fit, as scikit-learn's C (sample weights of mean 1)
-    "max_iter": 200,
-    "steps": 1500,
-    "batch_size": 64,
-    "lr": 1e-3,
-    "weight_decay": 0.01,
-    "warmup_steps": 200,
-    "label_smoothing": 0.05,
-    "dropout": 0.3,  # adamw on the moments head: dropout on the standardised pooled features
-    "corpus_alpha": 0.5,
-    "corpus_weights": None,  # name -> factor on a corpus's share ("default": the others)
-    "clean_p": 0.25,  # share of each clip's training weight on the clean variant (the rest: augmented ones)
-    "temperature_folds": 0,  # > 0: the temperature also sees out-of-fold logits of the training speakers
-    "stream_p": 0.0,  # share of each clip's weight on stream-like windows (several clips of its speaker, pauses)
-    "stream_passes": 2,  # stream-like windows: how many shuffled streams of each training speaker's clips
-    "stream_per_clip": 4,  # ... and at most this many windows labelled by each clip
-}
 
 
 @dataclass
@@ -366,7 +348,7 @@ def sample_weights(records: Sequence[Record], alpha: float, corpus_weights: dict
     per_cc = Counter((r.corpus, r.label) for r in records)
     classes_in = {c: len({lab for (cc, lab) in per_cc if cc == c}) for c in per_corpus}
     cw = dict(corpus_weights or {})
-    corpus_w = {c: n**alpha * float(cw.get(c, cw.get("default", 1.0))) for c, n in per_corpus.items()}
+    corpus_w = {c: n**alpha * corpus_factor(cw, c) for c, n in per_corpus.items()}
     total = sum(corpus_w.values())
     p = np.array([corpus_w[r.corpus] / total / classes_in[r.corpus] / per_cc[(r.corpus, r.label)] for r in records])
     p /= p.sum()
@@ -445,19 +427,19 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, c: float,
 def fit_minibatch(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cfg: dict, seed: int,
                   n_classes: int = len(LABELS)) -> tuple[torch.Tensor, torch.Tensor]:
     """The same linear layer trained the previous head's way: AdamW, warm-up + cosine, dropout, label smoothing."""
-    c = {**DEFAULT_TRAINER, **cfg}
+    c = head_trainer_config(cfg)
     gen = torch.Generator().manual_seed(seed)
     lin = torch.nn.Linear(x.shape[1], n_classes)
-    drop = torch.nn.Dropout(float(c["dropout"]))
-    opt = torch.optim.AdamW(lin.parameters(), lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
-    steps, warm = int(c["steps"]), int(c["warmup_steps"])
+    drop = torch.nn.Dropout(c.dropout)
+    opt = torch.optim.AdamW(lin.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    steps, warm, batch, smoothing = c.steps, c.warmup_steps, c.batch_size, c.label_smoothing
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
     )
     torch.manual_seed(seed)
     for _ in range(steps):
-        rows = torch.multinomial(weight, int(c["batch_size"]), replacement=True, generator=gen)
-        loss = F.cross_entropy(lin(drop(x[rows])), y[rows], label_smoothing=float(c["label_smoothing"]))
+        rows = torch.multinomial(weight, batch, replacement=True, generator=gen)
+        loss = F.cross_entropy(lin(drop(x[rows])), y[rows], label_smoothing=smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -466,32 +448,32 @@ def fit_minibatch(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, cfg: d
 
 
 def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], bank: tuple[np.ndarray, np.ndarray],
-             cfg: dict, seed: int, pooling: str = "window_moments") -> dict:
+             cfg: Any, seed: int, pooling: str = "window_moments") -> dict:
     """Fit ``model``'s head on windows of the training clips; returns training stats.
 
     ``train[0]`` must be the clean variant: it sets the standardisation
     statistics. The moments head is one linear layer on standardised pooled
     features (``pooling`` other than ``window_moments`` exists for the
     ablation and is not what the model serves); the attention head trains as before.
+    ``cfg`` holds ``head_trainer`` keys; those it leaves out take the schema's defaults.
     """
-    c = {**DEFAULT_TRAINER, **(cfg or {})}
+    c = head_trainer_config(cfg)
     if model.kind == "attention":
         return _fit_attention(model, train, records, bank, c, seed)
     k, layers = model.geometry.chunks_per_window, model.layers
     xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
-    stream_p = float(c["stream_p"])
+    stream_p = c.stream_p
     stream_of = None
     if stream_p > 0:
         if pooling != "window_moments":
             raise ValueError("head_trainer.stream_p needs the served pooling (window_moments)")
-        p_clip, _ = sample_weights(records, float(c["corpus_alpha"]), c.get("corpus_weights"))
-        x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, int(c["stream_passes"]),
-                                         model.geometry.hop_samples / 16000, use=p_clip > 0, per_clip=int(c["stream_per_clip"]))
+        p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
+        x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
+                                         model.geometry.hop_samples / 16000, use=p_clip > 0, per_clip=c.stream_per_clip)
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
-    weights = row_weights(train, records, float(c["corpus_alpha"]), float(c["clean_p"]), c.get("corpus_weights"),
-                          stream_of, stream_p)
+    weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)
     keep = [wt > 0 for wt in weights]
     x = torch.cat([xi[m] for xi, m in zip(xs, keep, strict=True)])
     y = torch.cat([yi[m] for yi, m in zip(ys, keep, strict=True)])
@@ -499,12 +481,10 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     clean = xs[0][keep[0]]  # the standardisation: clean windows of the clips that weigh in the fit
     mean, std = clean.mean(0), clean.std(0) + 1e-3
     z = (x - mean) / std
-    if c["optimizer"] == "lbfgs":
-        w, b = fit_linear(z, y, weight, float(c["c"]), max_iter=int(c["max_iter"]))
-    elif c["optimizer"] == "adamw":
+    if c.optimizer == "lbfgs":
+        w, b = fit_linear(z, y, weight, c.c, max_iter=c.max_iter)
+    else:  # adamw (the schema allows no other)
         w, b = fit_minibatch(z, y, weight, c, seed)
-    else:
-        raise ValueError(f"head_trainer.optimizer must be lbfgs or adamw, got {c['optimizer']!r}")
     head = model.head
     if z.shape[1] != head.linear.in_features:  # an ablation pooling of another width (not servable)
         head.linear = torch.nn.Linear(z.shape[1], head.linear.out_features)
@@ -522,7 +502,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
 
 
 def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Record], bank: tuple[np.ndarray, np.ndarray],
-                   c: dict, seed: int) -> dict:
+                   c: Any, seed: int) -> dict:
     """The previous head: attention over per-chunk all-frame statistics, minibatches of sampled windows, AdamW."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -531,14 +511,14 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
     _set_standardisation(model, train[0], layers)
 
     labels = torch.tensor([r.label_index for r in records])
-    p_clip, class_w = sample_weights(records, float(c["corpus_alpha"]), c.get("corpus_weights"))
+    p_clip, class_w = sample_weights(records, c.corpus_alpha, c.corpus_weights)
     by_clip = [_windows_by_clip(w, len(records)) for w in train]
     n_var = len(train)
-    p_var = np.array([c["clean_p"]] + [(1 - c["clean_p"]) / (n_var - 1)] * (n_var - 1)) if n_var > 1 else np.ones(1)
+    p_var = np.array([c.clean_p] + [(1 - c.clean_p) / (n_var - 1)] * (n_var - 1)) if n_var > 1 else np.ones(1)
 
     params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
-    opt = torch.optim.AdamW(params, lr=float(c["lr"]), weight_decay=float(c["weight_decay"]))
-    steps, warm = int(c["steps"]), int(c["warmup_steps"])
+    opt = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    steps, warm = c.steps, c.warmup_steps
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / max(1, warm)) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / max(1, steps))))
     )
@@ -546,7 +526,7 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
     model.train()
     running = 0.0
     for step in range(steps):
-        clips = rng.choice(len(records), size=int(c["batch_size"]), p=p_clip)
+        clips = rng.choice(len(records), size=c.batch_size, p=p_clip)
         variants = rng.choice(n_var, size=len(clips), p=p_var)
         rows: list[list[int]] = [[] for _ in range(n_var)]
         order: list[list[int]] = [[] for _ in range(n_var)]
@@ -560,7 +540,7 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
         x = attention_input(torch.cat([p for p, _ in parts]), len(layers))
         y = labels[clips[np.concatenate([o for _, o in parts])]]
         logits = model.head(model.mix(x))
-        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=float(c["label_smoothing"]))
+        loss = F.cross_entropy(logits, y, weight=weight, label_smoothing=c.label_smoothing)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -650,11 +630,12 @@ def temperature_from_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[flo
 
 def training_windows(model_cfg: Any, train: Sequence[Record], cache: Any) -> list[Windows]:
     """The windows of ``train`` in every training variant (clean first); a randomly placed clip's silence is the noise bank."""
+    variants = model_config(model_cfg).features.train_variants
     return [select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank")
-            for v in (dict(v) for v in model_cfg["features"]["train_variants"])]
+            for v in (OmegaConf.to_container(v) for v in variants)]
 
 
-def out_of_fold_logits(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], corpora: set[str], cache: Any,
+def out_of_fold_logits(model_cfg: Any, trainer_cfg: Any, train: Sequence[Record], corpora: set[str], cache: Any,
                        seed: int, folds: int, pooling: str = "window_moments") -> tuple[np.ndarray, np.ndarray]:
     """Window logits (T 1) and labels of the training speakers of ``corpora``, each from a head fitted without them.
 
@@ -720,7 +701,7 @@ class SplitResult:
     train_stats: dict
 
 
-def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val: Sequence[Record],
+def train_split(model_cfg: Any, trainer_cfg: Any, train: Sequence[Record], val: Sequence[Record],
                 test: dict[str, tuple[Sequence[Record], dict]], cache: Any, seed: int) -> SplitResult:
     """Train one head on ``train`` (all training variants), calibrate on ``val``, score ``test`` sets.
 
@@ -735,17 +716,18 @@ def train_split(model_cfg: Any, trainer_cfg: dict, train: Sequence[Record], val:
 
     bank = cache.bank()
     model = WhisperChunkModel(model_cfg)
-    pooling = str((trainer_cfg or {}).get("pooling", "window_moments"))  # another one only in the ablation
-    stats = fit_head(model, training_windows(model_cfg, train, cache), train, bank, trainer_cfg, seed, pooling)
+    tc = head_trainer_config(trainer_cfg)
+    pooling = tc.pooling  # another one only in the ablation
+    stats = fit_head(model, training_windows(model_cfg, train, cache), train, bank, tc, seed, pooling)
     clean = {"name": "clean"}
     val_w = select_windows(cache.get(val, clean), val, "zeros")
     test_w = {name: select_windows(cache.get(recs, v), recs, "zeros") for name, (recs, v) in test.items()}
     first = next(iter(test), None)
     ece_before = score_clips(model, test_w[first], bank, test[first][0], pooling)["ece"] if first is not None else None
-    folds = int({**DEFAULT_TRAINER, **(trainer_cfg or {})}["temperature_folds"])
+    folds = tc.temperature_folds
     extra = None
     if folds > 0:
-        extra = out_of_fold_logits(model_cfg, trainer_cfg, train, {r.corpus for r in val}, cache, seed, folds, pooling)
+        extra = out_of_fold_logits(model_cfg, tc, train, {r.corpus for r in val}, cache, seed, folds, pooling)
     t, nll_before, nll_after = fit_temperature(model, val_w, bank, val, pooling, extra)
     results = {name: score_clips(model, test_w[name], bank, recs, pooling) for name, (recs, _) in test.items()}
     return SplitResult(model, t, (nll_before, nll_after), results, ece_before, stats)
@@ -768,17 +750,18 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
     from training.whisper_weights import weights_source
 
     run_dir = Path(run_dir)
-    mc = cfg["model"]
+    mc = model_config(cfg["model"])
+    cfg = {**cfg, "model": OmegaConf.to_container(mc)}  # the checkpoint stores every key, defaults included
     records, train_only = scan_corpora(cfg["data"]["corpora"])
     splits = split_records(records, train_only, cfg["split"], seed=int(cfg["seed"]))
     (run_dir / "splits.json").write_text(json.dumps(splits.speakers(), indent=2))
     if not splits.val:
         raise ValueError("the validation split is empty (needed for calibration): set split.val_fraction > 0 or split.val_speakers")
-    enc = mc["encoder"]
-    ch = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
-    cache = FeatureCache(cfg["dataset"]["cache_dir"], ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
+    enc = mc.encoder
+    ch = ChunkGeometry.from_seconds(enc.chunk_s, enc.hop_s)
+    cache = FeatureCache(cfg["dataset"]["cache_dir"], ch, enc.blocks, name=enc.name)
     test = {"test": (splits.test, {"name": "clean"})} if splits.test else {}
-    r = train_split(mc, dict(mc.get("head_trainer") or {}), splits.train, splits.val, test, cache, int(cfg["seed"]))
+    r = train_split(mc, mc.head_trainer, splits.train, splits.val, test, cache, int(cfg["seed"]))
     bank = cache.bank()
     val_m = score_clips(r.model, select_windows(cache.get(splits.val, {"name": "clean"}), splits.val, "zeros"), bank, splits.val)
     model = r.model
@@ -793,7 +776,7 @@ def train_run(cfg: dict, run_dir: Any) -> Any:
         "hyper_parameters": {"cfg": cfg},
         "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
         "ser": {"val_metrics": {"val/ua": val_m["ua"], "val/acc": val_m["accuracy"]}, "data": data_name,
-                "variant": mc.get("variant", "whisper"), "calibration": calibration, "encoder_weights": weights_source(model.encoder_name).source,
+                "variant": mc.variant, "calibration": calibration, "encoder_weights": weights_source(model.encoder_name).source,
                 "layer_weights": r.train_stats.get("layer_weights")},
     }, ckpt_dir / "last.ckpt")
     for stage, m in (("val", val_m), *((("test", r.test["test"]),) if "test" in r.test else ())):

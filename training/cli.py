@@ -44,8 +44,10 @@ config and exit.
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def train_main(overrides: Sequence[str], show_config: bool, verbose: bool) -> None:
     _setup_logging(verbose)
+    from training.schema import compose_train
+
     try:
-        cfg = compose("train", overrides)
+        cfg = compose_train(overrides)  # the model section typed: a wrong key or value fails here, named
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     if show_config:
@@ -55,7 +57,7 @@ def train_main(overrides: Sequence[str], show_config: bool, verbose: bool) -> No
         return
     try:
         run_dir = run_training(to_dict(cfg))
-    except (DataError, ValueError) as exc:
+    except (ConfigError, DataError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"ser-train: outputs in {run_dir}")
 
@@ -86,7 +88,7 @@ def run_training(cfg: dict) -> Path:
         return train_run(cfg, run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    resume = bool(cfg["run"].get("resume", True)) and last.is_file()
+    resume = bool(cfg["run"]["resume"]) and last.is_file()  # compose gives every train.yaml key
     run_dir.mkdir(parents=True, exist_ok=True)
     save(compose_from_dict(cfg), run_dir / "config.yaml")
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
@@ -99,12 +101,12 @@ def run_training(cfg: dict) -> Path:
         raise ValueError("the validation split is empty: set split.val_fraction > 0 or split.val_speakers")
 
     dm = EmotionDataModule(cfg, splits, train_only)
-    weights = class_weights(dm.train_labels(), 6).tolist() if cfg["loss"].get("class_weights", True) else None
+    weights = class_weights(dm.train_labels(), 6).tolist() if cfg["loss"]["class_weights"] else None
     module = EmotionModule(cfg, weights)
 
     t = cfg["trainer"]
     loggers = [CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tb", version="")]
-    if t.get("wandb"):
+    if t["wandb"]:
         try:
             from lightning.pytorch.loggers import WandbLogger
 
@@ -115,7 +117,7 @@ def run_training(cfg: dict) -> Path:
         dirpath=ckpt_dir, filename="best", monitor="val/ua", mode="max", save_last=True, save_top_k=1, enable_version_counter=False
     )
     callbacks = [best_cb, EarlyStopping(monitor="val/ua", mode="max", patience=int(t["patience"])), LearningRateMonitor()]
-    if t.get("ema_decay"):
+    if t["ema_decay"]:
         # Validate, select and ship the exponential moving average of the weights: on small, speaker-disjoint
         # validation sets it is far steadier than the raw weights of the last step.
         callbacks.append(EMAWeightAveraging(decay=float(t["ema_decay"])))

@@ -36,20 +36,24 @@ def package_version() -> str:
 def model_metadata(cfg: dict[str, Any], extras: dict[str, Any] | None = None, name: str | None = None) -> dict[str, str]:
     """Metadata for a model trained with ``cfg`` (a resolved ``ser-train`` config).
 
+    ``cfg`` is the config as ``training.model.load_checkpoint`` returns it:
+    its model section has every key (the stored config's absent ones at
+    training.schema's defaults), so it is read without fallbacks; a chunk
+    model has no spectrogram frontend and hears SAMPLE_RATE audio.
     ``extras`` is the checkpoint's optional ``"ser"`` block (validation
     metrics, data, variant); old checkpoints lack it, so every field falls
     back to the config.
     """
     extras = dict(extras or {})
-    model_cfg = cfg.get("model", {})
-    frontend = dict(model_cfg.get("frontend", {}))
-    variant = str(extras.get("variant") or model_cfg.get("variant") or "custom")
+    model_cfg = cfg["model"]
+    frontend = dict(model_cfg["frontend"]) if "frontend" in model_cfg else {}
+    variant = str(extras.get("variant") or model_cfg["variant"])
     data = extras.get("data") or (cfg.get("choices") or {}).get("data") or "unknown"
     window_s = float((cfg.get("dataset") or {}).get("window_s", WINDOW_S))
     metrics = {k: float(v) for k, v in dict(extras.get("val_metrics") or {}).items() if _is_number(v)}
     return {
         "labels": json.dumps(list(LABELS)),
-        "sample_rate": str(int(frontend.get("sample_rate", SAMPLE_RATE))),
+        "sample_rate": str(int(frontend["sample_rate"] if frontend else SAMPLE_RATE)),
         "window_s": repr(window_s),
         "variant": variant,
         "name": name or f"ser-{variant}",

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from contract.audio import NUM_CLASSES
+from contract.config import ConfigError
 from training.frontend import FrontendConfig, LogMel
+from training.schema import model_config, stored_model_config
 
 
 class ConvBlock(nn.Sequential):
@@ -143,8 +145,9 @@ class SpecAugment(nn.Module):
 
 
 def frontend_config(model_cfg: Any) -> FrontendConfig:
-    names = {f.name for f in fields(FrontendConfig)}
-    return FrontendConfig(**{k: v for k, v in dict(model_cfg["frontend"]).items() if k in names})
+    """The spectrogram frontend of a whole-window model config (keys it leaves out: FrontendConfig's defaults)."""
+    fe = model_config(model_cfg).frontend
+    return FrontendConfig(**{f.name: fe[f.name] for f in fields(FrontendConfig)})
 
 
 def build_model(model_cfg: Any) -> nn.Module:
@@ -153,27 +156,29 @@ def build_model(model_cfg: Any) -> nn.Module:
     A config with an ``encoder`` section is the chunked Whisper model
     (:class:`training.chunk_model.WhisperChunkModel`, random encoder weights
     until its checkpoint or ``load_pretrained_encoder`` fills them); the
-    others are whole-window spectrogram networks.
+    others are whole-window spectrogram networks. The config is checked
+    against :mod:`training.schema` (ConfigError naming the key).
     """
-    if "encoder" in model_cfg:
+    cfg = model_config(model_cfg)
+    if "encoder" in cfg:
         from training.chunk_model import WhisperChunkModel
 
-        return WhisperChunkModel(model_cfg)
-    fe_cfg = frontend_config(model_cfg)
-    net_cfg = dict(model_cfg["net"])
+        return WhisperChunkModel(cfg)
+    fe_cfg = frontend_config(cfg)
+    net_cfg = cfg.net
     net = SpectrogramTransformer(
         n_mels=fe_cfg.n_mels,
-        channels=list(net_cfg["channels"]),
-        kernels=list(net_cfg["kernels"]),
-        pools=[list(p) for p in net_cfg["pools"]],
-        d_model=int(net_cfg["d_model"]),
-        n_heads=int(net_cfg["n_heads"]),
-        ff_dim=int(net_cfg["ff_dim"]),
-        n_layers=int(net_cfg["n_layers"]),
-        dropout=float(net_cfg.get("dropout", 0.1)),
-        pooling=str(net_cfg.get("pooling", "mean")),
+        channels=list(net_cfg.channels),
+        kernels=list(net_cfg.kernels),
+        pools=[list(p) for p in net_cfg.pools],
+        d_model=net_cfg.d_model,
+        n_heads=net_cfg.n_heads,
+        ff_dim=net_cfg.ff_dim,
+        n_layers=net_cfg.n_layers,
+        dropout=net_cfg.dropout,
+        pooling=net_cfg.pooling,
     )
-    return EmotionModel(LogMel(fe_cfg), net, str(model_cfg.get("variant", "custom")))
+    return EmotionModel(LogMel(fe_cfg), net, cfg.variant)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -185,7 +190,11 @@ class CheckpointError(Exception):
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the model of a ``ser-train`` checkpoint (in eval mode) and return it with its config."""
+    """Rebuild the model of a ``ser-train`` checkpoint (in eval mode) and return it with its config.
+
+    The returned config's model section has every key: one the checkpoint's
+    stored config lacks (written before the key existed) is at the schema's default.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -198,7 +207,11 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> tuple[nn.Mod
         state = ckpt["state_dict"]
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path} is not a ser-train checkpoint (no {exc} inside)") from exc
-    model = build_model(cfg["model"])
+    try:
+        cfg = {**cfg, "model": stored_model_config(cfg["model"])}
+        model = build_model(cfg["model"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its stored config does not describe a model: {exc}") from exc
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     try:
         model.load_state_dict(weights)

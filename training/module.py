@@ -21,6 +21,7 @@ from training.dataset import AudioCache, EvalWindows, MixedEpochSampler, TrainWi
 from training.loss import focal_loss
 from training.metrics import classification_metrics
 from training.model import SpecAugment, build_model
+from training.schema import model_config
 from training.splits import Splits
 
 log = logging.getLogger(__name__)
@@ -105,14 +106,15 @@ class EmotionModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.cfg = cfg
-        self.model = build_model(cfg["model"])
-        spec = cfg["model"].get("specaugment")
-        self.specaugment = SpecAugment(**spec) if spec else None
+        model_cfg = model_config(cfg["model"])
+        self.model = build_model(model_cfg)
+        spec = model_cfg.specaugment
+        self.specaugment = SpecAugment(**spec) if spec is not None else None
         weights = torch.tensor(class_weights if class_weights else [1.0] * NUM_CLASSES, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.gamma = float(cfg["loss"]["gamma"]) if cfg["loss"]["name"] == "focal" else 0.0
-        self.label_smoothing = float(cfg["loss"].get("label_smoothing", 0.0))
-        self.mixup = float(cfg.get("mixup") or 0.0)
+        self.label_smoothing = float(cfg["loss"]["label_smoothing"])  # train.yaml holds every loss key
+        self.mixup = float(cfg["mixup"] or 0.0)
         self._scores: ClipScores | None = None
         self.last_metrics: dict[str, dict] = {}
 
@@ -120,7 +122,7 @@ class EmotionModule(L.LightningModule):
         return self.model(waveform)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        weight = self.class_weights if self.cfg["loss"].get("class_weights", True) else None
+        weight = self.class_weights if self.cfg["loss"]["class_weights"] else None
         return focal_loss(logits, target, self.gamma, weight, self.label_smoothing)
 
     def training_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
@@ -200,7 +202,7 @@ class EmotionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         val = self.last_metrics.get("val", {})
         checkpoint["ser"] = {
-            "variant": self.cfg["model"].get("variant"),
+            "variant": self.cfg["model"]["variant"],
             "data": self.cfg.get("choices", {}).get("data"),
             "val_metrics": {k: val[k] for k in ("ua", "accuracy", "macro_f1", "n") if k in val},
         }
