@@ -66,19 +66,23 @@ def sd(xs: list[float]) -> float:
 
 def stochastic(trainer: dict, head: dict) -> bool:
     """Whether a recipe's result depends on its seed (the convex L-BFGS fit of the moments head does not)."""
-    return (head.get("kind", "moments") != "moments" or trainer.get("optimizer", "lbfgs") != "lbfgs"
-            or float(trainer.get("stream_p") or 0) > 0)  # stream-like windows are drawn at random
+    return (head["kind"] != "moments" or trainer["optimizer"] != "lbfgs"
+            or float(trainer["stream_p"]) > 0)  # stream-like windows are drawn at random
 
 
 def load_recipe(encoder: str, overrides: list[str]) -> dict:
+    """The encoder's ``conf/model`` recipe with ``overrides`` (``model.KEY=VALUE``), complete: every key the
+    recipe leaves out at its schema default (training.schema), checked, as ``ser-train`` would see it."""
     import yaml
     from omegaconf import OmegaConf
+
+    from training.schema import model_config
 
     cfg = OmegaConf.create({"model": OmegaConf.load(REPO / "conf" / "model" / CONFIGS[encoder])})
     for o in overrides:
         key, value = o.split("=", 1)
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
-    return OmegaConf.to_container(cfg.model, resolve=True)
+    return OmegaConf.to_container(model_config(cfg.model), resolve=True)
 
 
 def cache_for(mc: dict, cache_dir: str):  # noqa: ANN201 (training.features.FeatureCache, imported late)
@@ -87,7 +91,7 @@ def cache_for(mc: dict, cache_dir: str):  # noqa: ANN201 (training.features.Feat
 
     enc = mc["encoder"]
     ch = ChunkGeometry.from_seconds(float(enc["chunk_s"]), float(enc["hop_s"]))
-    return FeatureCache(cache_dir, ch, int(enc["blocks"]), name=str(enc.get("name", "tiny.en")))
+    return FeatureCache(cache_dir, ch, int(enc["blocks"]), name=str(enc["name"]))
 
 
 def add_data_args(ap: argparse.ArgumentParser, folds: bool = True) -> None:
@@ -133,7 +137,7 @@ def main() -> int:
     result: dict = {"overrides": args.overrides, "folds": args.folds, "encoders": {}}
     for encoder in args.encoders:
         mc = load_recipe(encoder, args.overrides)
-        trainer = dict(mc.get("head_trainer") or {})
+        trainer = dict(mc["head_trainer"])
         seeds = args.seeds if stochastic(trainer, mc["head"]) else args.seeds[:1]
         cache = cache_for(mc, args.cache_dir)
         conditions = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
@@ -176,7 +180,7 @@ def export_head(model, mc: dict, path: Path) -> None:  # noqa: ANN001 (a Whisper
     from training.metadata import model_metadata
 
     model.load_pretrained_encoder()
-    meta = model_metadata({"model": mc}, {"variant": mc.get("variant", "whisper")}, name=path.stem)
+    meta = model_metadata({"model": mc}, {"variant": mc["variant"]}, name=path.stem)
     meta.update(chunk_metadata(model.geometry, model.embedding_dim))
     export_chunked_onnx(model, path, meta)
     diff = chunked_parity(model, path)

@@ -15,8 +15,7 @@ import logging
 import statistics
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from bench.accuracy import load_recipe
 from contract.geometry import ChunkGeometry
 from training.chunk_cv import cross_validate
 from training.corpora import scan_corpora
@@ -32,11 +31,11 @@ def main() -> None:
     ap.add_argument("--folds", type=int, nargs="+", default=[0, 4, 8])
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    mc = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / "whisper.yaml"), resolve=True)
+    mc = load_recipe("tiny.en", [])
     records = scan_corpora([{"name": c, "root": str(args.data_root / c)} for c in ("ravdess", "tess")])[0]
     enc = mc["encoder"]
     cache = FeatureCache(str(Path(args.cache_dir).expanduser()), ChunkGeometry.from_seconds(enc["chunk_s"], enc["hop_s"]),
-                         int(enc["blocks"]), name=enc.get("name", "tiny.en"))
+                         int(enc["blocks"]), name=enc["name"])
     for folds in args.folds:
         rows = cross_validate(mc, {**mc["head_trainer"], "temperature_folds": folds}, records, cache, [0],
                               {"clean": {"name": "clean"}})

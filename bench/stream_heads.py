@@ -73,7 +73,7 @@ def main() -> int:
     tau = post.smoothing_tau_s if args.tau is None else args.tau
     records = all_records(args.data_root)
     mc = load_recipe(args.encoder, args.overrides)
-    trainer = dict(mc.get("head_trainer") or {})
+    trainer = dict(mc["head_trainer"])
     seeds = args.seeds if stochastic(trainer, mc["head"]) else args.seeds[:1]
     cache = cache_for(mc, args.cache_dir)
     kept = {name: (preds, segs) for name, preds, segs in load_streams(args.dir)}  # "foldF/ravdess_NN"
