@@ -67,6 +67,33 @@ def test_degradations_keep_length_and_range() -> None:
     assert 8 < snr < 12
 
 
+def test_a_variant_limited_to_corpora_encodes_only_their_clips(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from training.features import covers, encode_variant
+
+    recs = []
+    for corpus in ("ravdess", "nemo"):
+        for i in range(3):
+            path = tmp_path / f"{corpus}-{i}.wav"
+            t = np.arange(16000) / 16000
+            sf.write(path, (0.2 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), 16000)
+            recs.append(Record(path, "anger", f"{corpus}:{i}", corpus))
+    seen: list[int] = []
+
+    def encoder(chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # stands for the Whisper statistics
+        seen.append(len(chunks))
+        return np.zeros((len(chunks), 2, 4), np.float16), np.ones((len(chunks), 2), np.float32)
+
+    variant = {"name": "noisy", "corpora": ["ravdess"], "noise_snr_db": [0, 20]}
+    fs = encode_variant(recs, variant, CH, encoder)
+    assert sorted(Path(p).name for p in fs.paths) == [f"ravdess-{i}.wav" for i in range(3)]
+    assert [covers(variant, r) for r in recs] == [True] * 3 + [False] * 3
+    # Without the key every corpus is covered, and the fraction draw is what it was before the key existed.
+    assert all(covers({"name": "noisy", "noise_snr_db": [0, 20]}, r) for r in recs)
+    assert sum(seen) == len(fs.feats)
+
+
 def records(spec: dict[tuple[str, str], int]) -> list[Record]:
     out = []
     for (corpus, label), n in spec.items():

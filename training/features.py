@@ -264,7 +264,10 @@ def _clip_rng(variant: dict, r: Record) -> np.random.Generator:
 
 
 def covers(variant: dict, r: Record) -> bool:
-    """Whether ``variant`` holds clip ``r`` (its ``fraction`` draw, the first of the clip's generator)."""
+    """Whether ``variant`` holds clip ``r``: its corpus is in ``corpora`` (when given) and its ``fraction`` draw
+    (the first of the clip's generator) falls inside."""
+    if "corpora" in variant and r.corpus not in variant["corpora"]:
+        return False
     return "fraction" not in variant or _clip_rng(variant, r).random() < float(variant["fraction"])
 
 
@@ -300,9 +303,9 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: ChunkGeometry, 
             log.warning("skipping %s", exc)
             continue
         rng = _clip_rng(variant, r)
-        if rng.random() >= float(variant.get("fraction", 1.0)):
+        if ("corpora" in variant and r.corpus not in variant["corpora"]) or rng.random() >= float(variant.get("fraction", 1.0)):
             continue  # a variant may cover a fixed random share of the clips (training falls back to clean)
-        if any(k for k in variant if k not in ("name", "place", "fraction")):
+        if any(k for k in variant if k not in ("name", "place", "fraction", "corpora")):
             audio = degrade(audio, variant, rng)
         left = None
         if variant.get("place") == "random" and len(audio) <= ch.window_samples:
