@@ -196,12 +196,14 @@ def cluster():
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     c = Cluster()
     try:
-        # Two ingress replicas; the encoder waits up to 50 ms for a second caller (the shipped 5 ms is
-        # tuned for many streams; two streams' calls meet only if they may wait for each other).
+        # Two ingress replicas; the encoder holds a call up to 1 s for a second one and runs as soon as it
+        # has two (the shipped 5 ms is tuned for many streams). Two streams' calls meet only if they may wait
+        # for each other: on a busy machine each replica sends a batch every second or so, and with a 50 ms
+        # wait nine calls in a row never met (CI). Latency does not matter here (stale_after_s is 30 s).
         c.deploy(build_test_app(
             ingress={"autoscaling_config": None, "num_replicas": 2},
             encoder={"autoscaling_config": None, "num_replicas": 1,
-                     "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}},
+                     "user_config": {"max_batch_size": 2, "batch_wait_timeout_s": 1.0}},
         ))
         yield c
     finally:
