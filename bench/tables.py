@@ -459,6 +459,7 @@ README = REPO / "README.md"
 README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "accuracy": ("accuracy", functools.partial(accuracy_markdown, heading="#####")),
     "accuracy-streams": ("accuracy-stream-final", stream_markdown),
+    "accuracy-shipped": ("accuracy-shipped-roomy", functools.partial(accuracy_markdown, heading="#####")),
     "ablation": ("ablation", ablation_markdown),
     "engine": ("engine", engine_markdown),
     "daemon-whisper": ("daemon-whisper", daemon_markdown),
