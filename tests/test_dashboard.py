@@ -554,7 +554,7 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
         page = open_page(browser, daemon.url)
         page.wait_for_function("() => document.getElementById('conn').dataset.state === 'open'")
         page.click("#mic-button")
-        page.wait_for_function("() => window.serShown.mic.state === 'streaming'", timeout=20_000)
+        page.wait_for_function("() => document.getElementById('mic-status').dataset.state === 'streaming'", timeout=20_000)
         mic_stream = page.evaluate("() => window.serState.mic.stream")
         status = page.text_content("#mic-status")
         assert "Streaming" in status and mic_stream in status, status
@@ -584,7 +584,7 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
 
         # The daemon restarts while the microphone is on: the page starts its stream again by itself.
         daemon.kill()
-        page.wait_for_function("() => window.serShown.mic.state === 'waiting'", timeout=15_000)
+        page.wait_for_function("() => document.getElementById('mic-status').dataset.state === 'waiting'", timeout=15_000)
         assert "resumes" in page.text_content("#mic-status")
         daemon.start()
         page.wait_for_function(
@@ -599,7 +599,7 @@ def test_browser_microphone_gets_its_own_predictions(daemon_factory, playwright_
         )
 
         page.click("#mic-button")  # stop
-        page.wait_for_function("() => window.serShown.mic.state === 'off'")
+        page.wait_for_function("() => document.getElementById('mic-status').dataset.state === 'off'")
         assert page.text_content("#mic-button") == "Use this browser's microphone"
         assert not page.problems, page.problems  # type: ignore[attr-defined]
     finally:
@@ -689,13 +689,13 @@ def test_controls_pick_a_stream_change_the_span_dismiss_and_reconnect_now(
         # machine and hide the button): the attempt that fails at once is the first of a new backoff.
         assert not page.locator("#reconnect-now").is_visible()
         daemon.kill()
-        page.wait_for_function("() => window.serShown.attempt >= 2", timeout=15_000)
+        page.wait_for_function("() => window.serState.attempt >= 2 && document.getElementById('conn').dataset.state === 'reconnecting'", timeout=15_000)
         assert page.locator("#reconnect-now").is_visible()
         page.click("#reconnect-now")
         page.wait_for_function("() => window.serState.attempt === 1", timeout=15_000, polling=20)
         daemon.start()
         page.wait_for_function(
-            "() => window.serShown.connection === 'open' && window.serShown.connects === 2", timeout=30_000
+            "() => window.serState.connects === 2 && document.getElementById('conn').dataset.state === 'open'", timeout=30_000
         )
         assert page.text_content("#conn-text") == "Connected (reconnected)"
         assert not page.locator("#reconnect-now").is_visible()

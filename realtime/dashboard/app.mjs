@@ -4,8 +4,8 @@
 //
 // Everything that happens becomes an event for the pure reducer (protocol.mjs); its effects
 // are carried out here, and the page is redrawn from its state once per animation frame.
-// window.serState is that state (plain data, for tests and debugging), window.serShown the state
-// the page last drew (the DOM follows serState one animation frame later); window.serSend sends
+// window.serState is that state (plain data, for tests and debugging; the DOM follows it one
+// animation frame later, and its data-state attributes say what was drawn); window.serSend sends
 // one protocol message on the live connection.
 
 import { renderBars } from "./bars.mjs";
@@ -92,7 +92,6 @@ function render() {
   renderLegend(el.legend, state.labels);
   renderTimeline(el.timeline, state);
   mic.render(state.mic);
-  window.serShown = state;
 }
 
 el.reconnectNow.addEventListener("click", () => conn.reconnectNow());
