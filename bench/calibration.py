@@ -79,13 +79,16 @@ def fit_calibrator(logits: np.ndarray, labels: np.ndarray, kind: str) -> tuple[n
     import torch
     import torch.nn.functional as F
 
+    from training.chunk_training import temperature_from_logits
+
+    n = logits.shape[1]
+    if kind == "temperature":  # exactly what ser-train fits
+        return np.full(n, 1.0 / temperature_from_logits(logits, labels)[0]), np.zeros(n)
     x = torch.from_numpy(np.asarray(logits, np.float64))
     y = torch.from_numpy(np.asarray(labels, np.int64))
-    n = x.shape[1]
     log_s = torch.zeros(n if kind == "vector" else 1, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(n, dtype=torch.float64, requires_grad=kind != "temperature")
-    params = [log_s] + ([b] if kind != "temperature" else [])
-    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=500, line_search_fn="strong_wolfe")
+    b = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_s, b], lr=0.5, max_iter=500, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -101,17 +104,14 @@ def fit_calibrator(logits: np.ndarray, labels: np.ndarray, kind: str) -> tuple[n
 
 def clip_scores(logits: np.ndarray, clip_of: np.ndarray, labels: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> dict:
     """UA, ECE and NLL of clips whose probabilities are the mean of their windows' calibrated ones."""
-    from training.chunk_training import expected_calibration_error
+    from training.chunk_training import expected_calibration_error, mean_by_clip
     from training.metrics import classification_metrics
 
     z = logits * scale + bias
     p = np.exp(z - z.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    probs = np.zeros((len(labels), p.shape[1]))
-    np.add.at(probs, clip_of, p)
-    counts = np.bincount(clip_of, minlength=len(labels))
-    seen = counts > 0
-    probs, y = probs[seen] / counts[seen, None], labels[seen]
+    seen = np.bincount(clip_of, minlength=len(labels)) > 0
+    probs, y = mean_by_clip(p, clip_of, len(labels))[seen], labels[seen]
     m = classification_metrics(y.tolist(), probs.argmax(1).tolist())
     nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
     return {"ua": m["ua"], "ece": expected_calibration_error(probs, y), "nll": nll}

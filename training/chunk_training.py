@@ -596,9 +596,14 @@ def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], b
 def clip_probs(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], n_clips: int, pooling: str = "window_moments") -> np.ndarray:
     """Per clip, the mean of its windows' probabilities (as ser-predict averages a long clip)."""
     probs = torch.softmax(torch.from_numpy(window_logits(model, w, bank, pooling=pooling)), -1).numpy()
+    return mean_by_clip(probs, w.clip_of, n_clips)
+
+
+def mean_by_clip(probs: np.ndarray, clip_of: np.ndarray, n_clips: int) -> np.ndarray:
+    """``[n_clips, classes]``: the mean of each clip's window rows (zeros for a clip without windows)."""
     out = np.zeros((n_clips, probs.shape[1]))
-    np.add.at(out, w.clip_of, probs)
-    counts = np.bincount(w.clip_of, minlength=n_clips)
+    np.add.at(out, clip_of, probs)
+    counts = np.bincount(clip_of, minlength=n_clips)
     return out / np.maximum(counts, 1)[:, None]
 
 
