@@ -103,8 +103,9 @@ def fit_calibrator(logits: np.ndarray, labels: np.ndarray, kind: str) -> tuple[n
 
 
 def clip_scores(logits: np.ndarray, clip_of: np.ndarray, labels: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> dict:
-    """UA, ECE and NLL of clips whose probabilities are the mean of their windows' calibrated ones."""
-    from training.chunk_training import expected_calibration_error, mean_by_clip
+    """UA, ECE (and its bins, to pool folds) and NLL of clips whose probabilities are the mean of their windows'
+    calibrated ones; ``probs`` and ``labels`` too, for the noise floor (not written)."""
+    from training.chunk_training import calibration_bins, ece_from_bins, mean_by_clip
     from training.metrics import classification_metrics
 
     z = logits * scale + bias
@@ -114,7 +115,8 @@ def clip_scores(logits: np.ndarray, clip_of: np.ndarray, labels: np.ndarray, sca
     probs, y = mean_by_clip(p, clip_of, len(labels))[seen], labels[seen]
     m = classification_metrics(y.tolist(), probs.argmax(1).tolist())
     nll = float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean())
-    return {"ua": m["ua"], "ece": expected_calibration_error(probs, y), "nll": nll}
+    bins = calibration_bins(probs, y)
+    return {"ua": m["ua"], "ece": ece_from_bins(bins), "nll": nll, "bins": bins.tolist(), "probs": probs, "labels": y}
 
 
 KINDS = ("none", "temperature_val", "temperature", "temperature_bias", "vector")
@@ -142,7 +144,17 @@ def compare(paths: list[Path]) -> list[dict]:
     return rows
 
 
-def summarise(rows: list[dict]) -> list[dict]:
+def seed_of(row: dict) -> str:
+    return row["file"].rsplit("-seed", 1)[1].split(".")[0]
+
+
+def summarise(rows: list[dict], floor_draws: int = 200) -> list[dict]:
+    """Per calibrator: the mean over runs (fold x seed) of each score; for clean clips also the ECE of each seed's
+    five folds pooled (880 clips), and beside both the noise floor: the ECE a perfectly calibrated head with the
+    same confidences would show on that many clips (training.chunk_training.ece_noise_floor)."""
+    from training.chunk_training import ece_from_bins, ece_noise_floor
+
+    rng = np.random.default_rng(0)
     out = []
     for kind in KINDS:
         rs = [r for r in rows if r["kind"] == kind]
@@ -151,6 +163,12 @@ def summarise(rows: list[dict]) -> list[dict]:
             for m in ("ua", "ece", "nll"):
                 s[f"{cond}_{m}"] = float(np.mean([r[cond][m] for r in rs]))
         s["clean_ece_per_run"] = [round(r["clean"]["ece"], 3) for r in rs]
+        s["clean_ece_floor"] = float(np.mean([ece_noise_floor(r["clean"]["probs"], rng, floor_draws) for r in rs]))
+        seeds = sorted({seed_of(r) for r in rs})
+        pooled = [[r["clean"] for r in rs if seed_of(r) == sd] for sd in seeds]
+        s["clean_ece_pooled"] = float(np.mean([ece_from_bins(np.sum([c["bins"] for c in cs], axis=0)) for cs in pooled]))
+        s["clean_ece_pooled_floor"] = float(np.mean([ece_noise_floor(np.concatenate([c["probs"] for c in cs]), rng, floor_draws)
+                                                    for cs in pooled]))
         out.append(s)
     return out
 
@@ -159,10 +177,13 @@ def markdown(summary: list[dict], n: int) -> str:
     head = ["calibrator (fitted on validation + out-of-fold logits)"]
     for cond in CONDITIONS:
         head += [f"{cond} ECE", f"{cond} UA"]
-    head.append("clean NLL")
-    body = [[s["kind"], *[f"{s[f'{c}_{m}']:.3f}" for c in CONDITIONS for m in ("ece", "ua")], f"{s['clean_nll']:.3f}"]
-            for s in summary]
-    return table(head, body) + f"\n\n({n} runs: 5 RAVDESS actor folds x seeds; `temperature_val`: the 2 validation actors alone)\n"
+    head += ["clean NLL", "clean ECE, folds pooled", "noise floor: per fold / pooled"]
+    body = [[s["kind"], *[f"{s[f'{c}_{m}']:.3f}" for c in CONDITIONS for m in ("ece", "ua")], f"{s['clean_nll']:.3f}",
+             f"{s['clean_ece_pooled']:.3f}", f"{s['clean_ece_floor']:.3f} / {s['clean_ece_pooled_floor']:.3f}"] for s in summary]
+    return table(head, body) + (f"\n\n({n} runs: 5 RAVDESS actor folds x seeds; `temperature_val`: the 2 validation actors alone. "
+                                "ECE columns are the mean over runs of each fold's 176 test clips; \"folds pooled\" scores each "
+                                "seed's 880 test clips as one set. The noise floor is the ECE a perfectly calibrated head with "
+                                "the same confidences would show on as many clips: labels drawn from its own probabilities)\n")
 
 
 def main() -> int:
@@ -190,6 +211,9 @@ def main() -> int:
     summary = summarise(rows)
     md = markdown(summary, len(paths))
     print(md)
+    for r in rows:  # the clips' probabilities served the noise floor; the JSON keeps scores and bins
+        for cond in CONDITIONS:
+            r[cond] = {k: v for k, v in r[cond].items() if k not in ("probs", "labels")}
     write_report(RESULTS / f"calibration{'-' + args.tag if args.tag else ''}.json",
                  {"overrides": args.overrides, "runs": [p.name for p in paths], "summary": summary, "rows": rows}, md)
     return 0

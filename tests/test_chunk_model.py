@@ -380,3 +380,28 @@ def test_head_fits_with_stream_like_windows() -> None:
     s1 = fit_head(model, [windows_of(synthetic_features(train, 0), "zeros")], train, bank, {"stream_p": 0.5}, seed=0)
     assert s1["windows"] > s0["windows"]  # the stream-like windows joined the fit
     assert score_clips(model, windows_of(synthetic_features(test, 2), "zeros"), bank, test)["ua"] > 0.9
+
+
+def test_calibration_bins_pool_folds_into_the_ece_of_all_clips() -> None:
+    from training.chunk_training import calibration_bins, ece_from_bins
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(300, 6)) * 2
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    labels = rng.integers(0, 6, 300)
+    pooled = calibration_bins(probs[:100], labels[:100]) + calibration_bins(probs[100:], labels[100:])
+    assert ece_from_bins(pooled) == pytest.approx(expected_calibration_error(probs, labels))
+    assert pooled[:, 0].sum() == 300
+
+
+def test_ece_noise_floor_shrinks_with_more_clips_and_is_what_a_calibrated_head_scores() -> None:
+    from training.chunk_training import ece_noise_floor
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2000, 6)) * 2
+    probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    small, large = ece_noise_floor(probs[:100], rng, 100), ece_noise_floor(probs, rng, 100)
+    assert large < small / 2  # sampling error falls about as 1/sqrt(n)
+    y = np.array([rng.choice(6, p=p) for p in probs])  # a head calibrated by construction
+    assert expected_calibration_error(probs, y) < 3 * large
+    assert expected_calibration_error(np.eye(6)[(y + 1) % 6] * 0.9 + 0.1 / 6, y) > 0.5  # confident and wrong: far above

@@ -163,3 +163,24 @@ def test_stream_windows_scored_offline_are_what_the_model_computes_on_the_stream
         np.testing.assert_allclose(p, want, atol=3e-3)  # float16 chunk statistics, as the cache stores them
     swapped = with_probs(preds, probs)
     assert probs_parity(swapped, probs) < 1e-6 and probs_parity(preds, probs) > 0.0
+
+
+def test_gap_breakdown_sorts_scored_windows_by_what_they_hold() -> None:
+    from bench.stream_post import gap_breakdown
+    from contract.audio import LABELS
+
+    segs = [Segment(0.0, 2.0, "anger"), Segment(2.5, 3.5, "sad"), Segment(10.0, 12.0, "happy")]
+
+    def pred(t0: float, top: str) -> dict:
+        return {"type": "prediction", "t_start": t0, "t_end": t0 + 5.0, "probs": {lab: float(lab == top) for lab in LABELS}}
+
+    streams = [("s", [pred(-1.0, "anger"),  # anger whole and 2/3 of the speech, sad the rest: right
+                      pred(8.0, "sad"),  # happy alone and whole: wrong
+                      pred(9.0, "happy"),  # happy alone and whole: right
+                      pred(11.0, "happy")], segs)]  # half of happy: right
+    rows = {r["windows"]: r for r in gap_breakdown(streams)}
+    assert rows["all scored"]["n"] == 4
+    assert rows["speech 67-85 % (the rest another clip's)"]["n"] == 1 and rows["speech 67-85 % (the rest another clip's)"]["ua"] == 1.0
+    assert rows["only that clip's speech, all of it"]["n"] == 2 and rows["only that clip's speech, all of it"]["ua"] == 0.5
+    assert rows["clip heard: under 70 %"]["n"] == 1
+    assert rows["all scored"]["ua"] == pytest.approx((1.0 + 2 / 3) / 2)

@@ -670,17 +670,47 @@ def out_of_fold_logits(model_cfg: Any, trainer_cfg: Any, train: Sequence[Record]
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """ECE of the top class: |accuracy - confidence| averaged over equal-width confidence bins, weighted by count."""
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> np.ndarray:
+    """``[bins, 3]``: per equal-width bin of top-class confidence, its count, summed confidence and number right.
+
+    What ECE is made of, kept so that the test clips of several folds pool
+    into one estimate: on one fold's 176 RAVDESS clips a perfectly calibrated
+    head would still show an ECE of about 0.07 (:func:`ece_noise_floor`), so a
+    mean of per-fold ECEs mostly measures the folds' size.
+    """
     conf = probs.max(1)
     correct = probs.argmax(1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            ece += m.mean() * abs(correct[m].mean() - conf[m].mean())
-    return float(ece)
+    idx = np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)  # bin (lo, hi], as equal-width edges cut it
+    out = np.zeros((bins, 3))
+    np.add.at(out, idx, np.stack([np.ones_like(conf), conf, correct.astype(np.float64)], 1))
+    return out
+
+
+def ece_from_bins(b: np.ndarray) -> float:
+    """ECE of :func:`calibration_bins` (summed over any number of folds): |accuracy - confidence| weighted by count."""
+    b = np.asarray(b, np.float64)
+    n = b[:, 0].sum()
+    return float(np.abs(b[:, 2] - b[:, 1]).sum() / n) if n else float("nan")
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE of the top class: |accuracy - confidence| averaged over equal-width confidence bins, weighted by count."""
+    return ece_from_bins(calibration_bins(probs, labels, bins))
+
+
+def ece_noise_floor(probs: np.ndarray, rng: np.random.Generator, draws: int = 200, bins: int = 15) -> float:
+    """The ECE a perfectly calibrated head with these confidences would show on this many clips.
+
+    Labels are drawn from the head's own probabilities, so confidence equals
+    accuracy in expectation and what remains is the estimator's sampling
+    error: the level below which no calibrator can bring a measured ECE.
+    """
+    cum = np.cumsum(probs / probs.sum(1, keepdims=True), 1)
+    out = []
+    for _ in range(draws):
+        y = np.minimum((rng.random((len(probs), 1)) > cum).sum(1), probs.shape[1] - 1)
+        out.append(expected_calibration_error(probs, y, bins))
+    return float(np.mean(out))
 
 
 def score_clips(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], records: Sequence[Record],
@@ -692,7 +722,8 @@ def score_clips(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], rec
     seen = np.bincount(w.clip_of, minlength=len(records)) > 0
     y = np.array([r.label_index for r in records])[seen]
     m = classification_metrics(y.tolist(), probs[seen].argmax(1).tolist())
-    m["ece"] = expected_calibration_error(probs[seen], y)
+    b = calibration_bins(probs[seen], y)
+    m["ece"], m["ece_bins"] = ece_from_bins(b), b.tolist()
     return m
 
 
