@@ -211,9 +211,9 @@ def main() -> int:
     summary = summarise(rows)
     md = markdown(summary, len(paths))
     print(md)
-    for r in rows:  # the clips' probabilities served the noise floor; the JSON keeps scores and bins
+    for r in rows:  # probabilities and bins served the noise floor and the pooled ECE; the JSON keeps the scores
         for cond in CONDITIONS:
-            r[cond] = {k: v for k, v in r[cond].items() if k not in ("probs", "labels")}
+            r[cond] = {k: v for k, v in r[cond].items() if k not in ("probs", "labels", "bins")}
     write_report(RESULTS / f"calibration{'-' + args.tag if args.tag else ''}.json",
                  {"overrides": args.overrides, "runs": [p.name for p in paths], "summary": summary, "rows": rows}, md)
     return 0
