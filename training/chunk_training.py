@@ -703,7 +703,7 @@ def ece_noise_floor(probs: np.ndarray, rng: np.random.Generator, draws: int = 20
 
     Labels are drawn from the head's own probabilities, so confidence equals
     accuracy in expectation and what remains is the estimator's sampling
-    error: the level below which no calibrator can bring a measured ECE.
+    error: what a measured ECE on this many clips is not expected to go below.
     """
     cum = np.cumsum(probs / probs.sum(1, keepdims=True), 1)
     out = []
