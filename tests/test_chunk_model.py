@@ -264,6 +264,58 @@ def test_export_is_faithful_small_and_runs_both_halves(tmp_path: Path) -> None:
     np.testing.assert_allclose(offline[:1], ref, atol=1e-4)
 
 
+def test_a_window_pooled_by_turns_is_its_dominant_turn_pooled_alone() -> None:
+    """Two turns apart: pooling with ``turn_pause`` equals pooling the dominant turn and the pauses without the other."""
+    from training.chunk_model import MomentHead
+
+    f = 3
+    rng = np.random.default_rng(0)
+    emb = torch.from_numpy(rng.standard_normal((1, 9, 4 * f + 2)).astype(np.float32))
+    emb[..., f : 2 * f] = emb[..., :f] ** 2 + 0.5  # second moments above the squared means
+    emb[..., 4 * f] = torch.tensor([0.9, 0.8, 0.01, 0.01, 0.9, 0.9, 0.8, 0.9, 0.7])  # voiced shares
+    emb[..., 4 * f + 1] = torch.tensor([-20, -20, -80, -80, -18, -20, -22, -20, -25.0])  # peaks: pauses far below
+    whole = MomentHead.pool(emb, f)
+    turns = MomentHead.pool(emb, f, turn_pause=0.1)
+    alone = MomentHead.pool(emb[:, 2:], f)  # the pauses and the second turn
+    torch.testing.assert_close(turns, alone)
+    assert not torch.allclose(turns, whole, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_export_with_turns_matches_torch_on_windows_of_two_turns(tmp_path: Path) -> None:
+    """The turn mask is in the exported graph: ONNX == torch on windows with a pause between two utterances."""
+    ort = pytest.importorskip("onnxruntime")
+    from contract.model_io import CHUNKS_INPUT, OUTPUT_NAME, WINDOW_EMBEDDINGS_INPUT
+    from engine.signals import speech_like
+    from training.chunk_model import WhisperChunkModel
+    from training.export_chunked import export_chunked_onnx
+
+    torch.manual_seed(0)
+    model = WhisperChunkModel(small_cfg(turn_pause=0.2)).eval()
+    meta = {"labels": '["anger", "disgust", "fear", "happy", "neutral", "sad"]', "sample_rate": "16000", "window_s": "5.0",
+            "variant": "whisper", "name": "t", **chunk_metadata(model.geometry, model.embedding_dim)}
+    path = tmp_path / "m.onnx"
+    export_chunked_onnx(model, path, meta)
+    # Windows of 9 chunks: speech, then 1-3 chunks of faint noise, then other speech.
+    rng = np.random.default_rng(1)
+    speech = speech_like(27, CH.chunk_samples, seed=3)
+    windows = []
+    for gap in (1, 2, 3):
+        quiet = (rng.standard_normal((gap, CH.chunk_samples)) * 1e-4).astype(np.float32)
+        windows.append(np.concatenate([speech[gap * 9 - 9 : gap * 9 - 9 + 4], quiet, speech[gap * 9 - 5 : gap * 9 - gap]]))
+    chunks = np.concatenate(windows)
+    with torch.inference_mode():
+        emb = model.encode_chunks(torch.from_numpy(chunks)).reshape(3, 9, -1)
+        ref = torch.softmax(model.classify(emb), -1).numpy()
+        model.head.turn_pause = 0.0
+        blended = torch.softmax(model.classify(emb), -1).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT_NAME], {CHUNKS_INPUT: np.zeros((0, CH.chunk_samples), np.float32),
+                                   WINDOW_EMBEDDINGS_INPUT: emb.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert np.abs(ref - blended).max() > 1e-3  # the turns changed what the head pooled
+
+
 @pytest.mark.slow
 def test_temperature_from_logits_undoes_a_known_overconfidence() -> None:
     """Labels drawn from softmax(z); logits 2.5 z are overconfident by 2.5, which the fit must find."""

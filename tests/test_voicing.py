@@ -11,7 +11,15 @@ torch = pytest.importorskip("torch")
 from contract.geometry import ChunkGeometry  # noqa: E402
 from engine.signals import speech_like  # noqa: E402
 from training.features import placed_windows  # noqa: E402
-from training.voicing import EPS_WEIGHT, chunk_gate, combine, frame_levels, frame_weights, weighted_moments  # noqa: E402
+from training.voicing import (  # noqa: E402
+    EPS_WEIGHT,
+    chunk_gate,
+    combine,
+    dominant_turn,
+    frame_levels,
+    frame_weights,
+    weighted_moments,
+)
 
 CH = ChunkGeometry()
 
@@ -92,3 +100,14 @@ def test_cached_features_are_what_the_served_model_computes() -> None:
         p_cache = torch.softmax(model.classify(cached[None]), -1)
         p_served = torch.softmax(model(torch.from_numpy(canvas)[None]), -1)
     torch.testing.assert_close(p_cache, p_served, atol=2e-3, rtol=0)
+
+
+def test_dominant_turn_keeps_the_turn_with_most_speech_and_the_pauses() -> None:
+    w = torch.tensor([
+        [0.9, 0.8, 0.02, 0.7, 0.9, 0.8, 0.01, 0.6, 0.01],  # three turns: the middle one weighs most
+        [0.9] * 9,  # no pause: one turn, every chunk
+        [0.0] * 9,  # silence: nothing to choose, every chunk
+    ])
+    keep = dominant_turn(w, 0.1)
+    assert keep.tolist() == [[0, 0, 1, 1, 1, 1, 1, 0, 1], [1] * 9, [1] * 9]
+    assert dominant_turn(w[:1], 0.005).tolist() == [[1] * 9]  # a lower threshold sees no pause

@@ -33,7 +33,7 @@ from torch import nn
 from contract.audio import LABELS
 from contract.geometry import ChunkGeometry
 from training.schema import model_config
-from training.voicing import chunk_gate, combine, frame_levels, frame_weights, weighted_moments
+from training.voicing import chunk_gate, combine, dominant_turn, frame_levels, frame_weights, weighted_moments
 from training.whisper import DIMENSIONS, HOP_LENGTH, WhisperEncoder, WhisperLogMel
 
 
@@ -51,27 +51,37 @@ class MomentHead(nn.Module):
     noise fills the pauses and the voicing gate lets it in (bench/ablation.py).
     """
 
-    def __init__(self, f: int, n_classes: int = len(LABELS)) -> None:
+    def __init__(self, f: int, n_classes: int = len(LABELS), turn_pause: float = 0.0) -> None:
         super().__init__()
         self.f = f
+        self.turn_pause = turn_pause
         self.register_buffer("mean", torch.zeros(4 * f))
         self.register_buffer("std", torch.ones(4 * f))
         self.linear = nn.Linear(4 * f, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
     @staticmethod
-    def pool(emb: torch.Tensor, f: int) -> torch.Tensor:
-        """``[B, K, 4 f + 2]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged."""
+    def pool(emb: torch.Tensor, f: int, turn_pause: float = 0.0) -> torch.Tensor:
+        """``[B, K, 4 f + 2]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged.
+
+        With ``turn_pause`` > 0 both read only the chunks of the window's
+        dominant turn and its pauses (:func:`training.voicing.dominant_turn`).
+        """
         weight = emb[..., 4 * f] * chunk_gate(emb[..., 4 * f + 1])
-        m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
-        return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
+        if turn_pause <= 0:
+            m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
+            return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
+        keep = dominant_turn(weight, turn_pause)
+        m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight * keep)
+        frames = (keep[..., None] * emb[..., 2 * f : 4 * f]).sum(-2) / keep.sum(-1, keepdim=True)
+        return torch.cat([m, sd, frames], dim=-1)
 
     def logits(self, pooled: torch.Tensor) -> torch.Tensor:
         """Pooled features -> calibrated logits: standardise, the linear layer, the temperature."""
         return self.linear((pooled - self.mean) / self.std) / self.temperature
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.pool(emb, self.f))
+        return self.logits(self.pool(emb, self.f, self.turn_pause))
 
 
 class LayerMix(nn.Module):
@@ -154,7 +164,7 @@ class WhisperChunkModel(nn.Module):
         f = len(self.layers) * self.d
         if self.kind == "moments":
             self.mix = None
-            self.head: nn.Module = MomentHead(f)
+            self.head: nn.Module = MomentHead(f, turn_pause=head.turn_pause)
             dim = 4 * f + 2
         else:
             self.mix = LayerMix(len(self.layers), 2 * self.d, head.mix)

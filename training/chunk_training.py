@@ -17,6 +17,7 @@ weight, because some corpora lack some classes (nEMO has no disgust).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import zlib
@@ -30,7 +31,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn import functional as F
 
-from contract.audio import LABELS
+from contract.audio import LABELS, SAMPLE_RATE
 from training.corpora import Record
 from training.features import FeatureSet
 from training.schema import corpus_factor, head_trainer_config, model_config
@@ -129,10 +130,10 @@ def _f(rich: torch.Tensor) -> int:
     return (rich.shape[-1] - 2) // 4
 
 
-def _window_moments(rich: torch.Tensor) -> torch.Tensor:
+def _window_moments(rich: torch.Tensor, turn_pause: float = 0.0) -> torch.Tensor:
     from training.chunk_model import MomentHead
 
-    return MomentHead.pool(served_embeddings(rich), _f(rich))
+    return MomentHead.pool(served_embeddings(rich), _f(rich), turn_pause)
 
 
 # Window poolings ``[B, K, 4 f + 2] -> [B, F]``. ``window_moments`` is what the model serves (voiced window
@@ -151,15 +152,18 @@ _POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
 
 
 def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
-           batch: int = 512) -> np.ndarray:
+           batch: int = 512, turn_pause: float = 0.0) -> np.ndarray:
     """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set.
 
     A ``bank`` window's silent chunks are drawn with a generator seeded by the
-    feature set's size, so every fold and seed sees the same draw.
+    feature set's size, so every fold and seed sees the same draw. ``turn_pause``
+    is the served head's (``window_moments`` only).
     """
-    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k)
+    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turn_pause)
     if key not in _POOLED:
         fn = POOLINGS[pooling]
+        if pooling == "window_moments" and turn_pause > 0:
+            fn = functools.partial(_window_moments, turn_pause=turn_pause)
         every = Windows(w.fs, np.arange(len(w.fs.offset)), np.zeros(len(w.fs.offset), np.int64), w.silent_fill)
         rng = np.random.default_rng(len(w.fs.offset))
         out = []
@@ -286,7 +290,8 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
     return StreamWindows(fs, chunks, np.array(labels, np.int64))
 
 
-def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers: Sequence[int], batch: int = 512) -> np.ndarray:
+def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers: Sequence[int], batch: int = 512,
+                  turn_pause: float = 0.0) -> np.ndarray:
     """The served pooled feature (``window_moments``) of every stream-like window ``[n, 4 f]``."""
     bank_rich = chunk_rich(bank[0], bank[1], layers)
     out = []
@@ -299,7 +304,7 @@ def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers
             if own.any():
                 rich[own] = chunk_rich(sw.fs.feats[flat[own]], sw.fs.voiced[flat[own]], layers)
             rich[~own] = bank_rich[-1 - flat[~own]]
-            out.append(_window_moments(torch.from_numpy(rich.reshape(*idx.shape, -1))).numpy())
+            out.append(_window_moments(torch.from_numpy(rich.reshape(*idx.shape, -1)), turn_pause).numpy())
     return np.concatenate(out) if out else np.zeros((0, bank_rich.shape[1] - 2), np.float32)
 
 
@@ -309,7 +314,7 @@ _STREAM_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray, list[str]]] = {}
 
 def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Sequence[int], bank: tuple[np.ndarray, np.ndarray],
                     seed: int, passes: int, hop_s: float, use: np.ndarray | None = None,
-                    per_clip: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                    per_clip: int = 0, turn_pause: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``[n, 4 f]`` of the stream-like windows of ``w``'s clips and the record each is labelled by.
 
     Built and pooled once per speaker (:func:`stream_like_windows` draws per
@@ -323,13 +328,14 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
     xs, clips = [], []
     for speaker, positions in sorted(by_speaker.items()):
         paths = tuple(sorted(str(records[i].path) for i in positions))
-        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers))
+        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turn_pause)
         if key not in _STREAM_POOLED:
             one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
             mask = np.zeros(len(records), bool)
             mask[positions] = True
             sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
-            _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers), [str(records[i].path) for i in sw.clip_of])
+            _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers, turn_pause=turn_pause),
+                                   [str(records[i].path) for i in sw.clip_of])
         _, x, labelled = _STREAM_POOLED[key]
         xs.append(x)
         clips.append(np.array([pos_of[q] for q in labelled], np.int64))
@@ -461,7 +467,8 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     if model.kind == "attention":
         return _fit_attention(model, train, records, bank, c, seed)
     k, layers = model.geometry.chunks_per_window, model.layers
-    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling)) for w in train]
+    turn_pause = model.head.turn_pause
+    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling, turn_pause=turn_pause)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
     stream_p = c.stream_p
     stream_of = None
@@ -470,7 +477,8 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
             raise ValueError("head_trainer.stream_p needs the served pooling (window_moments)")
         p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
         x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
-                                         model.geometry.hop_samples / 16000, use=p_clip > 0, per_clip=c.stream_per_clip)
+                                         model.geometry.hop_samples / SAMPLE_RATE, use=p_clip > 0, per_clip=c.stream_per_clip,
+                                         turn_pause=turn_pause)
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)
@@ -581,7 +589,8 @@ def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], b
     """
     model.eval()
     if model.kind == "moments" and pooling != "window_moments":
-        return model.head.logits(torch.from_numpy(pooled(w, bank, model.geometry.chunks_per_window, model.layers, pooling))).numpy()
+        return model.head.logits(torch.from_numpy(pooled(w, bank, model.geometry.chunks_per_window, model.layers, pooling,
+                                                         turn_pause=model.head.turn_pause))).numpy()
     out = []
     for i in range(0, len(w.index), batch):
         rows = np.arange(i, min(i + batch, len(w.index)))

@@ -101,6 +101,11 @@ class HeadConfig:
     )
     dropout: float = setting(0.3, "attention head: dropout before its projection and its output")
     pooling: str = setting("attention", "attention head: attention | mean over the window's chunks")
+    turn_pause: float = setting(
+        0.0,
+        "moments head: a chunk whose voiced weight is below this is a pause between two turns, and the window "
+        "pools only its turn with the most speech (training/voicing.dominant_turn); 0 pools the whole window",
+    )
 
 
 @dataclass
@@ -359,6 +364,7 @@ def _check(cfg: DictConfig, where: str) -> None:
         _one_of(head, "pooling", CHUNK_POOLINGS, f"{where}.head")
         _at_least(head, "hidden", 0, f"{where}.head")
         _share(head, "dropout", f"{where}.head", below_one=True)
+        _share(head, "turn_pause", f"{where}.head", below_one=True)
         if not cfg.features.train_variants:
             _fail(where, "features.train_variants", "needs at least the clean variant")
         _check_head_trainer(cfg.head_trainer, f"{where}.head_trainer")
