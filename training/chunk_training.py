@@ -478,7 +478,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
         x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
                                          model.geometry.hop_samples / SAMPLE_RATE, use=p_clip > 0, per_clip=c.stream_per_clip,
-                                         turn_pause=turn_pause)
+                                         turn_pause=turn_pause if c.stream_turns else 0.0)
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)

@@ -152,6 +152,10 @@ class HeadTrainerConfig:
     )
     stream_passes: int = setting(2, "stream-like windows: shuffled streams per training speaker ...")
     stream_per_clip: int = setting(4, "... and at most this many windows labelled by each clip")
+    stream_turns: bool = setting(
+        True, "stream-like windows pooled with head.turn_pause's mask too; false keeps the neighbours' speech in them "
+        "(the mask then applies to served windows only; README, turns)",
+    )
     steps: int = setting(1500, "adamw: minibatch steps")
     batch_size: int = setting(64, "adamw: windows per step")
     lr: float = setting(1e-3, "adamw: peak learning rate")
