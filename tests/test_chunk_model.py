@@ -434,6 +434,33 @@ def test_head_fits_with_stream_like_windows() -> None:
     assert score_clips(model, windows_of(synthetic_features(test, 2), "zeros"), bank, test)["ua"] > 0.9
 
 
+@pytest.mark.slow
+def test_stream_turns_false_masks_the_served_windows_but_not_the_stream_like_training_windows() -> None:
+    """``stream_turns: false`` pools the stream-like training windows whole, as a head without the mask would.
+
+    Each clip here is one turn (every chunk well voiced) centred in silence, so
+    the mask leaves the clip windows as they are; the stream-like windows join
+    two clips across a pause, where the mask drops one of them. With the switch
+    off the fit must equal the unmasked head's; with it on it must not.
+    """
+    from training.chunk_model import WhisperChunkModel
+
+    train = records({("a", lab): 6 for lab in LABELS})
+    fs = synthetic_features(train, 0)
+    fs.voiced[:, 0] = np.random.default_rng(1).uniform(0.8, 1.0, len(fs.voiced))  # no pause inside a clip
+    bank = silent_bank()
+    bank[1][1:, 1] = -60.0  # the pauses between clips: noise far below the speech
+
+    def fit(turn_pause: float, stream_turns: bool) -> torch.Tensor:
+        model = WhisperChunkModel(small_cfg(turn_pause=turn_pause))
+        fit_head(model, [windows_of(fs, "zeros")], train, bank, {"stream_p": 0.5, "stream_turns": stream_turns}, seed=0)
+        return model.head.linear.weight.detach().clone()
+
+    plain = fit(0.0, True)
+    torch.testing.assert_close(fit(0.4, False), plain)
+    assert not torch.allclose(fit(0.4, True), plain, atol=1e-4)
+
+
 def test_calibration_bins_pool_folds_into_the_ece_of_all_clips() -> None:
     from training.chunk_training import calibration_bins, ece_from_bins
 
