@@ -111,3 +111,24 @@ def test_dominant_turn_keeps_the_turn_with_most_speech_and_the_pauses() -> None:
     keep = dominant_turn(w, 0.1)
     assert keep.tolist() == [[0, 0, 1, 1, 1, 1, 1, 0, 1], [1] * 9, [1] * 9]
     assert dominant_turn(w[:1], 0.005).tolist() == [[1] * 9]  # a lower threshold sees no pause
+
+
+def test_exported_dominant_turn_keeps_the_chunks_torch_keeps(tmp_path) -> None:  # noqa: ANN001
+    """onnxruntime sums each chunk's turn in its own order; the exported mask must still keep exactly torch's chunks."""
+    ort = pytest.importorskip("onnxruntime")
+
+    class Mask(torch.nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return dominant_turn(w, 0.4)
+
+    rng = np.random.default_rng(0)
+    # Voiced chunks weigh about 1 (share times gate, plus EPS_WEIGHT), pauses a little: many windows of 2-4 turns.
+    speech = rng.uniform(0.45, 1.0, (2000, 9)) + EPS_WEIGHT
+    w = torch.from_numpy(np.where(rng.random((2000, 9)) < 0.25, rng.uniform(0.0, 0.35, (2000, 9)), speech).astype(np.float32))
+    path = tmp_path / "mask.onnx"
+    torch.onnx.export(Mask(), (w[:2],), str(path), input_names=["w"], output_names=["keep"],
+                      dynamic_axes={"w": {0: "n"}, "keep": {0: "n"}}, opset_version=17, dynamo=False)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"w": w.numpy()})[0]
+    ref = dominant_turn(w, 0.4).numpy()
+    assert (ref.sum(1) < 9).mean() > 0.5  # most windows drop a turn
+    np.testing.assert_array_equal(got, ref)

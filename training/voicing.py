@@ -67,14 +67,21 @@ def dominant_turn(weight: torch.Tensor, pause: float) -> torch.Tensor:
     turn whose chunks weigh most is kept, with every pause chunk (they carry
     the room, as a clip's silence does in training), and the other turns'
     chunks are dropped. A window without such a pause is one turn and keeps
-    every chunk. Only exportable operations (cumsum, comparisons, a sum).
+    every chunk. Only exportable operations (cumsum, comparisons, a sum, an argmax).
+
+    The winning turn is named by its number, which is exact, never by
+    comparing its sum with the largest: onnxruntime sums each chunk's row in
+    its own order, so members of one turn can differ in the last bit and a
+    ``mass >= max`` test dropped some of them (the served graph then pooled
+    other chunks than torch did).
     """
     is_pause = weight < pause
     turn = torch.cumsum(is_pause.to(weight.dtype), dim=-1)  # chunks between two pauses share a number
     same = (turn[..., :, None] == turn[..., None, :]).to(weight.dtype)
     speech = torch.where(is_pause, torch.zeros_like(weight), weight)
     mass = (same * speech[..., None, :]).sum(-1)  # each chunk's turn's total weight
-    return (is_pause | (mass >= mass.amax(-1, keepdim=True))).to(weight.dtype)
+    best = torch.gather(turn, -1, mass.argmax(-1, keepdim=True))  # the number of the turn with the most speech
+    return (is_pause | (turn == best)).to(weight.dtype)
 
 
 def weighted_moments(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
