@@ -132,3 +132,10 @@ def test_exported_dominant_turn_keeps_the_chunks_torch_keeps(tmp_path) -> None: 
     ref = dominant_turn(w, 0.4).numpy()
     assert (ref.sum(1) < 9).mean() > 0.5  # most windows drop a turn
     np.testing.assert_array_equal(got, ref)
+
+
+def test_dominant_turn_keeps_turns_that_tie() -> None:
+    """Two turns of equally loud speech: nothing says which is meant, so both stay (the gate saturates, so ties happen)."""
+    loud = 1.0 + EPS_WEIGHT
+    w = torch.tensor([[loud, loud, 0.02, loud, loud, 0.02, 0.9, 0.02, 0.02]])
+    assert dominant_turn(w, 0.1).tolist() == [[1, 1, 1, 1, 1, 1, 0, 1, 1]]

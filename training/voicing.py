@@ -30,6 +30,7 @@ RANGE_DB = 25.0  # a frame more than this below the chunk's loudest is a pause, 
 FLOOR_DBFS = -60.0  # below this nothing is speech, whatever the chunk's peak
 SLOPE_DB = 2.0  # width of the soft edge of the gate
 EPS_WEIGHT = 0.01  # every frame keeps this weight, so a silent chunk still has moments
+TURN_TIE = 1e-4  # turns whose speech weighs within this of the heaviest are kept too (float sums differ by ~1e-6)
 
 
 def frame_levels(chunks: torch.Tensor) -> torch.Tensor:
@@ -67,21 +68,22 @@ def dominant_turn(weight: torch.Tensor, pause: float) -> torch.Tensor:
     turn whose chunks weigh most is kept, with every pause chunk (they carry
     the room, as a clip's silence does in training), and the other turns'
     chunks are dropped. A window without such a pause is one turn and keeps
-    every chunk. Only exportable operations (cumsum, comparisons, a sum, an argmax).
+    every chunk. Only exportable operations (cumsum, comparisons, a sum).
 
-    The winning turn is named by its number, which is exact, never by
-    comparing its sum with the largest: onnxruntime sums each chunk's row in
-    its own order, so members of one turn can differ in the last bit and a
-    ``mass >= max`` test dropped some of them (the served graph then pooled
-    other chunks than torch did).
+    Turns that weigh the same (loud chunks saturate the gate at exactly
+    1 + ``EPS_WEIGHT``, so two turns of two loud chunks tie) are all kept:
+    nothing tells which one the listener means. The comparison allows
+    ``TURN_TIE`` because onnxruntime sums each chunk's row in its own order,
+    so members of one turn can differ in the last bit; an exact ``>=``
+    dropped some of them from the served graph (ser-build-engine's parity
+    check caught it: 0.43 on speech-like windows).
     """
     is_pause = weight < pause
     turn = torch.cumsum(is_pause.to(weight.dtype), dim=-1)  # chunks between two pauses share a number
     same = (turn[..., :, None] == turn[..., None, :]).to(weight.dtype)
     speech = torch.where(is_pause, torch.zeros_like(weight), weight)
     mass = (same * speech[..., None, :]).sum(-1)  # each chunk's turn's total weight
-    best = torch.gather(turn, -1, mass.argmax(-1, keepdim=True))  # the number of the turn with the most speech
-    return (is_pause | (turn == best)).to(weight.dtype)
+    return (is_pause | (mass >= mass.amax(-1, keepdim=True) - TURN_TIE)).to(weight.dtype)
 
 
 def weighted_moments(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
