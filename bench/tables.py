@@ -463,6 +463,7 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "accuracy": ("accuracy", functools.partial(accuracy_markdown, heading="#####")),
     "accuracy-streams": ("accuracy-stream-final", stream_markdown),
     "accuracy-shipped": ("accuracy-shipped-gate0.25", functools.partial(accuracy_markdown, heading="#####")),
+    "accuracy-shipped-turns": ("accuracy-shipped-turns", functools.partial(accuracy_markdown, heading="#####")),
     "ablation": ("ablation", ablation_markdown),
     "engine": ("engine", engine_markdown),
     "daemon-whisper": ("daemon-whisper", daemon_markdown),
