@@ -113,6 +113,7 @@ def test_dominant_turn_keeps_the_turn_with_most_speech_and_the_pauses() -> None:
     assert dominant_turn(w[:1], 0.005).tolist() == [[1] * 9]  # a lower threshold sees no pause
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as training/export_chunked.py uses it
 def test_exported_dominant_turn_keeps_the_chunks_torch_keeps(tmp_path) -> None:  # noqa: ANN001
     """onnxruntime sums each chunk's turn in its own order; the exported mask must still keep exactly torch's chunks."""
     ort = pytest.importorskip("onnxruntime")
