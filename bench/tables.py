@@ -468,6 +468,8 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "engine": ("engine", engine_markdown),
     "daemon-whisper": ("daemon-whisper", daemon_markdown),
     "daemon-compact": ("daemon-compact", daemon_markdown),
+    "daemon-s16-default": ("daemon-s16-default", daemon_markdown),
+    "daemon-hop1": ("daemon-hop1", daemon_markdown),
     "hostile": ("hostile", hostile_targets_markdown),
     "cluster": ("cluster", cluster_markdown),
     "cluster-capacity": ("cluster", lambda doc: capacity_markdown(capacity(doc))),
