@@ -78,7 +78,7 @@ def main() -> int:
     cache = cache_for(mc, args.cache_dir)
     kept = {name: (preds, segs) for name, preds, segs in load_streams(args.dir)}  # "foldF/ravdess_NN"
 
-    chunk_dir = args.dir.parent / "chunks" / args.encoder
+    chunk_dir = args.dir.parent / "chunks" / cache.dir.name  # the encoder's tag: its weights, geometry and stored format
     chunk_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     encoded: dict[str, StreamChunks] = {}

@@ -13,6 +13,8 @@ from engine.signals import speech_like  # noqa: E402
 from training.features import placed_windows  # noqa: E402
 from training.voicing import (  # noqa: E402
     EPS_WEIGHT,
+    SEGMENTS,
+    Turns,
     chunk_gate,
     combine,
     dominant_turn,
@@ -132,6 +134,36 @@ def test_exported_dominant_turn_keeps_the_chunks_torch_keeps(tmp_path) -> None: 
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"w": w.numpy()})[0]
     ref = dominant_turn(w, 0.4).numpy()
     assert (ref.sum(1) < 9).mean() > 0.5  # most windows drop a turn
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # the time-line matrix is a constant, as intended
+@pytest.mark.parametrize("segments", [2, 4])
+def test_exported_quarter_turns_keep_the_chunks_torch_keeps(tmp_path, segments: int) -> None:  # noqa: ANN001
+    """Turns split at parts of chunks: the exported mask keeps exactly torch's chunks on windows of many short turns."""
+    ort = pytest.importorskip("onnxruntime")
+    turns = Turns.of(0.4, segments, CH.chunk_samples, CH.hop_samples, CH.chunks_per_window)
+
+    class Mask(torch.nn.Module):
+        def forward(self, weight: torch.Tensor, gate: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+            return turns.keep(weight, gate, shares)
+
+    rng = np.random.default_rng(0)
+    n, k = 2000, CH.chunks_per_window
+    line = np.where(rng.random((n, 2 * k + 2)) < 0.2, rng.uniform(0.0, 0.3, (n, 2 * k + 2)), rng.uniform(0.45, 1.0, (n, 2 * k + 2)))
+    shares = np.stack([line[:, 2 * i : 2 * i + SEGMENTS] for i in range(k)], 1) + EPS_WEIGHT  # chunk i: quarters 2i .. 2i+3
+    shares = torch.from_numpy(shares.astype(np.float32))
+    weight = shares.mean(-1)
+    gate = torch.from_numpy(np.where(rng.random((n, k)) < 0.1, 0.3, 1.0 + EPS_WEIGHT).astype(np.float32))
+    path = tmp_path / "mask.onnx"
+    torch.onnx.export(Mask(), (weight[:2], gate[:2], shares[:2]), str(path), input_names=["w", "g", "s"], output_names=["keep"],
+                      dynamic_axes={"w": {0: "n"}, "g": {0: "n"}, "s": {0: "n"}, "keep": {0: "n"}}, opset_version=17, dynamo=False)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"w": weight.numpy(), "g": gate.numpy(), "s": shares.numpy()}
+    got = sess.run(None, {i.name: feed[i.name] for i in sess.get_inputs()})[0]  # the mask reads only the gate and the shares
+    ref = turns.keep(weight, gate, shares).numpy()
+    assert (ref.sum(1) < k).mean() > 0.5 and (ref.sum(1) > 0).all()  # most windows drop a chunk, none drops them all
     np.testing.assert_array_equal(got, ref)
 
 

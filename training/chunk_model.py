@@ -4,8 +4,8 @@ Two halves, as the engine contract has them. ``encode_chunks`` maps chunks
 ``[N, chunk]`` to embeddings ``[N, D]``: log-mel, encoder, and for each used
 hidden state the first and second moments of the chunk's frames weighted by
 how voiced each 20 ms frame is (:mod:`training.voicing`), then the chunk's
-its all-frame mean and deviation, then its voiced share and loudest frame
-(``D = 4 * layers * d + 2``). ``classify`` maps the ``K`` embeddings that
+all-frame mean and deviation, then its voiced share, loudest frame and the
+voiced share of each quarter (``D = 4 * layers * d + TAIL``). ``classify`` maps the ``K`` embeddings that
 cover a window ``[B, K, D]`` to logits: the chunks' moments combine into the
 mean and deviation of the window's voiced frames (each chunk weighted by its
 voiced share and its level against the window's loudest chunk), which,
@@ -33,16 +33,26 @@ from torch import nn
 from contract.audio import LABELS
 from contract.geometry import ChunkGeometry
 from training.schema import model_config
-from training.voicing import chunk_gate, combine, dominant_turn, frame_levels, frame_weights, weighted_moments
+from training.voicing import (
+    TAIL,
+    Turns,
+    chunk_gate,
+    combine,
+    frame_levels,
+    frame_weights,
+    segment_shares,
+    weighted_moments,
+)
 from training.whisper import DIMENSIONS, HOP_LENGTH, WhisperEncoder, WhisperLogMel
 
 
 class MomentHead(nn.Module):
-    """``[B, K, 4 f + 2]`` chunk embeddings -> logits: pooled, standardised, one linear layer.
+    """``[B, K, 4 f + TAIL]`` chunk embeddings -> logits: pooled, standardised, one linear layer.
 
     ``f = layers * d``; each embedding is ``[voiced mean (f), voiced second
     moment (f), all-frame mean (f), all-frame deviation (f), voiced share,
-    loudest frame dBFS]`` (:meth:`WhisperChunkModel.encode_chunks`). The
+    loudest frame dBFS, voiced share of each quarter]``
+    (:meth:`WhisperChunkModel.encode_chunks`). The
     pooled vector ``[4 f]`` is the window's voiced-frame mean and deviation
     (combined from the chunks' moments, each chunk weighted by its voiced
     share and :func:`training.voicing.chunk_gate`) beside the chunks'
@@ -51,27 +61,28 @@ class MomentHead(nn.Module):
     noise fills the pauses and the voicing gate lets it in (bench/ablation.py).
     """
 
-    def __init__(self, f: int, n_classes: int = len(LABELS), turn_pause: float = 0.0) -> None:
+    def __init__(self, f: int, n_classes: int = len(LABELS), turns: Turns | None = None) -> None:
         super().__init__()
         self.f = f
-        self.turn_pause = turn_pause
+        self.turns = turns if turns is not None else Turns()
         self.register_buffer("mean", torch.zeros(4 * f))
         self.register_buffer("std", torch.ones(4 * f))
         self.linear = nn.Linear(4 * f, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
     @staticmethod
-    def pool(emb: torch.Tensor, f: int, turn_pause: float = 0.0) -> torch.Tensor:
-        """``[B, K, 4 f + 2]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged.
+    def pool(emb: torch.Tensor, f: int, turns: Turns | None = None) -> torch.Tensor:
+        """``[B, K, 4 f + TAIL]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged.
 
-        With ``turn_pause`` > 0 both read only the chunks of the window's
-        dominant turn and its pauses (:func:`training.voicing.dominant_turn`).
+        With active ``turns`` both read only the chunks of the window's
+        dominant turn and its pauses (:class:`training.voicing.Turns`).
         """
-        weight = emb[..., 4 * f] * chunk_gate(emb[..., 4 * f + 1])
-        if turn_pause <= 0:
+        gate = chunk_gate(emb[..., 4 * f + 1])
+        weight = emb[..., 4 * f] * gate
+        if turns is None or not turns.active:
             m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
             return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
-        keep = dominant_turn(weight, turn_pause)
+        keep = turns.keep(weight, gate, emb[..., 4 * f + 2 : 4 * f + TAIL])
         m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight * keep)
         frames = (keep[..., None] * emb[..., 2 * f : 4 * f]).sum(-2) / keep.sum(-1, keepdim=True)
         return torch.cat([m, sd, frames], dim=-1)
@@ -81,7 +92,7 @@ class MomentHead(nn.Module):
         return self.linear((pooled - self.mean) / self.std) / self.temperature
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.pool(emb, self.f, self.turn_pause))
+        return self.logits(self.pool(emb, self.f, self.turns))
 
 
 class LayerMix(nn.Module):
@@ -160,12 +171,15 @@ class WhisperChunkModel(nn.Module):
         self.geometry = ChunkGeometry.from_seconds(enc.chunk_s, enc.hop_s)
         self.d = dims.n_audio_state
         self.frontend = WhisperLogMel()
-        self.encoder = WhisperEncoder(dims, blocks, max_positions=self.geometry.chunk_samples // HOP_LENGTH // 2)
+        self.frames = self.geometry.chunk_samples // HOP_LENGTH // 2  # encoder positions (20 ms frames) per chunk
+        self.encoder = WhisperEncoder(dims, blocks, max_positions=self.frames)
         f = len(self.layers) * self.d
         if self.kind == "moments":
             self.mix = None
-            self.head: nn.Module = MomentHead(f, turn_pause=head.turn_pause)
-            dim = 4 * f + 2
+            g = self.geometry
+            turns = Turns.of(head.turn_pause, head.turn_segments, g.chunk_samples, g.hop_samples, g.chunks_per_window)
+            self.head: nn.Module = MomentHead(f, turns=turns)
+            dim = 4 * f + TAIL
         else:
             self.mix = LayerMix(len(self.layers), 2 * self.d, head.mix)
             self.head = ChunkHead(self.mix.dim, head.hidden, head.dropout, head.pooling)
@@ -178,7 +192,8 @@ class WhisperChunkModel(nn.Module):
         return torch.stack([torch.cat([states[i].mean(1), states[i].std(1)], dim=-1) for i in self.layers], dim=1)
 
     def chunk_moments(self, chunks: torch.Tensor) -> torch.Tensor:
-        """``[N, chunk]`` -> ``[N, 4 f + 2]``: voiced moments and all-frame statistics of the used layers, share, peak."""
+        """``[N, chunk]`` -> ``[N, 4 f + TAIL]``: voiced moments and all-frame statistics of the used layers, share,
+        peak, the quarters' shares."""
         db = frame_levels(chunks)
         states = self.encoder(self.frontend(chunks))
         t = states[0].shape[1]
@@ -187,7 +202,8 @@ class WhisperChunkModel(nn.Module):
         means, seconds = zip(*(weighted_moments(states[i], w) for i in self.layers), strict=True)
         all_means = [states[i].mean(1) for i in self.layers]
         all_stds = [states[i].std(1) for i in self.layers]
-        return torch.cat([*means, *seconds, *all_means, *all_stds, w.mean(1, keepdim=True), db.amax(1, keepdim=True)], dim=-1)
+        return torch.cat([*means, *seconds, *all_means, *all_stds, w.mean(1, keepdim=True), db.amax(1, keepdim=True),
+                          segment_shares(w, self.frames)], dim=-1)
 
     def encode_chunks(self, chunks: torch.Tensor) -> torch.Tensor:
         if self.kind == "moments":

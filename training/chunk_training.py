@@ -35,6 +35,7 @@ from contract.audio import LABELS, SAMPLE_RATE
 from training.corpora import Record
 from training.features import FeatureSet
 from training.schema import corpus_factor, head_trainer_config, model_config
+from training.voicing import TAIL, Turns
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,11 @@ def select_windows(fs: FeatureSet, records: Sequence[Record], silent_fill: str) 
 
 
 def chunk_rich(feats: np.ndarray, voiced: np.ndarray, layers: Sequence[int]) -> np.ndarray:
-    """Cached chunks ``[n, L + 1, 4 d]`` + ``[n, 2]`` -> ``[n, 4 f + 2]`` float32 (``f = len(layers) * d``).
+    """Cached chunks ``[n, L + 1, 4 d]`` + ``[n, TAIL]`` -> ``[n, 4 f + TAIL]`` float32 (``f = len(layers) * d``).
 
     Layout: all-frame means of the used layers, all-frame deviations, voiced
     means, voiced deviations (each ``f``, layer after layer), voiced share,
-    loudest frame (dBFS). Every pooling below reads from this.
+    loudest frame (dBFS), the quarters' voiced shares. Every pooling below reads from this.
     """
     x = feats[:, list(layers)].astype(np.float32)
     n, d = len(x), x.shape[-1] // 4
@@ -78,7 +79,7 @@ def chunk_rich(feats: np.ndarray, voiced: np.ndarray, layers: Sequence[int]) -> 
 
 def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int],
              rng: np.random.Generator | None) -> torch.Tensor:
-    """``[len(rows), K, 4 f + 2]``: each window's stored chunks (:func:`chunk_rich`), then its silent ones.
+    """``[len(rows), K, 4 f + TAIL]``: each window's stored chunks (:func:`chunk_rich`), then its silent ones.
 
     Silent chunks are digital silence (the bank's first entry) for clean and
     evaluation windows, random entries of the noise bank for ``bank`` windows.
@@ -98,18 +99,18 @@ def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], 
 
 
 def served_embeddings(rich: torch.Tensor) -> torch.Tensor:
-    """``[..., 4 f + 2]`` -> what ``encode_chunks`` returns for those chunks.
+    """``[..., 4 f + TAIL]`` -> what ``encode_chunks`` returns for those chunks.
 
-    ``[voiced mean, voiced second moment, all-frame mean, all-frame deviation, share, peak]``.
+    ``[voiced mean, voiced second moment, all-frame mean, all-frame deviation, share, peak, quarters' shares]``.
     """
-    f = (rich.shape[-1] - 2) // 4
+    f = (rich.shape[-1] - TAIL) // 4
     m, sd = rich[..., 2 * f : 3 * f], rich[..., 3 * f : 4 * f]
     return torch.cat([m, sd * sd + m * m, rich[..., : 2 * f], rich[..., 4 * f :]], dim=-1)
 
 
 def attention_input(rich: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """``[B, K, 4 f + 2]`` -> ``[B, K, L, 2 d]``: per layer all-frame mean and deviation (the previous head's input)."""
-    f = (rich.shape[-1] - 2) // 4
+    """``[B, K, 4 f + TAIL]`` -> ``[B, K, L, 2 d]``: per layer all-frame mean and deviation (the previous head's input)."""
+    f = (rich.shape[-1] - TAIL) // 4
     shape = (*rich.shape[:-1], n_layers, f // n_layers)
     return torch.cat([rich[..., :f].reshape(shape), rich[..., f : 2 * f].reshape(shape)], dim=-1)
 
@@ -122,21 +123,21 @@ def _weighted_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def _chunk_weight(rich: torch.Tensor) -> torch.Tensor:
     from training.voicing import chunk_gate
 
-    f = (rich.shape[-1] - 2) // 4
+    f = (rich.shape[-1] - TAIL) // 4
     return rich[..., 4 * f] * chunk_gate(rich[..., 4 * f + 1])
 
 
 def _f(rich: torch.Tensor) -> int:
-    return (rich.shape[-1] - 2) // 4
+    return (rich.shape[-1] - TAIL) // 4
 
 
-def _window_moments(rich: torch.Tensor, turn_pause: float = 0.0) -> torch.Tensor:
+def _window_moments(rich: torch.Tensor, turns: Turns | None = None) -> torch.Tensor:
     from training.chunk_model import MomentHead
 
-    return MomentHead.pool(served_embeddings(rich), _f(rich), turn_pause)
+    return MomentHead.pool(served_embeddings(rich), _f(rich), turns)
 
 
-# Window poolings ``[B, K, 4 f + 2] -> [B, F]``. ``window_moments`` is what the model serves (voiced window
+# Window poolings ``[B, K, 4 f + TAIL] -> [B, F]``. ``window_moments`` is what the model serves (voiced window
 # moments beside the all-frame statistics, F = 4 f); the others exist for the ablation only (F = 2 f).
 POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "window_moments": _window_moments,
@@ -152,18 +153,18 @@ _POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
 
 
 def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
-           batch: int = 512, turn_pause: float = 0.0) -> np.ndarray:
+           batch: int = 512, turns: Turns | None = None) -> np.ndarray:
     """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set.
 
     A ``bank`` window's silent chunks are drawn with a generator seeded by the
-    feature set's size, so every fold and seed sees the same draw. ``turn_pause``
+    feature set's size, so every fold and seed sees the same draw. ``turns``
     is the served head's (``window_moments`` only).
     """
-    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turn_pause)
+    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turns if turns is not None and turns.active else None)
     if key not in _POOLED:
         fn = POOLINGS[pooling]
-        if pooling == "window_moments" and turn_pause > 0:
-            fn = functools.partial(_window_moments, turn_pause=turn_pause)
+        if pooling == "window_moments" and turns is not None and turns.active:
+            fn = functools.partial(_window_moments, turns=turns)
         every = Windows(w.fs, np.arange(len(w.fs.offset)), np.zeros(len(w.fs.offset), np.int64), w.silent_fill)
         rng = np.random.default_rng(len(w.fs.offset))
         out = []
@@ -291,7 +292,7 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
 
 
 def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers: Sequence[int], batch: int = 512,
-                  turn_pause: float = 0.0) -> np.ndarray:
+                  turns: Turns | None = None) -> np.ndarray:
     """The served pooled feature (``window_moments``) of every stream-like window ``[n, 4 f]``."""
     bank_rich = chunk_rich(bank[0], bank[1], layers)
     out = []
@@ -304,8 +305,8 @@ def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers
             if own.any():
                 rich[own] = chunk_rich(sw.fs.feats[flat[own]], sw.fs.voiced[flat[own]], layers)
             rich[~own] = bank_rich[-1 - flat[~own]]
-            out.append(_window_moments(torch.from_numpy(rich.reshape(*idx.shape, -1)), turn_pause).numpy())
-    return np.concatenate(out) if out else np.zeros((0, bank_rich.shape[1] - 2), np.float32)
+            out.append(_window_moments(torch.from_numpy(rich.reshape(*idx.shape, -1)), turns).numpy())
+    return np.concatenate(out) if out else np.zeros((0, bank_rich.shape[1] - TAIL), np.float32)
 
 
 # (feature set id, speaker, clips, seed, passes, K, layers) -> (the set, [windows, F], the clip paths labelling them)
@@ -314,7 +315,7 @@ _STREAM_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray, list[str]]] = {}
 
 def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Sequence[int], bank: tuple[np.ndarray, np.ndarray],
                     seed: int, passes: int, hop_s: float, use: np.ndarray | None = None,
-                    per_clip: int = 0, turn_pause: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                    per_clip: int = 0, turns: Turns | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``[n, 4 f]`` of the stream-like windows of ``w``'s clips and the record each is labelled by.
 
     Built and pooled once per speaker (:func:`stream_like_windows` draws per
@@ -328,13 +329,13 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
     xs, clips = [], []
     for speaker, positions in sorted(by_speaker.items()):
         paths = tuple(sorted(str(records[i].path) for i in positions))
-        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turn_pause)
+        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turns if turns is not None and turns.active else None)
         if key not in _STREAM_POOLED:
             one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
             mask = np.zeros(len(records), bool)
             mask[positions] = True
             sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
-            _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers, turn_pause=turn_pause),
+            _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers, turns=turns),
                                    [str(records[i].path) for i in sw.clip_of])
         _, x, labelled = _STREAM_POOLED[key]
         xs.append(x)
@@ -467,8 +468,8 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
     if model.kind == "attention":
         return _fit_attention(model, train, records, bank, c, seed)
     k, layers = model.geometry.chunks_per_window, model.layers
-    turn_pause = model.head.turn_pause
-    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling, turn_pause=turn_pause)) for w in train]
+    turns = model.head.turns
+    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling, turns=turns)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
     stream_p = c.stream_p
     stream_of = None
@@ -478,7 +479,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
         x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
                                          model.geometry.hop_samples / SAMPLE_RATE, use=p_clip > 0, per_clip=c.stream_per_clip,
-                                         turn_pause=turn_pause if c.stream_turns else 0.0)
+                                         turns=turns if c.stream_turns else None)
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)
@@ -590,7 +591,7 @@ def window_logits(model: Any, w: Windows, bank: tuple[np.ndarray, np.ndarray], b
     model.eval()
     if model.kind == "moments" and pooling != "window_moments":
         return model.head.logits(torch.from_numpy(pooled(w, bank, model.geometry.chunks_per_window, model.layers, pooling,
-                                                         turn_pause=model.head.turn_pause))).numpy()
+                                                         turns=model.head.turns))).numpy()
     out = []
     for i in range(0, len(w.index), batch):
         rows = np.arange(i, min(i + batch, len(w.index)))

@@ -163,11 +163,12 @@ def placed_windows(audio: np.ndarray, ch: ChunkGeometry, left: int | None = None
 class ChunkEncoder:
     """Frozen Whisper encoder -> per-layer statistics of each chunk and its voiced share.
 
-    Returns ``(stats [n, layers + 1, 4 d] float16, voiced [n, 2] float32)``:
+    Returns ``(stats [n, layers + 1, 4 d] float16, voiced [n, TAIL] float32)``:
     per hidden state, the mean and standard deviation over all of the chunk's
     frames, then the mean and deviation over its frames weighted by
     :func:`training.voicing.frame_weights` (the served head's input); and per
-    chunk its voiced share (mean frame weight) and its loudest frame, dBFS.
+    chunk its voiced share (mean frame weight), its loudest frame (dBFS) and
+    the voiced share of each quarter (:func:`training.voicing.segment_shares`).
     """
 
     def __init__(self, n_layers: int = 3, batch: int = 128, name: str = "tiny.en") -> None:
@@ -182,7 +183,7 @@ class ChunkEncoder:
         self.batch = batch
 
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from training.voicing import frame_levels, frame_weights, weighted_moments
+        from training.voicing import TAIL, frame_levels, frame_weights, segment_shares, weighted_moments
 
         torch = self.torch
         stats, shares = [], []
@@ -199,9 +200,10 @@ class ChunkEncoder:
                     per_layer.append(torch.cat([h.mean(1), h.std(1), m, vsd], dim=-1))
                 stats.append(torch.stack(per_layer, dim=1).numpy().astype(np.float16))
                 t = states[0].shape[1]
-                shares.append(torch.stack([w[:, :t].mean(1), db[:, :t].amax(1)], 1).numpy().astype(np.float32))
+                tail = [w[:, :t].mean(1, keepdim=True), db[:, :t].amax(1, keepdim=True), segment_shares(w[:, :t], t)]
+                shares.append(torch.cat(tail, 1).numpy().astype(np.float32))
         if not stats:
-            return np.zeros((0, len(self.encoder.blocks) + 1, 4 * self.d), np.float16), np.zeros((0, 2), np.float32)
+            return np.zeros((0, len(self.encoder.blocks) + 1, 4 * self.d), np.float16), np.zeros((0, TAIL), np.float32)
         return np.concatenate(stats), np.concatenate(shares)
 
 
@@ -213,7 +215,7 @@ class FeatureSet:
     """Encoded windows of many clips under one variant.
 
     ``feats [chunks, layers, 4 d]`` holds the stored chunks back to back
-    (:class:`ChunkEncoder`'s statistics) and ``voiced [chunks, 2]`` their voiced
+    (:class:`ChunkEncoder`'s statistics) and ``voiced [chunks, TAIL]`` their voiced
     shares and loudest frames (dBFS); window ``w`` of the set is ``feats[offset[w] : offset[w] + count[w]]``
     plus ``silent[w]`` padding chunks; ``clip[w]`` indexes ``paths``.
     """
@@ -326,11 +328,13 @@ def encode_variant(records: Sequence[Record], variant: dict, ch: ChunkGeometry, 
         if progress:
             progress(i + 1, len(records))
     flush()
+    from training.voicing import TAIL
+
     dim = feats[0].shape[1:] if feats else (0, 0)
     return FeatureSet(
         paths,
         np.concatenate(feats) if feats else np.zeros((0, *dim), np.float16),
-        np.concatenate(voiced) if voiced else np.zeros((0, 2), np.float32),
+        np.concatenate(voiced) if voiced else np.zeros((0, TAIL), np.float32),
         np.asarray(offset, np.int64), np.asarray(count, np.int32), np.asarray(silent, np.int32), np.asarray(clip, np.int64),
     )
 
@@ -355,7 +359,7 @@ def variant_key(variant: dict) -> str:
     return f"{variant.get('name', 'clean')}-{zlib.crc32(json.dumps(variant, sort_keys=True).encode()):08x}"
 
 
-FORMAT = "m3"  # the statistics ChunkEncoder stores (all-frame and voiced moments, voiced share)
+FORMAT = "m4"  # the statistics ChunkEncoder stores (all-frame and voiced moments, voiced share, peak, quarters' shares)
 
 
 def encoder_tag(n_layers: int, ch: ChunkGeometry, name: str = "tiny.en") -> str:

@@ -53,6 +53,7 @@ from training.frontend import FrontendConfig
 HEAD_KINDS = ("moments", "attention")
 LAYER_MIXES = ("concat", "weighted", "last")
 CHUNK_POOLINGS = ("attention", "mean")
+TURN_SEGMENTS = (1, 2, 4)  # divisors of training.voicing.SEGMENTS
 OPTIMIZERS = ("lbfgs", "adamw")
 NET_POOLINGS = ("attention", "mean")
 FRONTEND_NORMS = ("cmvn", "utterance", "none")
@@ -105,6 +106,11 @@ class HeadConfig:
         0.0,
         "moments head: a chunk whose voiced weight is below this is a pause between two turns, and the window "
         "pools only its turn with the most speech (training/voicing.dominant_turn); 0 pools the whole window",
+    )
+    turn_segments: int = setting(
+        1,
+        "moments head: where turns split: 1 at whole chunks, 2 or 4 at each chunk's halves or quarters, so a pause "
+        "shorter than a chunk splits them too (training/voicing.Turns; the parts must tile the chunk hop)",
     )
 
 
@@ -369,6 +375,8 @@ def _check(cfg: DictConfig, where: str) -> None:
         _at_least(head, "hidden", 0, f"{where}.head")
         _share(head, "dropout", f"{where}.head", below_one=True)
         _share(head, "turn_pause", f"{where}.head", below_one=True)
+        if head.turn_segments not in TURN_SEGMENTS:
+            _fail(f"{where}.head", "turn_segments", f"must be one of {TURN_SEGMENTS}, got {head.turn_segments!r}")
         if not cfg.features.train_variants:
             _fail(where, "features.train_variants", "needs at least the clean variant")
         _check_head_trainer(cfg.head_trainer, f"{where}.head_trainer")

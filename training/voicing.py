@@ -22,6 +22,8 @@ every frame a little weight, so a window of pure silence still has defined
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from training.whisper import FRAME_SAMPLES
@@ -31,6 +33,8 @@ FLOOR_DBFS = -60.0  # below this nothing is speech, whatever the chunk's peak
 SLOPE_DB = 2.0  # width of the soft edge of the gate
 EPS_WEIGHT = 0.01  # every frame keeps this weight, so a silent chunk still has moments
 TURN_TIE = 1e-4  # turns whose speech weighs within this of the heaviest are kept too (float sums differ by ~1e-6)
+SEGMENTS = 4  # each chunk's embedding carries the voiced share of its quarters, so turns can split finer than a hop
+TAIL = 2 + SEGMENTS  # an embedding's last columns, after its moments: voiced share, loudest frame (dBFS), the quarters'
 
 
 def frame_levels(chunks: torch.Tensor) -> torch.Tensor:
@@ -84,6 +88,78 @@ def dominant_turn(weight: torch.Tensor, pause: float) -> torch.Tensor:
     speech = torch.where(is_pause, torch.zeros_like(weight), weight)
     mass = (same * speech[..., None, :]).sum(-1)  # each chunk's turn's total weight
     return (is_pause | (mass >= mass.amax(-1, keepdim=True) - TURN_TIE)).to(weight.dtype)
+
+
+def segment_shares(w: torch.Tensor, frames: int, segments: int = SEGMENTS) -> torch.Tensor:
+    """Frame weights ``[N, frames]`` -> ``[N, segments]``: the voiced share of each consecutive part of the chunk.
+
+    Parts are as even as whole frames allow (50 frames in quarters: 12, 13,
+    13, 12). ``frames`` is passed as a Python int, so the exported graph holds
+    plain slices (a traced shape would not round, and ``tensor_split``
+    exports to sequence ops TensorRT's parser lacks). What :class:`Turns`
+    reads to find pauses shorter than a chunk.
+    """
+    bounds = [round(i * frames / segments) for i in range(segments + 1)]
+    return torch.stack([w[..., a:b].mean(-1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)], dim=-1)
+
+
+@dataclass(frozen=True)
+class Turns:
+    """Where a window's turns split, and which of its chunks the head pools: the dominant turn's and the pauses'.
+
+    ``segments`` 1 splits turns at whole chunks (:func:`dominant_turn` on the
+    chunks' weights), so only a pause that leaves a chunk mostly silent (about
+    0.6 s to 1.1 s, depending on where it falls against the 0.5 s hop) is
+    seen. With 2 or 4, each chunk's halves or quarters
+    (:func:`segment_shares`, times the chunk's :func:`chunk_gate`) are laid
+    on the window's time line (``hop`` parts per chunk hop; where chunks
+    overlap their shares are averaged), turns split at any part weighing
+    under ``pause``, and a chunk is pooled when all its parts belong to the
+    dominant turn or are pauses: a chunk that holds the end of one
+    utterance, a short pause and the start of the next is dropped instead
+    of merging the two. When no chunk lies wholly in the dominant turn (a
+    turn shorter than a chunk between two others), the chunks with the
+    largest share of their parts in it are pooled. Only exportable
+    operations (constant matrices, cumsum, comparisons).
+    """
+
+    pause: float = 0.0  # a part (or chunk) weighing under this separates two turns; 0: the window is one turn
+    segments: int = 1  # parts per chunk: 1, 2 or 4 (a divisor of SEGMENTS)
+    hop: int = 1  # parts per chunk hop
+    chunks: int = 1  # chunks per window
+
+    @classmethod
+    def of(cls, pause: float, segments: int, chunk_samples: int, hop_samples: int, chunks: int) -> Turns:
+        """The split for a geometry; ValueError when ``segments`` parts of a chunk do not tile its hop."""
+        if segments < 1 or SEGMENTS % segments:
+            raise ValueError(f"head.turn_segments must divide {SEGMENTS}, got {segments}")
+        hop, rem = divmod(hop_samples * segments, chunk_samples)
+        if segments > 1 and (rem or hop < 1):
+            raise ValueError(f"head.turn_segments {segments}: a chunk's parts must tile its hop ({hop_samples} of {chunk_samples} samples)")
+        return cls(float(pause), int(segments), int(hop) if segments > 1 else 1, int(chunks))
+
+    @property
+    def active(self) -> bool:
+        return self.pause > 0
+
+    def _cover(self, dtype: torch.dtype) -> torch.Tensor:
+        """``[K * segments, parts]``: 1 where a chunk's part lies on the window's time line (a constant when traced)."""
+        s, k, n = self.segments, self.chunks, (self.chunks - 1) * self.hop + self.segments
+        rows = [[float(q == (r // s) * self.hop + r % s) for q in range(n)] for r in range(k * s)]
+        return torch.tensor(rows, dtype=dtype)
+
+    def keep(self, weight: torch.Tensor, gate: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+        """``[..., K]`` chunk weights, chunk gates and ``[..., K, SEGMENTS]`` part shares -> ``[..., K]`` in {0, 1}."""
+        if self.segments == 1:
+            return dominant_turn(weight, self.pause)
+        k, s = self.chunks, self.segments  # the window's chunk count is the geometry's (a constant in the exported graph)
+        parts = shares.reshape(*shares.shape[:-1], s, SEGMENTS // s).mean(-1) * gate[..., None]  # [..., K, s]
+        cover = self._cover(weight.dtype)
+        flat = parts.reshape(*parts.shape[:-2], k * s)
+        line = (flat @ cover) / cover.sum(0)  # [..., parts on the time line]
+        inside = dominant_turn(line, self.pause) @ cover.T  # [..., K * s]: 1 where the part is kept
+        share_in = inside.reshape(*inside.shape[:-1], k, s).mean(-1)
+        return (share_in >= share_in.amax(-1, keepdim=True) - TURN_TIE).to(weight.dtype)
 
 
 def weighted_moments(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
