@@ -34,13 +34,14 @@ from contract.audio import LABELS
 from contract.geometry import ChunkGeometry
 from training.schema import model_config
 from training.voicing import (
+    ONE_TURN,
     TAIL,
     Turns,
     chunk_gate,
+    chunk_tail,
     combine,
     frame_levels,
     frame_weights,
-    segment_shares,
     weighted_moments,
 )
 from training.whisper import DIMENSIONS, HOP_LENGTH, WhisperEncoder, WhisperLogMel
@@ -61,17 +62,17 @@ class MomentHead(nn.Module):
     noise fills the pauses and the voicing gate lets it in (bench/ablation.py).
     """
 
-    def __init__(self, f: int, n_classes: int = len(LABELS), turns: Turns | None = None) -> None:
+    def __init__(self, f: int, n_classes: int = len(LABELS), turns: Turns = ONE_TURN) -> None:
         super().__init__()
         self.f = f
-        self.turns = turns if turns is not None else Turns()
+        self.turns = turns
         self.register_buffer("mean", torch.zeros(4 * f))
         self.register_buffer("std", torch.ones(4 * f))
         self.linear = nn.Linear(4 * f, n_classes)
         self.register_buffer("temperature", torch.ones(()))
 
     @staticmethod
-    def pool(emb: torch.Tensor, f: int, turns: Turns | None = None) -> torch.Tensor:
+    def pool(emb: torch.Tensor, f: int, turns: Turns = ONE_TURN) -> torch.Tensor:
         """``[B, K, 4 f + TAIL]`` -> ``[B, 4 f]``: voiced mean and deviation of the window, all-frame statistics averaged.
 
         With active ``turns`` both read only the chunks of the window's
@@ -79,7 +80,7 @@ class MomentHead(nn.Module):
         """
         gate = chunk_gate(emb[..., 4 * f + 1])
         weight = emb[..., 4 * f] * gate
-        if turns is None or not turns.active:
+        if not turns.active:
             m, sd = combine(emb[..., :f], emb[..., f : 2 * f], weight)
             return torch.cat([m, sd, emb[..., 2 * f : 4 * f].mean(-2)], dim=-1)
         keep = turns.keep(weight, gate, emb[..., 4 * f + 2 : 4 * f + TAIL])
@@ -202,8 +203,7 @@ class WhisperChunkModel(nn.Module):
         means, seconds = zip(*(weighted_moments(states[i], w) for i in self.layers), strict=True)
         all_means = [states[i].mean(1) for i in self.layers]
         all_stds = [states[i].std(1) for i in self.layers]
-        return torch.cat([*means, *seconds, *all_means, *all_stds, w.mean(1, keepdim=True), db.amax(1, keepdim=True),
-                          segment_shares(w, self.frames)], dim=-1)
+        return torch.cat([*means, *seconds, *all_means, *all_stds, chunk_tail(w, db, self.frames)], dim=-1)
 
     def encode_chunks(self, chunks: torch.Tensor) -> torch.Tensor:
         if self.kind == "moments":

@@ -35,7 +35,7 @@ from contract.audio import LABELS, SAMPLE_RATE
 from training.corpora import Record
 from training.features import FeatureSet
 from training.schema import corpus_factor, head_trainer_config, model_config
-from training.voicing import TAIL, Turns
+from training.voicing import ONE_TURN, TAIL, Turns
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def _f(rich: torch.Tensor) -> int:
     return (rich.shape[-1] - TAIL) // 4
 
 
-def _window_moments(rich: torch.Tensor, turns: Turns | None = None) -> torch.Tensor:
+def _window_moments(rich: torch.Tensor, turns: Turns = ONE_TURN) -> torch.Tensor:
     from training.chunk_model import MomentHead
 
     return MomentHead.pool(served_embeddings(rich), _f(rich), turns)
@@ -153,17 +153,17 @@ _POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
 
 
 def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
-           batch: int = 512, turns: Turns | None = None) -> np.ndarray:
+           batch: int = 512, turns: Turns = ONE_TURN) -> np.ndarray:
     """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set.
 
     A ``bank`` window's silent chunks are drawn with a generator seeded by the
     feature set's size, so every fold and seed sees the same draw. ``turns``
     is the served head's (``window_moments`` only).
     """
-    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turns if turns is not None and turns.active else None)
+    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turns)
     if key not in _POOLED:
         fn = POOLINGS[pooling]
-        if pooling == "window_moments" and turns is not None and turns.active:
+        if pooling == "window_moments" and turns.active:
             fn = functools.partial(_window_moments, turns=turns)
         every = Windows(w.fs, np.arange(len(w.fs.offset)), np.zeros(len(w.fs.offset), np.int64), w.silent_fill)
         rng = np.random.default_rng(len(w.fs.offset))
@@ -292,7 +292,7 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
 
 
 def stream_pooled(sw: StreamWindows, bank: tuple[np.ndarray, np.ndarray], layers: Sequence[int], batch: int = 512,
-                  turns: Turns | None = None) -> np.ndarray:
+                  turns: Turns = ONE_TURN) -> np.ndarray:
     """The served pooled feature (``window_moments``) of every stream-like window ``[n, 4 f]``."""
     bank_rich = chunk_rich(bank[0], bank[1], layers)
     out = []
@@ -315,7 +315,7 @@ _STREAM_POOLED: dict[tuple, tuple[FeatureSet, np.ndarray, list[str]]] = {}
 
 def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Sequence[int], bank: tuple[np.ndarray, np.ndarray],
                     seed: int, passes: int, hop_s: float, use: np.ndarray | None = None,
-                    per_clip: int = 0, turns: Turns | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    per_clip: int = 0, turns: Turns = ONE_TURN) -> tuple[np.ndarray, np.ndarray]:
     """Pooled features ``[n, 4 f]`` of the stream-like windows of ``w``'s clips and the record each is labelled by.
 
     Built and pooled once per speaker (:func:`stream_like_windows` draws per
@@ -329,7 +329,7 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
     xs, clips = [], []
     for speaker, positions in sorted(by_speaker.items()):
         paths = tuple(sorted(str(records[i].path) for i in positions))
-        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turns if turns is not None and turns.active else None)
+        key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turns)
         if key not in _STREAM_POOLED:
             one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
             mask = np.zeros(len(records), bool)
@@ -479,7 +479,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
         x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
                                          model.geometry.hop_samples / SAMPLE_RATE, use=p_clip > 0, per_clip=c.stream_per_clip,
-                                         turns=turns if c.stream_turns else None)
+                                         turns=turns if c.stream_turns else ONE_TURN)
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)

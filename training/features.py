@@ -183,7 +183,7 @@ class ChunkEncoder:
         self.batch = batch
 
     def __call__(self, chunks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from training.voicing import TAIL, frame_levels, frame_weights, segment_shares, weighted_moments
+        from training.voicing import TAIL, chunk_tail, frame_levels, frame_weights, weighted_moments
 
         torch = self.torch
         stats, shares = [], []
@@ -200,8 +200,7 @@ class ChunkEncoder:
                     per_layer.append(torch.cat([h.mean(1), h.std(1), m, vsd], dim=-1))
                 stats.append(torch.stack(per_layer, dim=1).numpy().astype(np.float16))
                 t = states[0].shape[1]
-                tail = [w[:, :t].mean(1, keepdim=True), db[:, :t].amax(1, keepdim=True), segment_shares(w[:, :t], t)]
-                shares.append(torch.cat(tail, 1).numpy().astype(np.float32))
+                shares.append(chunk_tail(w[:, :t], db[:, :t], t).numpy().astype(np.float32))
         if not stats:
             return np.zeros((0, len(self.encoder.blocks) + 1, 4 * self.d), np.float16), np.zeros((0, TAIL), np.float32)
         return np.concatenate(stats), np.concatenate(shares)

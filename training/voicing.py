@@ -136,6 +136,8 @@ class Turns:
         hop, rem = divmod(hop_samples * segments, chunk_samples)
         if segments > 1 and (rem or hop < 1):
             raise ValueError(f"head.turn_segments {segments}: a chunk's parts must tile its hop ({hop_samples} of {chunk_samples} samples)")
+        if pause <= 0:
+            return cls()  # every inactive split is the same one, ONE_TURN (pooled features are cached by it)
         return cls(float(pause), int(segments), int(hop) if segments > 1 else 1, int(chunks))
 
     @property
@@ -160,6 +162,17 @@ class Turns:
         inside = dominant_turn(line, self.pause) @ cover.T  # [..., K * s]: 1 where the part is kept
         share_in = inside.reshape(*inside.shape[:-1], k, s).mean(-1)
         return (share_in >= share_in.amax(-1, keepdim=True) - TURN_TIE).to(weight.dtype)
+
+
+def chunk_tail(w: torch.Tensor, db: torch.Tensor, frames: int) -> torch.Tensor:
+    """Frame weights and levels ``[N, frames]`` -> ``[N, TAIL]``: voiced share, loudest frame (dBFS), quarters' shares.
+
+    The columns after a chunk's moments, in the served embedding and in the feature cache alike.
+    """
+    return torch.cat([w.mean(-1, keepdim=True), db.amax(-1, keepdim=True), segment_shares(w, frames)], dim=-1)
+
+
+ONE_TURN = Turns()  # no split: the window pools every chunk (what every inactive Turns.of returns)
 
 
 def weighted_moments(h: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
