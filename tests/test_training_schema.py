@@ -52,13 +52,10 @@ def test_the_shipped_recipes_keep_their_values() -> None:
     assert (t.temperature_folds, t.stream_p, t.stream_passes, t.stream_per_clip) == (4, 0.5, 2, 4)
     assert dict(t.corpus_weights) == {"ravdess": 1.0, "tess": 1.0, "default": 0.0}
     assert [v["name"] for v in w.features.train_variants] == ["clean", "mixed", "noisy", "roomy"]
-    b = compose_train(["model=whisper-base"]).model
-    assert (b.encoder.name, b.encoder.blocks, b.head_trainer.stream_p, b.head_trainer.temperature_folds) == (
-        "base",
-        3,
-        0.0,
-        4,
-    )
+    b = compose_train(["model=whisper-base"]).model  # the default's recipe on base's first 3 blocks
+    assert (b.encoder.name, b.encoder.blocks, b.head_trainer.stream_p, b.head_trainer.temperature_folds) == ("base", 3, 0.5, 4)
+    assert (b.head.turn_pause, b.head.turn_segments, b.head_trainer.stream_turns) == (w.head.turn_pause, 1, False)
+    assert [v["name"] for v in b.features.train_variants] == ["clean", "mixed", "noisy", "roomy"]
     c = compose_train(["model=compact"]).model
     assert (c.frontend.n_mels, c.frontend.hop_length, c.net.pooling, c.specaugment.freq_width) == (
         64,
