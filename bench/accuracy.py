@@ -53,7 +53,7 @@ from contract.audio import LABELS
 
 ALL_CORPORA = ("ravdess", "tess", "nemo", "ased", "turev", "emotiontts", "banglaser_ext")
 LOCO = ("nemo", "ased", "turev")
-CONFIGS = {"tiny.en": "whisper.yaml", "base": "whisper-base.yaml"}
+CONFIGS = {"tiny.en": "whisper", "base": "whisper-base"}
 
 
 def mean(xs: list[float]) -> float:
@@ -76,9 +76,10 @@ def load_recipe(encoder: str, overrides: list[str]) -> dict:
     import yaml
     from omegaconf import OmegaConf
 
+    from contract.config import load_group_file
     from training.schema import model_config
 
-    cfg = OmegaConf.create({"model": OmegaConf.load(REPO / "conf" / "model" / CONFIGS[encoder])})
+    cfg = OmegaConf.create({"model": load_group_file("model", CONFIGS[encoder])})
     for o in overrides:
         key, value = o.split("=", 1)
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)

@@ -5,7 +5,8 @@ A top-level file (``train.yaml``) may name config groups in a
 On the command line ``group=choice`` picks a file, ``group=a+b`` merges several
 (lists are concatenated, so ``data=ravdess+tess`` trains on both corpora),
 ``a.b.c=value`` sets a key that must already exist, and ``+a.b=value`` adds a
-new one. This is the part of Hydra's compose API that ser needs, kept small
+new one. A group file may start from another of its group (``extends: whisper``)
+and say only what differs: its keys replace the parent's, lists whole. This is the part of Hydra's compose API that ser needs, kept small
 enough to give precise errors. Torch-free: the daemon applies its overrides with :func:`apply_overrides`.
 """
 
@@ -56,15 +57,40 @@ def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
+def _replace_merge(parent: Any, child: Any) -> Any:
+    """``child`` over ``parent``: mappings merge key by key, anything else (a list too) is replaced whole.
+
+    Unlike ``+`` between choices, a file that extends another restates a list to change it: a recipe
+    that concatenated its parent's ``train_variants`` could never drop one.
+    """
+    if isinstance(parent, dict) and isinstance(child, dict):
+        out = dict(parent)
+        for k, v in child.items():
+            out[k] = _replace_merge(out[k], v) if k in out else v
+        return out
+    return child
+
+
+def load_group_file(group: str, name: str, conf_dir: Path = CONF_DIR, _seen: tuple[str, ...] = ()) -> dict:
+    """One file of a config group as a plain dict, its ``extends:`` chain resolved (parents first)."""
+    path = conf_dir / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown {group} {name!r}; choose from: {', '.join(group_choices(group, conf_dir)) or '(none)'}")
+    data = OmegaConf.to_container(_load_yaml(path), resolve=False)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must name one file of conf/{group}, not {parent!r}")
+    if parent in (*_seen, name):
+        raise ConfigError(f"{path}: extends {parent!r} makes a cycle ({' -> '.join((*_seen, name, parent))})")
+    return _replace_merge(load_group_file(group, parent, conf_dir, (*_seen, name)), data)
+
+
 def _load_group(group: str, choice: str, conf_dir: Path) -> dict:
     merged: dict = {}
     for part in str(choice).split("+"):
-        path = conf_dir / group / f"{part}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"unknown {group} {part!r}; choose from: {', '.join(group_choices(group, conf_dir)) or '(none)'}"
-            )
-        merged = _merge_concat(merged, OmegaConf.to_container(_load_yaml(path), resolve=False))
+        merged = _merge_concat(merged, load_group_file(group, part, conf_dir))
     return merged
 
 

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from omegaconf import OmegaConf
 
-from contract.config import ConfigError, compose, group_choices
+from contract.config import ConfigError, compose, group_choices, load_group_file
 from training.schema import (
     ChunkModelConfig,
     HeadTrainerConfig,
@@ -70,6 +70,46 @@ def test_the_shipped_recipes_keep_their_values() -> None:
         8000.0,
         6,
     )
+
+
+def _conf(tmp_path: Path, files: dict[str, str]) -> Path:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "train.yaml").write_text("defaults:\n  model: child\n")
+    for name, text in files.items():
+        (tmp_path / "model" / f"{name}.yaml").write_text(text)
+    return tmp_path
+
+
+def test_a_recipe_that_extends_another_replaces_its_keys_and_lists_whole(tmp_path: Path) -> None:
+    conf = _conf(tmp_path, {
+        "parent": "a: 1\nnest: {x: 1, y: 2}\nitems: [p, q]\n",
+        "child": "extends: parent\nnest: {y: 3}\nitems: [c]\n",
+        "grandchild": "extends: child\na: 4\n",
+    })
+    assert load_group_file("model", "child", conf) == {"a": 1, "nest": {"x": 1, "y": 3}, "items": ["c"]}
+    assert load_group_file("model", "grandchild", conf) == {"a": 4, "nest": {"x": 1, "y": 3}, "items": ["c"]}
+    # `+` between choices still concatenates, after each file's own chain is resolved
+    assert list(compose("train", ["model=child+parent"], conf_dir=conf).model["items"]) == ["c", "p", "q"]
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"child": "extends: nowhere\n"}, "unknown model 'nowhere'"),
+    ({"child": "extends: other\n", "other": "extends: child\n"}, "cycle (child -> other -> child)"),
+    ({"child": "extends: child\n"}, "cycle"),
+    ({"child": "extends: [a, b]\n"}, "extends must name one file"),
+])
+def test_a_broken_extends_fails_naming_the_file(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    conf = _conf(tmp_path, files)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        compose("train", [], conf_dir=conf)
+
+
+def test_the_multilingual_recipe_is_the_default_but_for_its_encoder() -> None:
+    """whisper-base.yaml says only what differs: a change to the default's recipe reaches both models."""
+    w, b = (OmegaConf.to_container(compose_train([f"model={m}"]).model) for m in ("whisper", "whisper-base"))
+    assert (b.pop("variant"), b["encoder"].pop("name"), w.pop("variant"), w["encoder"].pop("name")) == (
+        "whisper-base", "base", "whisper", "tiny.en")
+    assert b == w
 
 
 @pytest.mark.parametrize("override", ["model.head_trainer.nonsense=1", "+model.head_trainer.nonsense=1"])
