@@ -6,8 +6,8 @@ On the command line ``group=choice`` picks a file, ``group=a+b`` merges several
 (lists are concatenated, so ``data=ravdess+tess`` trains on both corpora),
 ``a.b.c=value`` sets a key that must already exist, and ``+a.b=value`` adds a
 new one. A group file may start from another of its group (``extends: whisper``)
-and say only what differs: its keys replace the parent's, lists whole. This is the part of Hydra's compose API that ser needs, kept small
-enough to give precise errors. Torch-free: the daemon applies its overrides with :func:`apply_overrides`.
+and say only what differs: its keys replace the parent's, lists whole. This is
+the part of Hydra's compose API that ser needs, kept small enough to give precise errors. Torch-free: the daemon applies its overrides with :func:`apply_overrides`.
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def load_group_file(group: str, name: str, conf_dir: Path = CONF_DIR, _seen: tup
         raise ConfigError(f"{path}: extends must name one file of conf/{group}, not {parent!r}")
     if parent in (*_seen, name):
         raise ConfigError(f"{path}: extends {parent!r} makes a cycle ({' -> '.join((*_seen, name, parent))})")
+    if not (conf_dir / group / f"{parent}.yaml").is_file():
+        raise ConfigError(f"{path}: extends unknown {group} {parent!r}; choose from: {', '.join(group_choices(group, conf_dir))}")
     return _replace_merge(load_group_file(group, parent, conf_dir, (*_seen, name)), data)
 
 

@@ -93,7 +93,7 @@ def test_a_recipe_that_extends_another_replaces_its_keys_and_lists_whole(tmp_pat
 
 
 @pytest.mark.parametrize(("files", "message"), [
-    ({"child": "extends: nowhere\n"}, "unknown model 'nowhere'"),
+    ({"child": "extends: nowhere\n"}, "child.yaml: extends unknown model 'nowhere'; choose from: child"),
     ({"child": "extends: other\n", "other": "extends: child\n"}, "cycle (child -> other -> child)"),
     ({"child": "extends: child\n"}, "cycle"),
     ({"child": "extends: [a, b]\n"}, "extends must name one file"),
