@@ -211,6 +211,19 @@ def test_row_weights_split_each_clip_between_clean_and_augmented() -> None:
     assert wc[7] == pytest.approx(per_clip[7])  # no augmented window: all of it on the clean one
 
 
+def test_row_weights_do_not_depend_on_the_unweighted_corpora_listed() -> None:
+    """A corpus at weight 0 adds windows that weigh nothing, and changes no other window's weight (so no L2 strength)."""
+    from training.chunk_training import row_weights
+
+    english = records({("ravdess", "anger"): 4, ("ravdess", "sad"): 4})
+    other = records({("nemo", "anger"): 6, ("nemo", "sad"): 6})
+    weights = {"ravdess": 1.0, "default": 0.0}
+    alone = row_weights([Windows(None, np.arange(8), np.arange(8), "zeros")], english, 0.5, 0.5, weights)[0]  # type: ignore[arg-type]
+    both = row_weights([Windows(None, np.arange(20), np.arange(20), "zeros")], english + other, 0.5, 0.5, weights)[0]  # type: ignore[arg-type]
+    assert np.allclose(both[:8], alone) and not both[8:].any()
+    assert alone.mean() == pytest.approx(1.0)
+
+
 def test_expected_calibration_error() -> None:
     labels = np.array([0, 1, 0, 1])
     assert expected_calibration_error(np.eye(2)[labels], labels) == pytest.approx(0.0)

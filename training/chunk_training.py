@@ -372,7 +372,12 @@ def sample_weights(records: Sequence[Record], alpha: float, corpus_weights: dict
 def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: float, clean_p: float,
                 corpus_weights: dict[str, float] | None = None, stream_of: np.ndarray | None = None,
                 stream_p: float = 0.0) -> list[np.ndarray]:
-    """Per window of each variant, its share of the training loss (mean 1 over all windows).
+    """Per window of each variant, its share of the training loss (mean 1 over the windows that weigh).
+
+    Windows of a corpus that ``corpus_weights`` sets to 0 weigh 0 and do not count in that mean: the
+    fit's L2 strength (:func:`fit_linear`, relative to the weights' sum) must not depend on which
+    unweighted corpora happen to be listed, or ``bench/accuracy.py``'s folds (every corpus listed)
+    would fit a more weakly regularised head than ``ser-train data=ravdess+tess`` ships.
 
     A clip weighs ``p_clip * class_weight`` (:func:`sample_weights`), spread
     over its windows; ``clean_p`` of it goes to the clean variant and the rest
@@ -399,7 +404,7 @@ def row_weights(train: Sequence[Windows], records: Sequence[Record], alpha: floa
     if stream_of is not None:
         out.append(clip_w[stream_of] * stream_p / np.maximum(in_stream[stream_of], 1))
     total = np.concatenate(out)
-    scale = len(total) / total.sum()
+    scale = np.count_nonzero(total) / total.sum()
     return [o * scale for o in out]
 
 
