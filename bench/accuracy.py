@@ -15,7 +15,9 @@ SNR, reverberation RT60 0.4 s, Opus at 16 kbps); calibration is the
 clip-level ECE before and after temperature scaling. Leave-one-corpus-out
 fits the recipe on its training corpora (``head_trainer.corpus_weights``)
 without nEMO (Polish), ASED (Amharic) or TurEV-DB (Turkish) and scores all
-of the held-out corpus's clips: a language and voices never heard.
+of the held-out corpus's clips: a language and voices never heard. A recipe
+that weighs none of the three (the shipped ones) is fitted once per seed
+without all three, the same head, and scores each (:func:`leave_corpora_out`).
 
 ``--stream``: for each fold, the head of the clean cross-validation is
 exported to ONNX and each test actor's clips are played as one long stream
@@ -130,7 +132,7 @@ def main() -> int:
 
     import torch
 
-    from training.chunk_cv import cross_validate, leave_corpus_out
+    from training.chunk_cv import cross_validate
 
     torch.set_num_threads(1)  # a head fits fastest single-threaded; the feature encoder is another process
     records = all_records(args.data_root)
@@ -144,10 +146,7 @@ def main() -> int:
         conditions = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
         keep = args.stream  # the stream scorer needs the heads themselves
         cv = [] if args.no_cv else cross_validate(mc, trainer, records, cache, seeds, conditions, folds=args.folds, keep_models=keep)
-        loco: list[dict] = []
-        if not args.no_loco:
-            for corpus in LOCO:
-                loco += leave_corpus_out(mc, trainer, records, cache, corpus, seeds)
+        loco = [] if args.no_loco else leave_corpora_out(mc, trainer, records, cache, seeds)
         entry = {"seeds": seeds, "summary": summarise(cv, loco, list(conditions)),
                  "cv_runs": [{k: v for k, v in r.items() if k != "model"} for r in cv], "loco_runs": loco}
         if args.stream and cv:
@@ -169,6 +168,25 @@ def main() -> int:
     write_report(RESULTS / f"accuracy{'-' + args.tag if args.tag else ''}.json", result, accuracy_markdown(result),
                  f" ({result['minutes']:.1f} min)", indent=1, default=float)
     return 0
+
+
+def leave_corpora_out(mc: dict, trainer: dict, records: list, cache, seeds: list[int]) -> list[dict]:  # noqa: ANN001
+    """Leave-one-corpus-out rows for each of ``LOCO``: one fit per seed when the recipe weighs none of them.
+
+    A head that learns from none of the held-out corpora (the shipped recipes weigh only RAVDESS and TESS)
+    is the same head whichever of them is left out, up to its random stream-like windows, so one fit
+    without all three scores each; a recipe that learns from any of them is refitted once per corpus.
+    """
+    from training.chunk_cv import held_out_languages, leave_corpus_out
+    from training.schema import corpus_factor
+
+    if any(corpus_factor(trainer["corpus_weights"], c) > 0 for c in LOCO):
+        return [row for corpus in LOCO for row in leave_corpus_out(mc, trainer, records, cache, corpus, seeds)]
+    rows = []
+    for run in held_out_languages(mc, trainer, records, cache, {c: (c,) for c in LOCO}, seeds):
+        shared = {k: v for k, v in run.items() if k not in ("test", "seconds")}
+        rows += [{"held_out": c, "one_fit": True, **shared, "test": {"clean": run["test"][c]}} for c in LOCO]
+    return rows
 
 
 # ----------------------------------------------------------------------------- live-like streams

@@ -438,6 +438,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "probe_layers": probe_markdown,
     "stream-post": lambda doc: __import__("bench.stream_post", fromlist=["markdown"]).markdown(doc),  # late: they import this module
     "stream-heads": lambda doc: __import__("bench.stream_heads", fromlist=["markdown"]).markdown(doc),
+    "languages": lambda doc: __import__("bench.languages", fromlist=["markdown"]).markdown(doc),
 }
 
 
