@@ -84,7 +84,8 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, heading: str = "#") -> str:
+    """The result file's tables (``heading`` opens the title: ``#####`` inside the README)."""
     names = ["dev", *TEST]
     head = ["recipe", "overrides", "seeds", "dev UA (Korean + Bengali)", *(f"{c} UA" for c in TEST), "dev lowest class"]
     rows = []
@@ -96,7 +97,7 @@ def markdown(result: dict) -> str:
     dev_labels = [lab for lab in LABELS if any(lab in r["summary"]["dev"]["recall"] for r in result["recipes"].values())]
     recall = [[label, *(f"{r['summary']['dev']['recall'].get(lab, float('nan')):.2f}" for lab in dev_labels)]
               for label, r in result["recipes"].items()]
-    return (f"# Languages never heard ({result['encoder']}): chosen on {' + '.join(DEV)}, reported on {', '.join(TEST)}\n\n"
+    return (f"{heading} Languages never heard ({result['encoder']}): chosen on {' + '.join(DEV)}, reported on {', '.join(TEST)}\n\n"
             + table(head, rows) + "\n\nRecall per class on the development languages (mean over seeds; anger, happy, "
             "neutral and sad are Korean clips, disgust and fear Bengali ones):\n\n" + table(["recipe", *dev_labels], recall) + "\n")
 

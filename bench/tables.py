@@ -475,6 +475,7 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cluster": ("cluster", cluster_markdown),
     "cluster-capacity": ("cluster", lambda doc: capacity_markdown(capacity(doc))),
     "profile-48": ("profile-48", profile_markdown),
+    "languages-s20-a": ("languages-s20-a", lambda doc: __import__("bench.languages", fromlist=["markdown"]).markdown(doc, heading="#####")),
 }
 _OPEN = re.compile(r"<!-- bench\.tables:([\w.-]+) -->")
 _BLOCK = re.compile(r"<!-- bench\.tables:([\w.-]+) -->\n.*?<!-- /bench\.tables:\1 -->", re.S)
