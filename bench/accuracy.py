@@ -17,7 +17,7 @@ fits the recipe on its training corpora (``head_trainer.corpus_weights``)
 without nEMO (Polish), ASED (Amharic) or TurEV-DB (Turkish) and scores all
 of the held-out corpus's clips: a language and voices never heard. A recipe
 that weighs none of the three (the shipped ones) is fitted once per seed
-without all three, the same head, and scores each (:func:`leave_corpora_out`).
+without all three and scores each (:func:`leave_corpora_out`).
 
 ``--stream``: for each fold, the head of the clean cross-validation is
 exported to ONNX and each test actor's clips are played as one long stream
@@ -174,8 +174,10 @@ def leave_corpora_out(mc: dict, trainer: dict, records: list, cache, seeds: list
     """Leave-one-corpus-out rows for each of ``LOCO``: one fit per seed when the recipe weighs none of them.
 
     A head that learns from none of the held-out corpora (the shipped recipes weigh only RAVDESS and TESS)
-    is the same head whichever of them is left out, up to its random stream-like windows, so one fit
-    without all three scores each; a recipe that learns from any of them is refitted once per corpus.
+    has the same weights and windows whichever of them is left out, so one fit without all three scores
+    each; a recipe that learns from any of them is refitted once per corpus. What still depends on the
+    list is the noise-bank draw of randomly placed windows (``training.chunk_training.pooled``), so this
+    head is not bit for bit the one a per-corpus refit gives (README, "The benches fit the head that ships").
     """
     from training.chunk_cv import held_out_languages, leave_corpus_out
     from training.schema import corpus_factor

@@ -17,9 +17,11 @@ training:
 
 Each seed fits a head once on every other corpus (the recipes' own
 ``head_trainer.corpus_weights`` then decide what weighs: the shipped ones
-learn from RAVDESS and TESS alone), so one fit scores all five languages,
-the same head ``bench.accuracy``'s leave-one-corpus-out fits for any of them
-up to its random stream-like windows. Two RAVDESS actors calibrate (fold 0's
+learn from RAVDESS and TESS alone), so one fit scores all five languages.
+With no unweighted corpus in its list, that fit is the head ``ser-train
+data=ravdess+tess`` fits, noise-bank draw included; ``bench.accuracy``'s
+leave-one-corpus-out lists Korean and Bengali at weight 0, which changes that
+draw (README, "The benches fit the head that ships"). Two RAVDESS actors calibrate (fold 0's
 validation actors); the temperature is fitted on them alone
 (``temperature_folds`` 0), which changes no argmax, so UA is the recipe's.
 Writes bench/results/languages[-TAG].{json,md}.

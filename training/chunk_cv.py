@@ -89,9 +89,11 @@ def held_out_languages(model_cfg: Any, trainer_cfg: dict, records: Sequence[Reco
                        sets: dict[str, Sequence[str]], seeds: Sequence[int]) -> list[dict]:
     """Train once per seed without any corpus of ``sets`` (name -> corpora), score each set's clips pooled.
 
-    One fit serves every held-out language: :func:`leave_corpus_out` would refit the same head
-    (the shipped recipes weigh only the English corpora) once per corpus. Validation (for
-    calibration only) is fold 0's two RAVDESS validation actors, as there.
+    One fit serves every held-out language where the recipe weighs none of them (the shipped ones
+    weigh only the English corpora): :func:`leave_corpus_out` would refit it once per corpus, with
+    the same weights but another noise-bank draw (the draw depends on the clips listed,
+    ``training.chunk_training.pooled``). Validation (for calibration only) is fold 0's two RAVDESS
+    validation actors, as there.
     """
     held = {c for corpora in sets.values() for c in corpora}
     tests = {name: [r for r in records if r.corpus in corpora] for name, corpora in sets.items()}
