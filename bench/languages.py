@@ -23,7 +23,8 @@ data=ravdess+tess`` fits, noise-bank draw included; ``bench.accuracy``'s
 leave-one-corpus-out lists Korean and Bengali at weight 0, which changes that
 draw (README, "The benches fit the head that ships"). Two RAVDESS actors calibrate (fold 0's
 validation actors); the temperature is fitted on them alone
-(``temperature_folds`` 0), which changes no argmax, so UA is the recipe's.
+(``temperature_folds`` 0), which changes a clip's top class only where its
+windows' probabilities are averaged (a clip longer than one window).
 Writes bench/results/languages[-TAG].{json,md}.
 """
 
