@@ -179,16 +179,12 @@ def leave_corpora_out(mc: dict, trainer: dict, records: list, cache, seeds: list
     list is the noise-bank draw of randomly placed windows (``training.chunk_training.pooled``), so this
     head is not bit for bit the one a per-corpus refit gives (README, "The benches fit the head that ships").
     """
-    from training.chunk_cv import held_out_languages, leave_corpus_out
+    from training.chunk_cv import held_out_languages, leave_corpus_out, loco_rows
     from training.schema import corpus_factor
 
     if any(corpus_factor(trainer["corpus_weights"], c) > 0 for c in LOCO):
         return [row for corpus in LOCO for row in leave_corpus_out(mc, trainer, records, cache, corpus, seeds)]
-    rows = []
-    for run in held_out_languages(mc, trainer, records, cache, {c: (c,) for c in LOCO}, seeds):
-        shared = {k: v for k, v in run.items() if k not in ("test", "seconds")}
-        rows += [{"held_out": c, "one_fit": True, **shared, "test": {"clean": run["test"][c]}} for c in LOCO]
-    return rows
+    return loco_rows(held_out_languages(mc, trainer, records, cache, {c: (c,) for c in LOCO}, seeds), LOCO)
 
 
 # ----------------------------------------------------------------------------- live-like streams
@@ -322,11 +318,15 @@ def _loco_rows(loco: list[dict]) -> list[dict]:
     for corpus in LOCO:
         runs = [r for r in loco if r["held_out"] == corpus]
         if runs:
-            ms = [r["test"]["clean"] for r in runs]
-            rows.append({"corpus": corpus, "ua": mean([m["ua"] for m in ms]), "ua_seed_sd": sd([m["ua"] for m in ms]), "n": ms[0]["n"],
-                         "ece": mean([m["ece"] for m in ms]),
-                         "recall": {lab: mean([m["per_class"][lab]["recall"] for m in ms]) for lab in LABELS if ms[0]["per_class"][lab]["support"]}})
+            rows.append({"corpus": corpus, **over_seeds([r["test"]["clean"] for r in runs])})
     return rows
+
+
+def over_seeds(ms: list[dict]) -> dict:
+    """One test set's metrics over seeds: UA's mean and seed deviation, ECE, each class's recall where it has clips."""
+    return {"ua": mean([m["ua"] for m in ms]), "ua_seed_sd": sd([m["ua"] for m in ms]), "n": ms[0]["n"],
+            "ece": mean([m["ece"] for m in ms]),
+            "recall": {lab: mean([m["per_class"][lab]["recall"] for m in ms]) for lab in LABELS if ms[0]["per_class"][lab]["support"]}}
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import logging
 import sys
 import time
 
-from bench.accuracy import CONFIGS, add_data_args, all_records, cache_for, load_recipe, mean, sd, stochastic
+from bench.accuracy import CONFIGS, add_data_args, all_records, cache_for, load_recipe, over_seeds, stochastic
 from bench.lib import RESULTS, table, write_report
 from contract.audio import LABELS
 
@@ -77,14 +77,8 @@ def main() -> int:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Per set: UA's mean and seed deviation, and each class's mean recall where the set holds it."""
-    out = {}
-    for name in runs[0]["test"]:
-        ms = [r["test"][name] for r in runs]
-        out[name] = {"ua": mean([m["ua"] for m in ms]), "ua_seed_sd": sd([m["ua"] for m in ms]), "n": ms[0]["n"],
-                     "recall": {lab: mean([m["per_class"][lab]["recall"] for m in ms])
-                                for lab in LABELS if ms[0]["per_class"][lab]["support"]}}
-    return out
+    """Per set (``dev`` and each test language): its metrics over seeds (:func:`bench.accuracy.over_seeds`)."""
+    return {name: over_seeds([r["test"][name] for r in runs]) for name in runs[0]["test"]}
 
 
 def markdown(result: dict, heading: str = "#") -> str:

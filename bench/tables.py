@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import json
 import math
 import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.lib import REPO, RESULTS, table
 from contract.audio import LABELS
@@ -424,6 +426,11 @@ def profile_markdown(doc: dict) -> str:
 
 
 
+def _late(module: str, **kw: Any) -> Callable[[dict], str]:
+    """``module.markdown(doc, **kw)``, imported when called: those driver modules import this one."""
+    return lambda doc: importlib.import_module(module).markdown(doc, **kw)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
     "cluster": lambda doc: cluster_markdown(doc) + "\n" + capacity_markdown(capacity(doc)),
     "profile": profile_markdown,
@@ -436,9 +443,9 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "int8_encoder": int8_encoder_markdown,
     "int8": int8_markdown,
     "probe_layers": probe_markdown,
-    "stream-post": lambda doc: __import__("bench.stream_post", fromlist=["markdown"]).markdown(doc),  # late: they import this module
-    "stream-heads": lambda doc: __import__("bench.stream_heads", fromlist=["markdown"]).markdown(doc),
-    "languages": lambda doc: __import__("bench.languages", fromlist=["markdown"]).markdown(doc),
+    "stream-post": _late("bench.stream_post"),  # late: they import this module
+    "stream-heads": _late("bench.stream_heads"),
+    "languages": _late("bench.languages"),
 }
 
 
@@ -475,7 +482,7 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "cluster": ("cluster", cluster_markdown),
     "cluster-capacity": ("cluster", lambda doc: capacity_markdown(capacity(doc))),
     "profile-48": ("profile-48", profile_markdown),
-    "languages-s20-a": ("languages-s20-a", lambda doc: __import__("bench.languages", fromlist=["markdown"]).markdown(doc, heading="#####")),
+    "languages-s20-a": ("languages-s20-a", _late("bench.languages", heading="#####")),
 }
 _OPEN = re.compile(r"<!-- bench\.tables:([\w.-]+) -->")
 _BLOCK = re.compile(r"<!-- bench\.tables:([\w.-]+) -->\n.*?<!-- /bench\.tables:\1 -->", re.S)

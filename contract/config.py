@@ -40,14 +40,16 @@ def _load_yaml(path: Path) -> DictConfig:
     return cfg
 
 
-def _merge_concat(a: Any, b: Any) -> Any:
-    """Merge two plain containers; lists are concatenated so groups can be combined with '+'."""
+def _merge(a: Any, b: Any, concat_lists: bool = True) -> Any:
+    """``b`` over ``a`` (plain containers), mappings key by key; lists are concatenated, so groups can be
+    combined with '+', or with ``concat_lists`` false replaced whole, as a file that ``extends:`` another
+    restates a list to change it (concatenated, a recipe could never drop one of its parent's ``train_variants``)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out = dict(a)
         for k, v in b.items():
-            out[k] = _merge_concat(out[k], v) if k in out else v
+            out[k] = _merge(out[k], v, concat_lists) if k in out else v
         return out
-    if isinstance(a, list) and isinstance(b, list):
+    if concat_lists and isinstance(a, list) and isinstance(b, list):
         return a + b
     return b
 
@@ -57,25 +59,12 @@ def group_choices(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
     return sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
 
 
-def _replace_merge(parent: Any, child: Any) -> Any:
-    """``child`` over ``parent``: mappings merge key by key, anything else (a list too) is replaced whole.
-
-    Unlike ``+`` between choices, a file that extends another restates a list to change it: a recipe
-    that concatenated its parent's ``train_variants`` could never drop one.
-    """
-    if isinstance(parent, dict) and isinstance(child, dict):
-        out = dict(parent)
-        for k, v in child.items():
-            out[k] = _replace_merge(out[k], v) if k in out else v
-        return out
-    return child
-
-
 def load_group_file(group: str, name: str, conf_dir: Path = CONF_DIR, _seen: tuple[str, ...] = ()) -> dict:
     """One file of a config group as a plain dict, its ``extends:`` chain resolved (parents first)."""
     path = conf_dir / group / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"unknown {group} {name!r}; choose from: {', '.join(group_choices(group, conf_dir)) or '(none)'}")
+        asked = f"{conf_dir / group / _seen[-1]}.yaml: extends " if _seen else ""
+        raise ConfigError(f"{asked}unknown {group} {name!r}; choose from: {', '.join(group_choices(group, conf_dir)) or '(none)'}")
     data = OmegaConf.to_container(_load_yaml(path), resolve=False)
     parent = data.pop("extends", None)
     if parent is None:
@@ -84,15 +73,13 @@ def load_group_file(group: str, name: str, conf_dir: Path = CONF_DIR, _seen: tup
         raise ConfigError(f"{path}: extends must name one file of conf/{group}, not {parent!r}")
     if parent in (*_seen, name):
         raise ConfigError(f"{path}: extends {parent!r} makes a cycle ({' -> '.join((*_seen, name, parent))})")
-    if not (conf_dir / group / f"{parent}.yaml").is_file():
-        raise ConfigError(f"{path}: extends unknown {group} {parent!r}; choose from: {', '.join(group_choices(group, conf_dir))}")
-    return _replace_merge(load_group_file(group, parent, conf_dir, (*_seen, name)), data)
+    return _merge(load_group_file(group, parent, conf_dir, (*_seen, name)), data, concat_lists=False)
 
 
 def _load_group(group: str, choice: str, conf_dir: Path) -> dict:
     merged: dict = {}
     for part in str(choice).split("+"):
-        merged = _merge_concat(merged, load_group_file(group, part, conf_dir))
+        merged = _merge(merged, load_group_file(group, part, conf_dir))
     return merged
 
 
@@ -131,7 +118,7 @@ def compose(
     for group, choice in defaults.items():
         if choice in (None, "null"):
             continue
-        base[group] = _merge_concat(base.get(group) or {}, _load_group(group, choice, conf_dir))
+        base[group] = _merge(base.get(group) or {}, _load_group(group, choice, conf_dir))
     base["choices"] = {g: str(c) for g, c in defaults.items()}
     for key, typed in (sections or {}).items():
         if key in base:

@@ -65,24 +65,15 @@ def cross_validate(model_cfg: Any, trainer_cfg: dict, records: Sequence[Record],
 
 
 def leave_corpus_out(model_cfg: Any, trainer_cfg: dict, records: Sequence[Record], cache: Any, held_out: str,
-                     seeds: Sequence[int], train_corpora: Sequence[str] | None = None) -> list[dict]:
-    """Train without ``held_out`` (optionally only on ``train_corpora``), score all of its clips.
+                     seeds: Sequence[int]) -> list[dict]:
+    """Train without ``held_out``, score all of its clips: one row per seed (:func:`loco_rows`)."""
+    return loco_rows(held_out_languages(model_cfg, trainer_cfg, records, cache, {held_out: (held_out,)}, seeds), [held_out])
 
-    Validation (for calibration only) is fold 0's two RAVDESS validation actors.
-    """
-    val_speakers = {x.speaker for x in ravdess_folds(records)[0].val}
-    test = [r for r in records if r.corpus == held_out]
-    if not test:
-        raise ValueError(f"no clips of {held_out!r} in the data")
-    val = [r for r in records if r.speaker in val_speakers]
-    train = [r for r in records if r.corpus != held_out and r.speaker not in val_speakers
-             and (train_corpora is None or r.corpus in train_corpora)]
-    out = []
-    for seed in seeds:
-        r = train_split(model_cfg, trainer_cfg, train, val, {"clean": (test, {"name": "clean"})}, cache, seed)
-        log.info("leave out %s seed %d: UA %.3f", held_out, seed, r.test["clean"]["ua"])
-        out.append({"held_out": held_out, "seed": seed, "train_corpora": sorted({x.corpus for x in train}), **_summary(r)})
-    return out
+
+def loco_rows(runs: list[dict], corpora: Sequence[str]) -> list[dict]:
+    """:func:`held_out_languages` runs as leave-one-corpus-out rows: one per run and corpus, its score as ``clean``."""
+    return [{"held_out": c, **{k: v for k, v in run.items() if k not in ("test", "seconds")}, "test": {"clean": run["test"][c]}}
+            for run in runs for c in corpora]
 
 
 def held_out_languages(model_cfg: Any, trainer_cfg: dict, records: Sequence[Record], cache: Any,
