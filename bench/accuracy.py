@@ -175,9 +175,9 @@ def leave_corpora_out(mc: dict, trainer: dict, records: list, cache, seeds: list
 
     A head that learns from none of the held-out corpora (the shipped recipes weigh only RAVDESS and TESS)
     has the same weights and windows whichever of them is left out, so one fit without all three scores
-    each; a recipe that learns from any of them is refitted once per corpus. What still depends on the
-    list is the noise-bank draw of randomly placed windows (``training.chunk_training.pooled``), so this
-    head is not bit for bit the one a per-corpus refit gives (README, "The benches fit the head that ships").
+    each; a recipe that learns from any of them is refitted once per corpus. Each window's noise-bank draw
+    is its own (``training.chunk_training.bank_draws``), so this fit is the one a per-corpus refit, or
+    ``ser-train`` on the weighted corpora alone, gives (``tests/test_chunk_model.py`` checks it).
     """
     from training.chunk_cv import held_out_languages, leave_corpus_out, loco_rows
     from training.schema import corpus_factor

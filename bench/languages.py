@@ -18,10 +18,10 @@ training:
 Each seed fits a head once on every other corpus (the recipes' own
 ``head_trainer.corpus_weights`` then decide what weighs: the shipped ones
 learn from RAVDESS and TESS alone), so one fit scores all five languages.
-With no unweighted corpus in its list, that fit is the head ``ser-train
-data=ravdess+tess`` fits, noise-bank draw included; ``bench.accuracy``'s
-leave-one-corpus-out lists Korean and Bengali at weight 0, which changes that
-draw (README, "The benches fit the head that ships"). Two RAVDESS actors calibrate (fold 0's
+That fit is the head ``ser-train data=ravdess+tess`` fits whichever unweighted
+corpora are listed beside the weighted ones (weights and each window's
+noise-bank draw depend on its own clip alone), so it is also the head
+``bench.accuracy``'s leave-one-corpus-out scores. Two RAVDESS actors calibrate (fold 0's
 validation actors); the temperature is fitted on them alone
 (``temperature_folds`` 0), which changes a clip's top class only where its
 windows' probabilities are averaged (a clip longer than one window).

@@ -224,6 +224,45 @@ def test_row_weights_do_not_depend_on_the_unweighted_corpora_listed() -> None:
     assert alone.mean() == pytest.approx(1.0)
 
 
+def test_a_clips_noise_draw_is_its_own_and_varies_with_the_seed() -> None:
+    """Listing other clips beside a clip leaves its windows' noise-bank draw alone; another seed draws anew."""
+    from training.chunk_training import bank_draws
+
+    english = records({("ravdess", lab): 3 for lab in LABELS})
+    other = records({("nemo", lab): 3 for lab in LABELS})
+    alone = synthetic_features(english, 0, layers=1, d=8)
+    both = FeatureSet.concat([synthetic_features(other, 1, layers=1, d=8), alone])
+    first = len(both.offset) - len(alone.offset)  # english's windows come after the other corpus's in ``both``
+    draw = bank_draws(alone, np.arange(len(alone.offset)), 9, 96, seed=0)
+    assert np.array_equal(bank_draws(both, np.arange(first, len(both.offset)), 9, 96, seed=0), draw)
+    assert not np.array_equal(bank_draws(alone, np.arange(len(alone.offset)), 9, 96, seed=1), draw)
+    assert len({tuple(r) for r in draw}) == len(draw)  # every window its own draw, not one shared pattern
+
+
+@pytest.mark.slow
+def test_a_fit_does_not_depend_on_the_unweighted_corpora_listed() -> None:
+    """The same head whether a corpus at weight 0 is in the list or not (weights, standardisation and noise alike):
+    so a leave-one-corpus-out fit that lists the held-out corpora is the fit ``ser-train`` makes without them."""
+    from training.chunk_model import WhisperChunkModel
+
+    english = records({("ravdess", lab): 12 for lab in LABELS})
+    other = records({("nemo", lab): 8 for lab in LABELS})
+    clean = [synthetic_features(english, 0), synthetic_features(other, 1)]
+    noisy = [synthetic_features(english, 2), synthetic_features(other, 3)]
+    trainer = {"corpus_weights": {"ravdess": 1.0, "default": 0.0}, "stream_p": 0.3}  # stream-like windows too
+    feats, voiced = silent_bank()
+    rng = np.random.default_rng(4)  # a bank of distinct noise chunks, so which entry a window draws matters
+    bank = (rng.normal(size=(32, *feats.shape[1:])).astype(np.float16), np.tile(voiced[:1], (32, 1)))
+    heads = []
+    for recs, sets in ((english, (clean[0], noisy[0])),
+                       (english + other, (FeatureSet.concat(clean), FeatureSet.concat(noisy)))):
+        model = WhisperChunkModel(small_cfg())
+        windows = [Windows(fs, np.arange(len(fs.offset)), fs.clip, fill) for fs, fill in zip(sets, ("zeros", "bank"), strict=True)]
+        fit_head(model, windows, recs, bank, trainer, seed=0)
+        heads.append(model.head.linear.weight.detach().clone())
+    torch.testing.assert_close(heads[0], heads[1], atol=1e-4, rtol=1e-3)
+
+
 def test_expected_calibration_error() -> None:
     labels = np.array([0, 1, 0, 1])
     assert expected_calibration_error(np.eye(2)[labels], labels) == pytest.approx(0.0)

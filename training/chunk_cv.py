@@ -81,9 +81,9 @@ def held_out_languages(model_cfg: Any, trainer_cfg: dict, records: Sequence[Reco
     """Train once per seed without any corpus of ``sets`` (name -> corpora), score each set's clips pooled.
 
     One fit serves every held-out language where the recipe weighs none of them (the shipped ones
-    weigh only the English corpora): :func:`leave_corpus_out` would refit it once per corpus, with
-    the same weights but another noise-bank draw (the draw depends on the clips listed,
-    ``training.chunk_training.pooled``). Validation (for calibration only) is fold 0's two RAVDESS
+    weigh only the English corpora): :func:`leave_corpus_out` would refit the same head once per
+    corpus (weights and each window's noise-bank draw depend only on its own clip,
+    ``training.chunk_training.bank_draws``). Validation (for calibration only) is fold 0's two RAVDESS
     validation actors, as there.
     """
     held = {c for corpora in sets.values() for c in corpora}

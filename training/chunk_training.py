@@ -24,6 +24,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import numpy as np
@@ -78,11 +79,12 @@ def chunk_rich(feats: np.ndarray, voiced: np.ndarray, layers: Sequence[int]) -> 
 
 
 def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int],
-             rng: np.random.Generator | None) -> torch.Tensor:
+             fill: np.ndarray | None) -> torch.Tensor:
     """``[len(rows), K, 4 f + TAIL]``: each window's stored chunks (:func:`chunk_rich`), then its silent ones.
 
     Silent chunks are digital silence (the bank's first entry) for clean and
-    evaluation windows, random entries of the noise bank for ``bank`` windows.
+    evaluation windows; for ``bank`` windows given ``fill`` (``[len(rows), K]``
+    bank entries, :func:`bank_draws`) window ``j``'s silent chunk ``i`` is entry ``fill[j, i]``.
     """
     fs = w.fs
     bank_rich = chunk_rich(bank[0], bank[1], layers)
@@ -91,11 +93,28 @@ def assemble(w: Windows, rows: np.ndarray, bank: tuple[np.ndarray, np.ndarray], 
         o, n = int(fs.offset[wi]), int(fs.count[wi])
         out[j, :n] = chunk_rich(fs.feats[o : o + n], fs.voiced[o : o + n], layers)
         if n < k:
-            if w.silent_fill == "bank" and rng is not None:
-                out[j, n:] = bank_rich[rng.integers(0, len(bank_rich), k - n)]
-            else:
-                out[j, n:] = bank_rich[0]
+            out[j, n:] = bank_rich[fill[j, n:]] if w.silent_fill == "bank" and fill is not None else bank_rich[0]
     return torch.from_numpy(out)
+
+
+def bank_draws(fs: FeatureSet, windows: np.ndarray, k: int, n_bank: int, seed: int) -> np.ndarray:
+    """``[len(windows), K]`` noise-bank entries for the silent chunks of these windows of ``fs``.
+
+    Each window's draw is its own: a generator seeded by ``seed``, its clip's
+    path below the data root (corpus, speaker, file) and the window's place among its clip's windows. So a clip's
+    windows get the same noise whichever other clips are listed beside it (one
+    generator over the whole set, as before, gave every clip another draw when
+    the list changed, which moved held-out nEMO by 0.016), and each seed gets
+    another draw, so the spread over seeds includes the noise's.
+    """
+    first = np.full(len(fs.paths), len(fs.clip), np.int64)
+    np.minimum.at(first, fs.clip, np.arange(len(fs.clip)))
+    names = [zlib.crc32("/".join(PurePath(p).parts[-3:]).encode()) for p in fs.paths]  # corpus/speaker/file
+    out = np.empty((len(windows), k), np.int64)
+    for j, wi in enumerate(windows):
+        c = int(fs.clip[wi])
+        out[j] = np.random.default_rng([seed, names[c], int(wi - first[c])]).integers(0, n_bank, k)
+    return out
 
 
 def served_embeddings(rich: torch.Tensor) -> torch.Tensor:
@@ -147,33 +166,32 @@ POOLINGS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "all_frames_every_chunk": lambda r: r[..., : 2 * _f(r)].mean(-2),
 }
 
-# (feature set id, layers, pooling, fill, K) -> (the set, [windows, F]): folds share them; holding the set
-# keeps its id from being reused while the entry lives.
+# (feature set id, layers, pooling, fill, K, turns, seed) -> (the set, [windows, F]): folds share them; holding
+# the set keeps its id from being reused while the entry lives. Clean windows do not depend on the seed (key None).
 _POOLED: dict[tuple, tuple[FeatureSet, np.ndarray]] = {}
 
 
 def pooled(w: Windows, bank: tuple[np.ndarray, np.ndarray], k: int, layers: Sequence[int], pooling: str,
-           batch: int = 512, turns: Turns = ONE_TURN) -> np.ndarray:
-    """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set.
+           seed: int = 0, batch: int = 512, turns: Turns = ONE_TURN) -> np.ndarray:
+    """The pooled feature of every window of ``w`` (``[len(w.index), F]``), computed once per feature set and seed.
 
-    A ``bank`` window's silent chunks are drawn with a generator seeded by the
-    feature set's size: every seed of one list of clips sees the same draw (the
-    seeds do not vary it), and a list with other clips in it, even unweighted
-    ones, gets another, which moved held-out nEMO by 0.016 (README, "The benches
-    fit the head that ships"). ``turns`` is the served head's (``window_moments`` only).
+    A ``bank`` window's silent chunks are drawn per window (:func:`bank_draws`),
+    so they depend on ``seed`` and on the window's clip, not on the other clips
+    of the set. ``turns`` is the served head's (``window_moments`` only).
     """
-    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turns)
+    draws = w.silent_fill == "bank"
+    key = (id(w.fs), tuple(layers), pooling, w.silent_fill, k, turns, seed if draws else None)
     if key not in _POOLED:
         fn = POOLINGS[pooling]
         if pooling == "window_moments" and turns.active:
             fn = functools.partial(_window_moments, turns=turns)
         every = Windows(w.fs, np.arange(len(w.fs.offset)), np.zeros(len(w.fs.offset), np.int64), w.silent_fill)
-        rng = np.random.default_rng(len(w.fs.offset))
+        fill = bank_draws(w.fs, every.index, k, len(bank[0]), seed) if draws else None
         out = []
         with torch.inference_mode():
             for i in range(0, len(every.index), batch):
                 rows = np.arange(i, min(i + batch, len(every.index)))
-                out.append(fn(assemble(every, rows, bank, k, layers, rng)).numpy())
+                out.append(fn(assemble(every, rows, bank, k, layers, None if fill is None else fill[rows])).numpy())
         _POOLED[key] = (w.fs, np.concatenate(out) if out else np.zeros((0, 0), np.float32))
     return _POOLED[key][1][w.index]
 
@@ -476,7 +494,7 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         return _fit_attention(model, train, records, bank, c, seed)
     k, layers = model.geometry.chunks_per_window, model.layers
     turns = model.head.turns
-    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling, turns=turns)) for w in train]
+    xs = [torch.from_numpy(pooled(w, bank, k, layers, pooling, seed, turns=turns)) for w in train]
     ys = [torch.tensor([records[i].label_index for i in w.clip_of]) for w in train]
     stream_p = c.stream_p
     stream_of = None
@@ -552,7 +570,8 @@ def _fit_attention(model: Any, train: Sequence[Windows], records: Sequence[Recor
                 v, options = 0, by_clip[0][clip]
             rows[v].append(int(rng.choice(options)))
             order[v].append(j)
-        parts = [(assemble(train[v], np.array(rows[v]), bank, k, layers, rng), order[v]) for v in range(n_var) if rows[v]]
+        parts = [(assemble(train[v], np.array(rows[v]), bank, k, layers, rng.integers(0, len(bank[0]), (len(rows[v]), k))),
+                  order[v]) for v in range(n_var) if rows[v]]
         x = attention_input(torch.cat([p for p, _ in parts]), len(layers))
         y = labels[clips[np.concatenate([o for _, o in parts])]]
         logits = model.head(model.mix(x))
