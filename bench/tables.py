@@ -51,8 +51,7 @@ def accuracy_markdown(result: dict, heading: str = "###") -> str:
         s = e["summary"]
         if not s["per_fold"]:
             continue
-        out += [f"{heading} {name}: RAVDESS cross-validation ({len(e['seeds'])} seed(s) per fold"
-                + (", convex fit: the result does not depend on the seed" if len(e["seeds"]) == 1 else "") + ")", "",
+        out += [f"{heading} {name}: RAVDESS cross-validation ({len(e['seeds'])} seed(s) per fold)", "",
                 "| fold | test actors | clips | UA | seed sd | accuracy | macro F1 | " + " | ".join(LABELS) + " |",
                 "|---" * (7 + len(LABELS)) + "|"]
         for f in s["per_fold"]:
