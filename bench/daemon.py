@@ -178,6 +178,9 @@ def measure(d: Daemon, n: int, seconds: float, frame: int, hop_s: float, gen_nic
         "cpu_percent": 100 * (c1 - c0) / (w1 - w0),
         "rss_mb": max(rss, default=float("nan")),
         "dropped_windows": int(delta("ser_windows_dropped_total")),
+        "dropped_by_reason": {k: int(v - m0.by_label("ser_windows_dropped_total").get(k, 0.0))
+                              for k, v in m1.by_label("ser_windows_dropped_total").items()
+                              if v > m0.by_label("ser_windows_dropped_total").get(k, 0.0)},
         "client_seq_gaps": int(sum(s["gaps"] for s in streams)),
         "slow_client_drops": int(delta("ser_client_messages_dropped_total")),
         "client_send_lag_p50_ms": percentile(lags, 50),

@@ -21,6 +21,11 @@ message kind) inside a ``group`` (a client; the key itself by default):
 - **Priority classes.** ``priority`` 0 is served first and dropped last; a
   client's own predictions and control messages go in class 0, other streams'
   predictions in class 1, so under pressure the client keeps its own results.
+  With ``keep_key_order`` a key's items are also served in their arrival order
+  across classes: an item put in a higher class takes the key's items held in
+  lower classes up with it (the scheduler: a stream that becomes established
+  has its first windows scored before its later ones, not starved behind every
+  other live stream until they go stale).
 - **Order.** ``order="fifo"`` serves each class in arrival order (an outbox,
   where a ``stopped`` must not overtake the predictions before it);
   ``order="fair"`` serves each class round-robin across groups, then across
@@ -73,6 +78,7 @@ class _Entry(Generic[T]):
     priority: int
     droppable: bool
     coalesce: Hashable | None
+    seq: int = 0  # arrival number: the order a promotion keeps
     alive: bool = True
 
 
@@ -197,11 +203,49 @@ class _Class(Generic[T]):
         self._drop_from_key(e, head=False)
         self._forget(e)
 
+    def remove_key(self, group: Hashable, key: Hashable) -> list[_Entry[T]]:
+        """Take out every item of ``key`` (in ``group``), oldest first; [] when it has none here."""
+        keys = self.groups.get(group)
+        fifo = keys.pop(key, None) if keys is not None else None
+        if fifo is None:
+            return []
+        if not keys:
+            del self.groups[group]
+        self.droppable.pop(id(fifo), None)
+        for e in fifo:
+            self._forget(e)
+        return list(fifo)
+
+    def merge(self, entries: list[_Entry[T]]) -> None:
+        """Add ``entries`` (all of one key, older than nothing of theirs held later) in arrival order.
+
+        Rare (a key changing class), so it rebuilds the key's FIFO and the arrival order outright.
+        """
+        if not entries:
+            return
+        by_seq = lambda e: e.seq  # noqa: E731
+        first = entries[0]
+        keys = self.groups.get(first.group)
+        if keys is None:
+            keys = self.groups[first.group] = OrderedDict()
+        old = keys.get(first.key)
+        if old is not None:
+            self.droppable.pop(id(old), None)
+        fifo = keys[first.key] = deque(sorted([*(old or ()), *entries], key=by_seq))
+        n = sum(e.droppable for e in fifo)
+        if n:
+            self.droppable[id(fifo)] = n
+        self.arrival = deque(sorted([*(x for x in self.arrival if x.alive), *entries], key=by_seq))
+        self.dead = 0
+        self.size += len(entries)
+
 
 class BoundedQueue(Generic[T]):
     """A capped, coalescing, prioritised queue with fair or FIFO service; see the module docstring."""
 
-    def __init__(self, capacity: int, order: Literal["fifo", "fair"] = "fifo", priorities: int = 2) -> None:
+    def __init__(
+        self, capacity: int, order: Literal["fifo", "fair"] = "fifo", priorities: int = 2, keep_key_order: bool = False
+    ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         if order not in ORDERS:
@@ -210,6 +254,8 @@ class BoundedQueue(Generic[T]):
             raise ValueError(f"priorities must be >= 1, got {priorities}")
         self.capacity = capacity
         self.order = order
+        self.keep_key_order = keep_key_order
+        self._seq = 0
         self._classes: list[_Class[T]] = [_Class() for _ in range(priorities)]
         self._coalesce: dict[Hashable, _Entry[T]] = {}
         self._size = 0
@@ -251,13 +297,28 @@ class BoundedQueue(Generic[T]):
                 self._size -= 1
                 self.drops["evicted"] += 1
                 result.dropped.append((victim.item, "evicted"))
-            e = _Entry(item, key, key if group is None else group, priority, droppable, coalesce)
+            self._seq += 1
+            e = _Entry(item, key, key if group is None else group, priority, droppable, coalesce, self._seq)
+            if self.keep_key_order:
+                self._promote(e.group, key, priority)
             self._classes[priority].add(e)
             if coalesce is not None:
                 self._coalesce[coalesce] = e
             self._size += 1
             self._cond.notify_all()
             return result
+
+    def _promote(self, group: Hashable, key: Hashable, priority: int) -> None:
+        """Under the lock: move ``key``'s items held in classes below ``priority`` up into it, in arrival order."""
+        moved: list[_Entry[T]] = []
+        for cls in self._classes[priority + 1 :]:
+            for old in cls.remove_key(group, key):
+                new = _Entry(old.item, old.key, old.group, priority, old.droppable, old.coalesce, old.seq)
+                if old.coalesce is not None and self._coalesce.get(old.coalesce) is old:
+                    self._coalesce[old.coalesce] = new
+                moved.append(new)
+        moved.sort(key=lambda e: e.seq)
+        self._classes[priority].merge(moved)
 
     def _victim(self) -> _Entry[T] | None:
         for cls in reversed(self._classes):  # lowest priority class first

@@ -9,7 +9,10 @@ pace) come first; new, short-lived and bursting streams (start/stop cycling,
 audio sent faster than spoken) get the rest, in small batches while live
 streams are being served, with rests between them (at most ``BACKGROUND_SHARE``
 of the engine's time), so churn cannot take a live stream's turn, nor the cores
-the event loop needs to carry its result. The worker waits for the first
+the event loop needs to carry its result. A stream's own windows keep their
+order across the classes (``keep_key_order``): once a new stream's window is
+live, the windows it queued as background go with it, ahead of it (else, with
+live windows always queued, they waited until they went stale). The worker waits for the first
 window, gives others up to ``max_wait_s`` to join, takes at most ``max_batch``
 of them needing at most ``max_batch`` chunks encoded (a window after dropped
 ones needs up to K; the first window goes whatever it needs), so one batch
@@ -136,7 +139,7 @@ class Scheduler:
         # How many streams could still add a window to this batch; when every one of them already
         # has a window queued, waiting max_wait_s for more would only add latency.
         self.active_streams = active_streams
-        self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=2)
+        self._queue: BoundedQueue[Window] = BoundedQueue(self.max_queue, order="fair", priorities=2, keep_key_order=True)
         self._live_at = float("-inf")  # when an established live stream last had a window due
         self._background_after = float("-inf")  # no background batch before this while live streams are served
         self._lock = threading.Lock()

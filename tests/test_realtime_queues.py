@@ -243,6 +243,33 @@ def test_bad_arguments_are_refused():
         BoundedQueue(4).put("x", "k", priority=2)
 
 
+def test_keep_key_order_takes_a_keys_older_items_up_to_its_newest_class():
+    """A stream whose first windows were put as background (class 1) and whose next one is live (class 0):
+    its first windows are served before its live one, not left behind every other live stream's."""
+    for order in ("fair", "fifo"):
+        q: BoundedQueue[str] = BoundedQueue(8, order=order, keep_key_order=True)
+        q.put("s1", "s", priority=1)
+        q.put("s2", "s", priority=1)
+        q.put("t1", "t", priority=0)
+        q.put("s3", "s", priority=0)  # s is established: s1 and s2 move up with it, ahead of it
+        assert q.head_priority() == 0 and len(q) == 4 and q.key_count() == 2
+        assert [x for x in take(q, 4) if x.startswith("s")] == ["s1", "s2", "s3"]
+        assert len(q) == 0 and q.key_count() == 0
+
+    plain: BoundedQueue[str] = BoundedQueue(8, order="fair")  # without it, class 1 waits for class 0 to empty
+    for item, key, prio in (("s1", "s", 1), ("t1", "t", 0), ("s3", "s", 0)):
+        plain.put(item, key, priority=prio)
+    assert take(plain, 3) == ["t1", "s3", "s1"]
+
+    q = BoundedQueue(3, order="fair", keep_key_order=True)  # moved items stay droppable, counted, coalescable
+    q.put("s1", "s", priority=1, coalesce="c")
+    q.put("s2", "s", priority=0)
+    assert q.put("s1'", "s", priority=1, coalesce="c").dropped == [("s1", "coalesced")]
+    q.put("t1", "t", priority=0)
+    assert q.put("u1", "u", priority=0).dropped == [("s1'", "evicted")]  # the oldest of the key with the most
+    assert take(q, 3) == ["s2", "t1", "u1"]
+
+
 # ------------------------------------------------------------------ properties
 
 op = st.one_of(
@@ -267,9 +294,10 @@ op = st.one_of(
 
 @pytest.mark.slow
 @settings(max_examples=300, deadline=None)
-@given(capacity=st.integers(1, 6), order=st.sampled_from(["fifo", "fair"]), ops=st.lists(op, max_size=120))
-def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops):
-    q: BoundedQueue[int] = BoundedQueue(capacity, order=order)
+@given(capacity=st.integers(1, 6), order=st.sampled_from(["fifo", "fair"]), keep=st.booleans(),
+       ops=st.lists(op, max_size=120))
+def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, keep, ops):
+    q: BoundedQueue[int] = BoundedQueue(capacity, order=order, keep_key_order=keep)
     put: list[int] = []
     served: list[int] = []
     dropped: dict[int, str] = {}
@@ -307,6 +335,26 @@ def test_every_item_is_accounted_for_once_and_the_cap_holds(capacity, order, ops
     assert len(q) == 0 and q.key_count() == 0
     assert sorted(served + held + list(dropped)) == sorted(put)  # each exactly once
     assert sum(q.drops.values()) == len(dropped)
+
+
+@settings(max_examples=300, deadline=None)
+@given(order=st.sampled_from(["fifo", "fair"]), capacity=st.integers(1, 8),
+       ops=st.lists(st.one_of(st.tuples(st.integers(0, 3), st.integers(0, 1), st.integers(0, 1)), st.none()),
+                    max_size=80))
+def test_keep_key_order_serves_each_key_in_arrival_order(order, capacity, ops):
+    """Whatever the classes its items were put in, a key's items come out in the order they went in."""
+    q: BoundedQueue[tuple[int, int]] = BoundedQueue(capacity, order=order, keep_key_order=True)
+    served: list[tuple[int, int]] = []
+    for n, o in enumerate(ops):
+        if o is None:
+            served.extend(take(q, 1))
+        else:
+            key, group, prio = o
+            q.put((key * 2 + group, n), key, group=group, priority=prio)
+    served.extend(take(q, len(q)))
+    for k in {k for k, _ in served}:
+        mine = [n for kk, n in served if kk == k]
+        assert mine == sorted(mine)
 
 
 @settings(max_examples=200, deadline=None)

@@ -77,6 +77,33 @@ def test_while_a_live_stream_is_served_the_backlog_rests_the_engine_between_its_
         assert nxt[0].done_at - prev[0].done_at >= rest * prev[0].inference_s + nxt[0].inference_s
 
 
+def test_a_streams_windows_from_before_it_was_established_are_served_before_its_later_ones(engine):
+    """A new stream's first windows wait as background; once its next window is live they go with it, first.
+
+    bench.daemon at 64 streams: two streams' second windows (due in their first 2 s) sat behind the
+    live class for the whole 15 s run, while the stream's later windows were scored, and were dropped
+    stale at the end: a window lost and one delivered out of order for each, with the engine mostly idle.
+    """
+    sched, col, _ = make_scheduler(engine, max_batch=1, max_wait_s=0.0, stale_after_s=60.0, max_queue=256)
+    cfg = StreamSettings.from_config(load_daemon_config(), engine.window_samples)
+    live = Stream("live", "remote", cfg, SR, 1, sched.submit, LABELS)
+    live.created -= 10.0  # streaming at real-time pace for 10 s
+    young = Stream("young", "remote", cfg, SR, 1, sched.submit, LABELS)
+    young.push(tone(seconds=1.0, amp=0.1))  # its first window, due while it is new: background
+    live.push(tone(seconds=3.0, amp=0.1))  # live windows queued behind it
+    young.created -= 10.0  # ... and now it has run long enough at real-time pace
+    young.push(tone(seconds=0.5, amp=0.1))  # its next window is live
+    n = young.seq + live.seq
+    sched.start()
+    try:
+        order = [(r.window.stream.id, r.window.seq) for r in col.wait(n)]
+    finally:
+        sched.stop()
+    mine = [seq for sid, seq in order if sid == "young"]
+    assert mine == sorted(mine) and len(mine) == young.seq, order
+    assert order.index(("young", mine[0])) < order.index(("live", live.seq - 1)), order  # not left for last
+
+
 def make_scheduler(engine, **kw) -> tuple[Scheduler, ResultCollector, DaemonMetrics]:
     col = ResultCollector()
     metrics = DaemonMetrics()
