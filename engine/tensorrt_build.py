@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.audio import SAMPLE_RATE
 from contract.checksums import sha256_of
 from contract.model_io import CHUNKS_INPUT, INPUT_NAME, WINDOW_EMBEDDINGS_INPUT
 from engine.interface import BackendUnavailable, EngineError, ModelInfo
@@ -160,7 +161,7 @@ def ensure_plan(
             raise EngineError("int8 needs calibration audio: pass --calibration DIR (a folder of speech clips)")
         from engine.calibration import calibration_windows, fingerprint
 
-        windows = calibration_windows(calibration_dir, window_samples=samples, sample_rate=int(metadata.get("sample_rate", 16000)))
+        windows = calibration_windows(calibration_dir, window_samples=samples, sample_rate=int(metadata.get("sample_rate", SAMPLE_RATE)))
         calib = fingerprint(windows)
     key = plan_key(onnx_path, precision, max_batch, samples, trt.__version__, calib)
     plan, sidecar = plan_paths(onnx_path, key)

@@ -271,7 +271,9 @@ def test_expected_calibration_error() -> None:
 
 
 @pytest.mark.slow
-def test_offline_forward_is_encode_then_classify() -> None:
+def test_the_models_own_framing_is_the_contracts() -> None:
+    """``forward`` cuts a window with torch's ``unfold``; the daemon and ``Engine.infer`` cut it with
+    ``ChunkGeometry.frame`` (numpy) and call the two halves: the two framings must give one answer."""
     from training.chunk_model import WhisperChunkModel
 
     torch.manual_seed(0)

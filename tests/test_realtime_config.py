@@ -56,6 +56,20 @@ def test_a_daemon_built_in_python_refuses_a_public_host_without_a_token():
     assert load_daemon_config(["server.host=::1"]).server.host == "::1"
 
 
+def test_a_daemon_given_a_typed_config_validates_it_too(engine):
+    """A DaemonConfig built from the schema in Python, never through load_daemon_config, is validated by Daemon."""
+    from omegaconf import OmegaConf
+
+    from contract.config import ConfigError
+    from realtime.config import DaemonConfig
+    from realtime.daemon import Daemon
+
+    cfg = OmegaConf.structured(DaemonConfig)
+    cfg.server.host = "0.0.0.0"
+    with pytest.raises(ConfigError, match="server.host 0.0.0.0 exposes"):
+        Daemon(cfg, engine, announce=lambda line: None)
+
+
 @pytest.mark.parametrize(
     ("override", "words"),
     [

@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from bench.harness import script
+from bench.lib import Metrics
 from contract.audio import LABELS, load_audio
 from realtime.config import load_daemon_config
 from realtime.daemon import Daemon
@@ -65,11 +66,11 @@ class Running:
         self.thread.join(10)
         assert not self.thread.is_alive(), "daemon did not stop"
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
         tokens = [o.split("=", 1)[1] for o in self.overrides if o.startswith("server.token=")]
         query = f"?token={tokens[-1]}" if tokens else ""
         text = urllib.request.urlopen(self.http + "/metrics" + query, timeout=5).read().decode()
-        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
+        return Metrics.parse(text).sum(name, **labels)
 
 
 @contextmanager
@@ -523,7 +524,7 @@ def test_malformed_headers_get_400_not_500_or_a_traceback(engine, caplog, lines)
         assert b"bad request" in body
         with client(d.url + "?token=s3cret"):  # still serving
             pass
-        assert d.metric('ser_connections_refused_total{reason="bad_request"}') == 1
+        assert d.metric("ser_connections_refused_total", reason="bad_request") == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text
 
 
@@ -686,4 +687,4 @@ def test_a_client_that_floods_and_never_reads_is_closed_and_forgotten(engine):
         while time.monotonic() < deadline and in_loop(d, lambda: len(d.daemon.server.clients)):
             time.sleep(0.05)
         assert in_loop(d, lambda: len(d.daemon.server.clients)) == 0
-        assert d.metric('ser_clients_closed_total{reason="not_reading"}') == 1
+        assert d.metric("ser_clients_closed_total", reason="not_reading") == 1
