@@ -8,7 +8,8 @@
     python -m bench.encode_features   # fills the feature cache the two above read
     python -m bench.accuracy_compact  # the compact model's CV through ser-train / ser-eval
     python -m bench.int8              # INT8 Q/DQ departure from float32
-    python -m bench.int8_encoder      # dynamic INT8 of the encoder's MatMuls: speed and departure
+    python -m bench.int8_encoder      # int8 copies of the encoder's linear layers: speed, departure, batch dependence
+    python -m bench.int8_accuracy     # what the served int8 copy costs in cross-validated UA (feature cache)
     python -m bench.probe_layers      # linear probe per Whisper layer set (feature cache)
     python -m bench.tables            # the Markdown tables of bench/results/*.json
 

@@ -20,7 +20,7 @@ that weighs none of the three (the shipped ones) is fitted once per seed
 without all three and scores each (:func:`leave_corpora_out`).
 
 ``--stream``: for each fold, the head of the clean cross-validation is
-exported to ONNX and each test actor's clips are played as one long stream
+exported to ONNX (with ``--int8``, served through its CPU int8 copy) and each test actor's clips are played as one long stream
 (pauses of 0.3-1.5 s, a 6 s gap every 8 clips, noise 30 dB below the
 speech, a random level) through ``ser-listen --device FILE --fast --once
 --jsonl`` with its shipped smoothing and VAD; every window that is mostly one
@@ -124,6 +124,8 @@ def main() -> int:
     ap.add_argument("--tag", default="", help="suffix of the result files (for recipe comparisons)")
     ap.add_argument("--listen", nargs="+", default=[], metavar="KEY=VALUE",
                     help="daemon config overrides for the streams' ser-listen (e.g. post.smoothing_tau_s=1.5)")
+    ap.add_argument("--int8", action="store_true",
+                    help="--stream serves each fold's head through its CPU int8 copy, as the default is served on CPUs with VNNI")
     ap.add_argument("--stream-dir", type=Path, default=None,
                     help="where each stream's --jsonl predictions and segments are kept (default runs/stream/TAG)")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides, key=value (e.g. model.head_trainer.c=0.02)")
@@ -137,7 +139,7 @@ def main() -> int:
     torch.set_num_threads(1)  # a head fits fastest single-threaded; the feature encoder is another process
     records = all_records(args.data_root)
     t0 = time.time()
-    result: dict = {"overrides": args.overrides, "folds": args.folds, "encoders": {}}
+    result: dict = {"overrides": args.overrides, "folds": args.folds, "encoders": {}, **({"int8": True} if args.int8 else {})}
     for encoder in args.encoders:
         mc = load_recipe(encoder, args.overrides)
         trainer = dict(mc["head_trainer"])
@@ -154,7 +156,8 @@ def main() -> int:
             per_seed = []
             for s in seeds:  # one stream score per head seed (the streams themselves are the same)
                 where = keep / f"seed{s}" if len(seeds) > 1 else keep
-                per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where, daemon_overrides=args.listen))
+                per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where,
+                                              daemon_overrides=[*args.listen, *(["model.int8=true"] if args.int8 else [])]))
                 per_seed[-1]["kept"] = str(where)
             entry["stream"] = per_seed[0]
             if len(per_seed) > 1:
@@ -232,6 +235,11 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
         for run in [r for r in cv if r["seed"] == cv[0]["seed"]]:
             onnx_path = Path(tmp) / f"fold{run['fold']}.onnx"
             export_head(run["model"], mc, onnx_path)
+            if "model.int8=true" in (daemon_overrides or []):
+                from engine.backends.ort import int8_copy_path
+                from engine.precision import quantize_int8_per_token
+
+                quantize_int8_per_token(onnx_path, int8_copy_path(onnx_path))
             fold_scores = []
             for speaker in run["test_speakers"]:
                 audio, segments = speaker_stream(records, speaker, seed)

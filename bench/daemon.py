@@ -270,6 +270,7 @@ def main() -> None:
             health = d.healthz()
             results["backend"] = f"{health['backend']} on {health['device']}"
             results["model_name"] = health["model"]
+            results["precision"] = health.get("precision")
             hop_s = results["hop_s"] = hop_from_hello(d)
             for n in ns:
                 try:

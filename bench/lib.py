@@ -299,3 +299,13 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], style: str = "mark
 
     first = line(head)
     return "\n".join([first, "-" * len(first), *(line(r) for r in rows)])
+
+
+def cpu_isa() -> str:
+    """The CPU features a quantized kernel depends on, from /proc/cpuinfo (Linux)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni"

@@ -107,7 +107,9 @@ def stream_lines(result: dict) -> list[str]:
     for name, e in result["encoders"].items():
         st = e.get("stream")
         if st:
-            out += [f"Live-like streams ({name}; {st['hours']:.2f} h of audio through ser-listen --fast --once --jsonl, shipped smoothing and VAD):", "",
+            served = ", each head through its CPU int8 copy" if result.get("int8") else ""
+            out += [f"Live-like streams ({name}{served}; {st['hours']:.2f} h of audio through ser-listen --fast --once --jsonl, "
+                    "shipped smoothing and VAD):", "",
                     "| fold | clip UA (same head) | stream UA | window's own UA (no smoothing, no VAD) | windows | scored | mixed | pause | "
                     "pause reported as emotion | scored but gated silent |",
                     "|---|---|---|---|---|---|---|---|---|---|"]
@@ -210,11 +212,15 @@ def int8_markdown(doc: dict) -> str:
 
 def int8_encoder_markdown(doc: dict) -> str:
     """bench/results/int8_encoder.json: dynamic int8 of the encoder's MatMuls against float32, same run."""
-    head = ["model", "ms/chunk b1", "ms/chunk b8", "speed-up b8", "embedding change", "top-1 agreement", "max dprob", "MB"]
+    batch = any("batch_dependence" in r for r in doc["rows"])
+    head = ["model", "ms/chunk b1", "ms/chunk b8", "speed-up b8", "embedding change", "top-1 agreement", "max dprob", "MB",
+            *(["batch dependence"] if batch else [])]
     body = [[r["model"], f"{r['ms_per_chunk_b1']:.2f}", f"{r['ms_per_chunk_b8']:.2f}", f"{r['speedup_b8']:.2f}x",
-             f"{r['embedding_rel_change']:.3f}", f"{r['top1_agreement']:.3f}", f"{r['max_prob_diff']:.3f}", f"{r['size_mb']:.1f}"]
+             f"{r['embedding_rel_change']:.3f}", f"{r['top1_agreement']:.3f}", f"{r['max_prob_diff']:.3f}", f"{r['size_mb']:.1f}",
+             *([_f(r.get("batch_dependence"), ".4f")] if batch else [])]
             for r in doc["rows"]]
-    return (f"{doc['chunks']} chunks and {doc['windows']} windows of the demo clip; onnxruntime CPU:\n\n"
+    cpu = f" ({doc['cpu']})" if doc.get("cpu") else ""
+    return (f"{doc['chunks']} chunks and {doc['windows']} windows of the demo clip; onnxruntime CPU{cpu}:\n\n"
             + table(head, body) + "\n")
 
 
@@ -245,7 +251,8 @@ def daemon_markdown(doc: dict) -> str:
     budget = doc.get("budget_ms", 250.0)
     best = "; ".join(f"{mode}: {n}" for mode, n in doc.get("max_streams_within_budget", {}).items())
     hop = doc.get("hop_s", 0.5)
-    lines = [f"{doc.get('model_name', model_label(doc))} ({doc.get('backend', '?')}), {doc.get('seconds_per_n', float('nan')):g} s "
+    served = f", {doc['precision']}" if doc.get("precision") else ""
+    lines = [f"{doc.get('model_name', model_label(doc))} ({doc.get('backend', '?')}{served}), {doc.get('seconds_per_n', float('nan')):g} s "
              f"per point, {doc.get('frame_ms', 100)} ms frames, hop {hop:g} s:", "", table(head, body), "",
              f"Largest N with p99 < {budget:.0f} ms and no dropped window: {best or 'none measured'}."]
     if any(r.get("client_bound") for _, r in rows):
@@ -441,6 +448,7 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
     "hostile": hostile_markdown,
     "int8_encoder": int8_encoder_markdown,
     "int8": int8_markdown,
+    "int8-accuracy": _late("bench.int8_accuracy"),
     "probe_layers": probe_markdown,
     "stream-post": _late("bench.stream_post"),  # late: they import this module
     "stream-heads": _late("bench.stream_heads"),
@@ -477,10 +485,15 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "daemon-compact": ("daemon-compact", daemon_markdown),
     "daemon-s16-default": ("daemon-s16-default", daemon_markdown),
     "daemon-hop1": ("daemon-hop1", daemon_markdown),
+    "daemon-s22-fp32": ("daemon-s22-fp32", daemon_markdown),
+    "daemon-s22-int8": ("daemon-s22-int8", daemon_markdown),
+    "int8-encoder": ("int8_encoder-s22", int8_encoder_markdown),
+    "int8-accuracy": ("int8-accuracy", _late("bench.int8_accuracy")),
     "hostile": ("hostile", hostile_targets_markdown),
     "cluster": ("cluster", cluster_markdown),
     "cluster-capacity": ("cluster", lambda doc: capacity_markdown(capacity(doc))),
     "profile-48": ("profile-48", profile_markdown),
+    "profile-96-int8": ("profile-96-int8", profile_markdown),
     "languages-s20-a": ("languages-s20-a", _late("bench.languages", heading="#####")),
 }
 _OPEN = re.compile(r"<!-- bench\.tables:([\w.-]+) -->")

@@ -31,8 +31,10 @@ def _fail(message: str, code: int = 1) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where to run.")
 @click.option("--json", "as_json", is_flag=True, help='One JSON object per line: {"path", "top", "probs", "windows"}.')
 @click.option("--batch", type=click.IntRange(1, 4096), default=16, show_default=True, help="Windows per inference call (windows of several files share a batch).")
+@click.option("--int8/--no-int8", default=None, help="onnxruntime on CPU: serve (or not) the model's int8 copy, NAME.int8.onnx. Default: when it exists and the CPU has VNNI or dotprod.")
 @click.option("-v", "--verbose", is_flag=True, help="Log which backend was picked.")
-def predict_main(files: tuple[Path, ...], model: str | None, backend: str, device: str, as_json: bool, batch: int, verbose: bool) -> None:
+def predict_main(files: tuple[Path, ...], model: str | None, backend: str, device: str, as_json: bool, batch: int,
+                 int8: bool | None, verbose: bool) -> None:
     """Classify whole audio FILES offline into anger, disgust, fear, happy, neutral, sad.
 
     Clips shorter than 5 s are zero-padded around the centre as in training;
@@ -46,7 +48,7 @@ def predict_main(files: tuple[Path, ...], model: str | None, backend: str, devic
     from engine.predict import classify_files
 
     try:
-        engine = load_engine(model, backend=backend, device=device)
+        engine = load_engine(model, backend=backend, device=device, **({} if int8 is None else {"int8": int8}))
     except EngineError as exc:
         _fail(str(exc), code=2)
     failed = 0

@@ -133,6 +133,7 @@ class Engine(ABC):
 
     name: str = "abstract"
     device: str = "cpu"
+    precision: str = "fp32"  # what the arithmetic runs in: fp32, fp16 or int8 (TensorRT's plan, onnxruntime's int8 copy)
 
     def __init__(self, path: Path, info: ModelInfo) -> None:
         self.path = path

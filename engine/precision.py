@@ -12,6 +12,10 @@ graph, on the CPU (and checked with onnxruntime before any GPU sees it):
 - :func:`quantize_qdq`: QuantizeLinear/DequantizeLinear pairs (symmetric
   int8, per-channel weights) from calibration windows, by onnxruntime's
   static Q/DQ quantizer; the frontend and the first convolution are excluded.
+- :func:`quantize_int8_per_token`: the onnxruntime CPU int8 copy (the
+  encoder's linear layers with int8 weights per output channel and each input
+  row quantized with its own scale when it runs; no calibration). Not for
+  TensorRT.
 
 Imports onnx and numpy; onnxruntime only inside :func:`quantize_qdq`.
 """
@@ -26,7 +30,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from contract.model_io import INPUT_NAME
+from contract.model_io import CHUNKS_INPUT, INPUT_NAME
 from engine.onnx_graph import COMPUTE_OPS, ensure_node_names, first_layer_nodes, frontend_nodes
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
@@ -195,3 +199,144 @@ def quantize_qdq(model_path: Path, output: Path, windows: np.ndarray, batch: int
             quantized.metadata_props.add(key=prop.key, value=prop.value)
     onnx.save(quantized, str(output))
     return quantized
+
+
+def float32_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every float16 initializer that feeds a Cast stored as the Cast's float32 output instead.
+
+    The exporter stores the float16-exact weights in float16 behind a Cast (half the file);
+    onnxruntime's quantizer needs float initializers at the MatMuls, not a Cast.
+    """
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {i.name: i for i in g.initializer}
+    keep = []
+    for n in g.node:
+        w = inits.get(n.input[0]) if n.op_type == "Cast" and n.input else None
+        if w is not None and w.data_type == FLOAT16:
+            g.initializer.append(numpy_helper.from_array(numpy_helper.to_array(w).astype(np.float32), n.output[0]))
+            g.initializer.remove(w)
+            continue
+        keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    return m
+
+
+def encoder_matmuls(model: onnx.ModelProto) -> list[str]:
+    """The encoder half's linear layers: MatMul nodes the chunks input reaches whose right operand is a stored
+    weight (not attention's products of activations, nor the mel filterbank, a constant on the left)."""
+    ensure_node_names(model)
+    weights = {i.name for i in model.graph.initializer}
+    weights.update(n.output[0] for n in model.graph.node if n.op_type == "Cast" and n.input and n.input[0] in weights)
+    reached = {CHUNKS_INPUT}
+    names = []
+    for n in model.graph.node:  # ONNX graphs are topologically sorted
+        if reached.intersection(n.input):
+            reached.update(n.output)
+            if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in weights:
+                names.append(n.name)
+    return names
+
+
+def _per_token_matmul(g: onnx.GraphProto, node: onnx.NodeProto, weight: np.ndarray) -> list[onnx.NodeProto]:
+    """Nodes computing ``node`` (``x @ weight``) in int8: per-row symmetric scales for ``x``, per-column for ``weight``.
+
+    ``x [..., K]`` is viewed as rows of K; each row's scale is its largest magnitude / 127, so a
+    row's codes depend on that row alone (on no other chunk of the batch, nor other frames of the
+    chunk). The row is coded as uint8 around 128 and ``weight`` as int8 around 0, so
+    ``MatMulInteger`` runs onnxruntime's u8s8 kernels (VNNI); the int32 products are scaled back
+    by row scale x column scale. The output keeps ``x``'s leading dimensions.
+    """
+    k, m = weight.shape
+    sw = np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0
+    p = node.name.strip("/").replace("/", "_") + "_int8"
+    g.initializer.extend([
+        numpy_helper.from_array(np.clip(np.round(weight / sw), -127, 127).astype(np.int8), f"{p}_w"),
+        numpy_helper.from_array(sw.astype(np.float32), f"{p}_w_scale"),
+        numpy_helper.from_array(np.array([-1, k], np.int64), f"{p}_rows"),
+        numpy_helper.from_array(np.array([m], np.int64), f"{p}_cols"),
+    ])
+    x, out = node.input[0], node.output[0]
+
+    def op(kind: str, inputs: list[str], name: str, **attrs: object) -> onnx.NodeProto:
+        return helper.make_node(kind, inputs, [f"{p}_{name}"], name=f"{p}_{name}", **attrs)
+
+    nodes = [
+        op("Shape", [x], "shape"),
+        op("Reshape", [x, f"{p}_rows"], "x"),
+        op("Abs", [f"{p}_x"], "abs"),
+        op("ReduceMax", [f"{p}_abs"], "absmax", axes=[1], keepdims=0),
+        op("Max", [f"{p}_absmax", _INT8_EPS], "absmax_pos"),
+        op("Mul", [f"{p}_absmax_pos", _INT8_INV127], "scale"),
+        op("Shape", [f"{p}_scale"], "n_rows"),
+        op("Expand", [_INT8_ZP_ROW, f"{p}_n_rows"], "zp"),
+        op("QuantizeLinear", [f"{p}_x", f"{p}_scale", f"{p}_zp"], "codes", axis=0),
+        # onnxruntime's fused u8s8 GEMM with the columns' scales applied in its epilogue (one pass fewer than
+        # MatMulInteger, Cast, Mul); then each row's own scale
+        op("MatMulIntegerToFloat", [f"{p}_codes", f"{p}_w", _INT8_ONE, f"{p}_w_scale", _INT8_ZP_U8, _INT8_ZP_S8],
+           "cols_scaled", domain="com.microsoft"),
+        op("Unsqueeze", [f"{p}_scale", _INT8_AXIS1], "row_scale"),
+        op("Mul", [f"{p}_cols_scaled", f"{p}_row_scale"], "y"),
+        op("Slice", [f"{p}_shape", _INT8_ZERO, _INT8_LAST], "lead"),
+        op("Concat", [f"{p}_lead", f"{p}_cols"], "out_shape", axis=0),
+    ]
+    nodes.append(helper.make_node("Reshape", [f"{p}_y", f"{p}_out_shape"], [out], name=f"{p}_out"))
+    return nodes
+
+
+_INT8_EPS, _INT8_INV127, _INT8_ZP_ROW, _INT8_ONE = "int8_eps", "int8_inv127", "int8_zp_row", "int8_one"
+_INT8_ZP_U8, _INT8_ZP_S8, _INT8_AXIS1, _INT8_ZERO, _INT8_LAST = "int8_zp_u8", "int8_zp_s8", "int8_axis1", "int8_zero", "int8_last"
+
+
+def quantize_int8_per_token(model_path: Path, output: Path) -> onnx.ModelProto:
+    """The CPU int8 copy of ``model_path``: the encoder's linear layers in int8, each input row scaled on its own.
+
+    Each of :func:`encoder_matmuls` becomes :func:`_per_token_matmul`: weights int8 per output
+    channel, and each frame's input quantized symmetrically with its own scale when it runs.
+    onnxruntime's own dynamic quantizer scales a MatMul's whole input at once, so a chunk's codes
+    depended on whatever other chunks shared its batch: in the daemon, one stream's probabilities
+    moved with the other streams' audio (up to 0.05 on the demo clip's windows), as much as int8
+    itself moved them. Per row, a chunk's embedding is what it is alone, to float rounding, and
+    closer to float32 (demo clip: mean change 0.9 %, top class unchanged). On an x86 CPU with VNNI
+    it encodes a chunk about twice as fast as float32 (``python -m bench.int8_encoder``);
+    ``python -m bench.int8_accuracy`` measures what it costs in cross-validated UA. The log-mel
+    front end, the convolutions, attention's products of activations, the moments and the classify
+    half stay float32; the metadata is carried over.
+    """
+    model = float32_weights(onnx.load(str(model_path)))
+    ensure_node_names(model)
+    g = model.graph
+    targets = set(encoder_matmuls(model))
+    weights = {i.name: i for i in g.initializer}
+    casts = {n.output[0]: n.input[0] for n in g.node if n.op_type == "Cast" and n.input and n.input[0] in weights}
+    g.initializer.extend([
+        numpy_helper.from_array(np.array(1e-12, np.float32), _INT8_EPS),
+        numpy_helper.from_array(np.array(1 / 127, np.float32), _INT8_INV127),
+        numpy_helper.from_array(np.array(1.0, np.float32), _INT8_ONE),
+        numpy_helper.from_array(np.array([128], np.uint8), _INT8_ZP_ROW),
+        numpy_helper.from_array(np.array(128, np.uint8), _INT8_ZP_U8),
+        numpy_helper.from_array(np.array(0, np.int8), _INT8_ZP_S8),
+        numpy_helper.from_array(np.array([1], np.int64), _INT8_AXIS1),
+        numpy_helper.from_array(np.array([0], np.int64), _INT8_ZERO),
+        numpy_helper.from_array(np.array([-1], np.int64), _INT8_LAST),
+    ])
+    nodes: list[onnx.NodeProto] = []
+    for n in g.node:
+        if n.name in targets:
+            w = weights[casts.get(n.input[1], n.input[1])]
+            nodes += _per_token_matmul(g, n, numpy_helper.to_array(w).astype(np.float32))
+        else:
+            nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(output))
+    return model

@@ -19,8 +19,12 @@ def default_model_path() -> Path:
 
 
 def shipped_models() -> dict[str, Path]:
-    """The models shipped in the package by name: ``default``, ``multilingual``, ``compact``."""
-    return {p.stem: p for p in sorted(default_model_path().parent.glob("*.onnx"))}
+    """The models shipped in the package by name: ``default``, ``multilingual``, ``compact``.
+
+    A model's CPU int8 copy (``default.int8.onnx``) is not a model of its own: onnxruntime serves
+    it in the model's place (``engine.backends.ort``).
+    """
+    return {p.stem: p for p in sorted(default_model_path().parent.glob("*.onnx")) if not p.stem.endswith(".int8")}
 
 
 def resolve_model_path(path: str | Path | None) -> Path:

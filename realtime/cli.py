@@ -152,6 +152,8 @@ def _main(options: dict[str, Any]) -> None:
         options_engine: dict[str, Any] = {}
         if cfg.model.threads:
             options_engine["threads"] = int(cfg.model.threads)
+        if cfg.model.int8 is not None:
+            options_engine["int8"] = bool(cfg.model.int8)
         log.info("loading model %s (backend %s)", cfg.model.path or "(shipped default)", cfg.model.backend)
         engine = load_engine(cfg.model.path, backend=str(cfg.model.backend), device=str(cfg.model.device), **options_engine)
         if engine.sample_rate != SAMPLE_RATE:

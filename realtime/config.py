@@ -60,6 +60,7 @@ class ModelConfig:
     backend: str = setting("auto", 'auto | tensorrt | onnxruntime | torch')
     device: str = setting("auto", 'auto | cpu | cuda')
     threads: Optional[int] = setting(None, 'onnxruntime intra-op threads; null: all cores (on a small shared CPU, 1 halves CPU use)')  # noqa: UP045
+    int8: Optional[bool] = setting(None, "onnxruntime on CPU serves the model's int8 copy (NAME.int8.onnx); null: when it exists and the CPU has VNNI/dotprod")  # noqa: UP045
     warmup_batches: list[int] = setting(lambda: [1], 'batch sizes run once on silence before serving')
 
 

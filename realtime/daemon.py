@@ -33,7 +33,7 @@ from contract.audio import AUDIO_SUFFIXES
 from engine.interface import Engine
 from realtime import protocol
 from realtime.admission import Admission
-from realtime.config import DaemonConfig, is_loopback_host, typed
+from realtime.config import DaemonConfig, is_loopback_host, typed, validate
 from realtime.intake import Intake
 from realtime.jsonl import JsonlWriter
 from realtime.metrics import DaemonMetrics
@@ -73,7 +73,11 @@ class Daemon:
         announce: Callable[[str], None] | None = None,
         metrics: DaemonMetrics | None = None,
     ) -> None:
-        self.cfg = cfg if OmegaConf.get_type(cfg) is DaemonConfig else typed(cfg)  # validated once, here or in cli
+        if OmegaConf.get_type(cfg) is DaemonConfig:
+            validate(cfg)  # a schema-typed config built in Python is checked too (a public host needs a token)
+            self.cfg = cfg
+        else:
+            self.cfg = typed(cfg)
         cfg = self.cfg
         self.engine = engine
         self.device_spec = device
@@ -278,6 +282,7 @@ class Daemon:
             "status": status,
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             "model": self.engine.info.name,
+            "precision": self.engine.precision,  # int8 where onnxruntime serves the model's int8 copy
             "backend": self.engine.name,
             "device": self.engine.device,
             "max_batch": self.scheduler.max_batch,

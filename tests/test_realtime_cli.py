@@ -208,13 +208,15 @@ def test_readme_client_example_runs_as_written(energy_model, procs, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["energy_model", "chunked_model", pytest.param("default", marks=pytest.mark.slow)])
-def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, request, tmp_path):
+@pytest.mark.parametrize(("model", "int8"), [("energy_model", None), ("chunked_model", None), ("default", False), ("default", True)])
+def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, int8, request, tmp_path):
     """Streaming (chunks encoded once per stream, cached, batched) gives what engine.infer gives per window.
 
     The reference is independent of the streaming plumbing: whole windows cut from the file, framed and
     scored in one call; the daemon's side is the ring buffer, chunk keys, chunk store and batches. With
-    the shipped default model (the real Whisper encoder and head) too.
+    the shipped default model (the real Whisper encoder and head) too, float32 and its int8 copy: the
+    copy quantizes each frame on its own, so batches cut differently move it by float rounding only
+    (a whole call's scale moved it by up to 0.05).
     """
     from engine.registry import load_engine
     from tests.stream_fixtures import expected_window
@@ -222,15 +224,18 @@ def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, r
     path = "default" if model == "default" else request.getfixturevalue(model)
     audio = load_audio(demo_clip_path())[: int(6.2 * SR)]
     clip = write_wav(tmp_path / "clip.wav", audio, sr=SR)
-    r = run([*script("ser-listen"), "--device", str(clip), "--fast", "--once", "--jsonl", "--model", str(path), "--port", "0"])
+    precision = [] if int8 is None else [f"model.int8={str(int8).lower()}"]
+    r = run([*script("ser-listen"), "--device", str(clip), "--fast", "--once", "--jsonl", "--model", str(path), "--port", "0",
+             *precision])
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert [m["t_end"] for m in lines] == pytest.approx([1.0 + 0.5 * k for k in range(11)] + [6.2], abs=1e-6)
-    eng = load_engine(path, backend="onnxruntime", device="cpu")
+    eng = load_engine(path, backend="onnxruntime", device="cpu", **({} if int8 is None else {"int8": int8}))
+    assert eng.precision == ("int8" if int8 else "fp32")
     ends = [round(m["t_end"] * SR) for m in lines]
     want = eng.infer(np.stack([expected_window(audio, e, eng.chunked) for e in ends]))
     got = np.array([[m["probs"][label] for label in LABELS] for m in lines])
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    np.testing.assert_allclose(got, want, atol=5e-3 if int8 else 1e-5)
 
 
 @pytest.mark.slow
@@ -384,11 +389,27 @@ def test_sigterm_under_load_flushes_in_flight_windows_and_exits_within_2_s(energ
         assert close_code in (1000, 1001), (i, close_code)
 
 
+CPU_HOG = "import time\nend = time.monotonic() + 60\nwhile time.monotonic() < end:\n    pass\n"  # ends by itself
+
+
 @pytest.mark.slow
-def test_once_with_a_slow_reader_loses_no_line(energy_model, tmp_path):
-    """Offline (--fast --once) waits for a slow --jsonl reader instead of dropping its lines."""
+@pytest.mark.parametrize("busy", [False, True], ids=["idle", "both-cores-busy"])
+def test_once_with_a_slow_reader_loses_no_line(energy_model, tmp_path, busy):
+    """Offline (--fast --once) waits for a slow --jsonl reader instead of dropping its lines, also while other
+    processes keep every core busy (issue 17: seq 10-13 went missing 4 times out of 4 on a busy machine)."""
     audio = load_audio(demo_clip_path())[: 8 * SR]
     clip = write_wav(tmp_path / "eight.wav", audio, sr=SR)
+    hogs = [subprocess.Popen([sys.executable, "-c", CPU_HOG]) for _ in range(os.cpu_count() or 2)] if busy else []
+    try:
+        lines = _slow_reader_lines(energy_model, clip)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait(10)
+    assert [m["seq"] for m in lines] == list(range(15))  # 1.0, 1.5, ..., 8.0 s: none dropped
+
+
+def _slow_reader_lines(energy_model, clip) -> list[dict]:
     p = subprocess.Popen(
         [*script("ser-listen"), "--device", str(clip), "--fast", "--once", "--jsonl", "--model", str(energy_model),
          "--port", "0", "output.jsonl_queue_lines=4"],
@@ -399,9 +420,9 @@ def test_once_with_a_slow_reader_loses_no_line(energy_model, tmp_path):
         for line in p.stdout:  # slowly: the daemon produces far faster than this
             lines.append(json.loads(line))
             time.sleep(0.05)
-        assert p.wait(30) == 0, p.stderr.read()
+        assert p.wait(60) == 0, p.stderr.read()
     finally:
         if p.poll() is None:
             p.kill()
             p.wait(10)
-    assert [m["seq"] for m in lines] == list(range(15))  # 1.0, 1.5, ..., 8.0 s: none dropped
+    return lines

@@ -371,15 +371,20 @@ def encoder_tag(n_layers: int, ch: ChunkGeometry, name: str = "tiny.en") -> str:
 class FeatureCache:
     """Feature sets on disk, one file per (encoder, variant, corpus); built on first use, resumable by corpus."""
 
-    def __init__(self, root: str | Path, ch: ChunkGeometry, n_layers: int = 3, name: str = "tiny.en") -> None:
+    def __init__(self, root: str | Path, ch: ChunkGeometry, n_layers: int = 3, name: str = "tiny.en",
+                 encoder: Encoder | None = None, tag: str = "") -> None:
+        """``encoder`` replaces the torch :class:`ChunkEncoder` (e.g. a quantized model as the engine serves it,
+        ``bench/int8_accuracy.py``); its features are cached apart, under the encoder's tag plus ``tag``."""
+        if encoder is not None and not tag:
+            raise ValueError("an encoder other than the torch one needs a tag: its features are not the torch encoder's")
         self.ch, self.n_layers, self.name = ch, n_layers, name
-        self.dir = Path(root).expanduser() / "features" / encoder_tag(n_layers, ch, name)
-        self._encoder: ChunkEncoder | None = None
+        self.dir = Path(root).expanduser() / "features" / (encoder_tag(n_layers, ch, name) + (f"-{tag}" if tag else ""))
+        self._encoder: Encoder | None = encoder
         self._loaded: dict[Path, FeatureSet] = {}  # a run reads each file once (folds share them)
         self._sets: dict[tuple, tuple[FeatureSet, set[str]]] = {}
 
     @property
-    def encoder(self) -> ChunkEncoder:
+    def encoder(self) -> Encoder:
         if self._encoder is None:
             self._encoder = ChunkEncoder(self.n_layers, name=self.name)
         return self._encoder

@@ -5,6 +5,15 @@ independent sub-graphs in one graph, ``chunks -> embeddings`` and
 ``window_embeddings -> probs``). onnxruntime wants every graph input fed on
 every run, so one half runs with a zero-size array for the other's input and
 only its own output requested (measured to cost nothing).
+
+On CPU it serves a model's int8 copy (``NAME.int8.onnx`` beside it, written by
+``ser-build-engine --cpu-int8``: the encoder's MatMul weights in int8 per channel,
+activations quantized per call) where that pays: by default when the copy exists
+and the CPU has int8 dot-product instructions (x86 VNNI, Arm dotprod), where it
+encodes a chunk about twice as fast (``python -m bench.int8_encoder``) for a
+measured change of cross-validated UA within 0.005 (``python -m bench.int8_accuracy``).
+Without them onnxruntime's int8 kernels gain less and may saturate, so the float
+model is served. ``int8=True`` / ``False`` decide instead.
 """
 
 from __future__ import annotations
@@ -24,6 +33,44 @@ from contract.model_io import (
 )
 from engine.interface import BackendUnavailable, Engine, EngineError, ModelInfo
 from engine.model_file import check_graph
+
+INT8_SUFFIX = ".int8.onnx"
+# /proc/cpuinfo flags of instructions that multiply-accumulate int8 in one step (onnxruntime's fast int8 GEMMs)
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+
+
+def int8_copy_path(path: Path) -> Path:
+    """Where a model's CPU int8 copy lives: beside it, ``NAME.int8.onnx``."""
+    return path.with_name(path.stem + INT8_SUFFIX)
+
+
+def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies int8 with dot-product instructions (False where that cannot be read)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features") and INT8_DOT_FLAGS.intersection(value.split()):
+            return True
+    return False
+
+
+def _pick_file(path: Path, int8: bool | None, on_cuda: bool) -> Path:
+    """The file to run: ``path`` or its int8 copy (``int8``: None decides by the CPU; see the module docstring)."""
+    copy = int8_copy_path(path)
+    if int8 is True:
+        if on_cuda:
+            raise EngineError("int8=true serves the int8 copy on onnxruntime's CPU provider; this session is on CUDA "
+                              "(use device cpu, or TensorRT with --precision int8 on a GPU)")
+        if not copy.is_file():
+            raise EngineError(f"int8=true, but {path} has no int8 copy at {copy}: "
+                              f"write it with ser-build-engine {path} --cpu-int8")
+        return copy
+    if int8 is None and not on_cuda and copy.is_file() and cpu_has_int8_dot():
+        return copy
+    return path
 
 
 def _import_ort():
@@ -52,8 +99,9 @@ class OrtEngine(Engine):
         self._ort = _import_ort()
 
     @classmethod
-    def load(cls, path: Path, device: str = "auto", threads: int | None = None) -> OrtEngine:
-        """A session on CUDA when asked for or available (``auto``), else the CPU; ``threads`` intra-op threads."""
+    def load(cls, path: Path, device: str = "auto", threads: int | None = None, int8: bool | None = None) -> OrtEngine:
+        """A session on CUDA when asked for or available (``auto``), else the CPU; ``threads`` intra-op threads;
+        ``int8``: serve the model's int8 copy on CPU (None: where it pays, see the module docstring)."""
         ort = _import_ort()
         available = ort.get_available_providers()
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
@@ -68,6 +116,7 @@ class OrtEngine(Engine):
         # Idle intra-op threads sleep instead of spinning: the daemon calls the engine in bursts, and
         # spinning workers burned ~40% of a 2-core CPU between batches that other streams' I/O needed.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = _pick_file(Path(path), int8, want_cuda)
         providers: list[Any] = ["CPUExecutionProvider"]
         if want_cuda:
             providers = [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"}), "CPUExecutionProvider"]
@@ -78,6 +127,14 @@ class OrtEngine(Engine):
         info = _check_session(sess, path)
         on_cuda = "CUDAExecutionProvider" in sess.get_providers()
         return cls(path, info, sess, "cuda" if on_cuda else "cpu")
+
+    @property
+    def precision(self) -> str:  # type: ignore[override] - a class attribute on Engine, known per file here
+        return "int8" if self.path.name.endswith(INT8_SUFFIX) else "fp32"
+
+    def describe(self) -> str:
+        kind = ", int8 copy" if self.precision == "int8" else ""
+        return f"{self.name} on {self.device} ({self.path.name}, {self.info.variant}{kind})"
 
     def _run(self, waveforms: np.ndarray) -> np.ndarray:
         return self._session_run(OUTPUT_NAME, {INPUT_NAME: waveforms})
