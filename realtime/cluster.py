@@ -87,6 +87,7 @@ class ClusterArgs:
     backend: str = "auto"  # the encoder's backend (auto | tensorrt | onnxruntime)
     device: str = "auto"  # the encoder's device (auto | cpu | cuda)
     threads: int | None = None  # the encoder's onnxruntime intra-op threads (None: its CPUs)
+    int8: bool | None = None  # onnxruntime on CPU: the model's int8 copy (None: where the CPU has VNNI/dotprod)
     encoder_timeout_s: float = ENCODER_TIMEOUT_S  # an encoder call unanswered this long loses its batch's windows
     config: dict[str, Any] = field(default_factory=dict)
 
@@ -169,8 +170,11 @@ class Encoder:
     batching without restarting the replica.
     """
 
-    def __init__(self, model: str | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, model: str | None = None, backend: str = "auto", device: str = "auto", threads: int | None = None,
+                 int8: bool | None = None) -> None:
         options: dict[str, Any] = {"threads": int(threads)} if threads else {}
+        if int8 is not None:
+            options["int8"] = bool(int8)
         self.engine = load_engine(model, backend=backend, device=device, **options)
         self.engine.warmup()
         self.identity = replica_identity()
@@ -399,7 +403,8 @@ class Ingress:
         metrics = DaemonMetrics(const_labels=identity)  # this process's one registry: the daemon's and the calls'
         described = await asyncio.wait_for(encoder.describe.remote(), ENCODER_READY_TIMEOUT_S)  # async: Serve's loop runs __init__
         # The head is a few kFLOP per window: one intra-op thread, so the replica's CPU goes to its streams.
-        local = load_engine(model, backend="onnxruntime", device="cpu", threads=1)
+        # Only its classify half runs here, which is float32 in a model's int8 copy too.
+        local = load_engine(model, backend="onnxruntime", device="cpu", threads=1, int8=False)
         caller = identity.get("replica", f"pid-{os.getpid()}")
         engine = RemoteEncoder(local, encoder, described, caller, EncoderCallMetrics(metrics.registry, identity),
                                timeout_s=encoder_timeout_s)
@@ -476,5 +481,5 @@ class Ingress:
 def build_app(args: dict[str, Any] | None = None) -> Any:
     """The application ``serve run`` / ``serve deploy`` build from ``conf/serve.yaml`` (``import_path``)."""
     a = ClusterArgs.parse(args)
-    encoder = Encoder.bind(a.model, a.backend, a.device, a.threads)
+    encoder = Encoder.bind(a.model, a.backend, a.device, a.threads, a.int8)
     return Ingress.bind(encoder, a.model, a.config, a.encoder_timeout_s)
