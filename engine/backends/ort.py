@@ -7,11 +7,12 @@ every run, so one half runs with a zero-size array for the other's input and
 only its own output requested (measured to cost nothing).
 
 On CPU it serves a model's int8 copy (``NAME.int8.onnx`` beside it, written by
-``ser-build-engine --cpu-int8``: the encoder's MatMul weights in int8 per channel,
-activations quantized per call) where that pays: by default when the copy exists
-and the CPU has int8 dot-product instructions (x86 VNNI, Arm dotprod), where it
-encodes a chunk about twice as fast (``python -m bench.int8_encoder``) for a
-measured change of cross-validated UA within 0.005 (``python -m bench.int8_accuracy``).
+``ser-build-engine --cpu-int8``: the encoder's linear layers with int8 weights per
+channel, each input row quantized with its own scale as it runs;
+``engine.precision.quantize_int8_per_token``) where that pays: by default when the
+copy exists and the CPU has int8 dot-product instructions (x86 VNNI, Arm dotprod),
+where it encodes a chunk 1.6-1.8x as fast (``python -m bench.int8_encoder``) for a
+measured change of cross-validated UA of -0.002 (``python -m bench.int8_accuracy``).
 Without them onnxruntime's int8 kernels gain less and may saturate, so the float
 model is served. ``int8=True`` / ``False`` decide instead.
 """
