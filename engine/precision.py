@@ -310,6 +310,9 @@ def quantize_int8_per_token(model_path: Path, output: Path) -> onnx.ModelProto:
     ensure_node_names(model)
     g = model.graph
     targets = set(encoder_matmuls(model))
+    if not targets:
+        raise ValueError(f"{model_path} has no encoder linear layers behind a {CHUNKS_INPUT!r} input to quantize "
+                         "(the int8 copy is for chunked models)")
     weights = {i.name: i for i in g.initializer}  # float32 (float32_weights took the Casts out)
     g.initializer.extend([
         numpy_helper.from_array(np.array(1e-12, np.float32), _INT8_EPS),

@@ -131,6 +131,18 @@ def test_ser_build_engine_writes_the_copy_of_an_existing_onnx(tmp_path: Path) ->
     assert result.exit_code != 0 and "--cpu-int8" in result.output
 
 
+def test_a_whole_window_model_gets_no_int8_copy(tmp_path: Path) -> None:
+    """The compact model has no chunk encoder: a copy would be the float model under an int8 name."""
+    from training.build_engine import main as build_main
+
+    path = tmp_path / "compact.onnx"
+    shutil.copy(default_model_path().with_name("compact.onnx"), path)
+    with pytest.raises(ValueError, match="chunked models"):
+        quantize_int8_per_token(path, int8_copy_path(path))
+    result = CliRunner().invoke(build_main, [str(path), "--cpu-int8"])
+    assert result.exit_code != 0 and "chunked models" in result.output and not int8_copy_path(path).exists()
+
+
 def test_the_default_models_int8_copy_is_shipped_and_is_no_model_of_its_own() -> None:
     assert SHIPPED_COPY.is_file(), f"{SHIPPED_COPY} is not shipped (ser-build-engine {default_model_path()} --cpu-int8)"
     assert SHIPPED_COPY.stat().st_size <= 25 << 20
