@@ -57,7 +57,7 @@ class ServedEncoder:
         from engine.registry import load_engine
         from training.voicing import TAIL
 
-        self.engine = load_engine(path, backend="onnxruntime", device="cpu")
+        self.engine = load_engine(path, backend="onnxruntime", device="cpu", int8=False)  # this file, not a copy beside it
         self.n, self.batch, self.tail = n_states, batch, TAIL
         f4 = self.engine.embedding_dim - TAIL
         if f4 % (4 * n_states):
