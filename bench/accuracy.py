@@ -157,7 +157,7 @@ def main() -> int:
             for s in seeds:  # one stream score per head seed (the streams themselves are the same)
                 where = keep / f"seed{s}" if len(seeds) > 1 else keep
                 per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where,
-                                              daemon_overrides=[*args.listen, *(["model.int8=true"] if args.int8 else [])]))
+                                              daemon_overrides=args.listen, int8=args.int8))
                 per_seed[-1]["kept"] = str(where)
             entry["stream"] = per_seed[0]
             if len(per_seed) > 1:
@@ -220,7 +220,7 @@ def speaker_stream(records: list, speaker: str, seed: int = 0) -> tuple[np.ndarr
 
 
 def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: Path | None = None,
-                  daemon_overrides: list[str] | None = None) -> dict:
+                  daemon_overrides: list[str] | None = None, int8: bool = False) -> dict:
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows.
 
     With ``keep``, each stream's predictions and segments are saved under ``keep/foldF/`` (training.stream_eval.save_stream).
@@ -235,7 +235,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
         for run in [r for r in cv if r["seed"] == cv[0]["seed"]]:
             onnx_path = Path(tmp) / f"fold{run['fold']}.onnx"
             export_head(run["model"], mc, onnx_path)
-            if "model.int8=true" in (daemon_overrides or []):
+            if int8:
                 from engine.backends.ort import int8_copy_path
                 from engine.precision import quantize_int8_per_token
 
@@ -246,7 +246,8 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
                 wav = Path(tmp) / f"{speaker.replace(':', '_')}.wav"
                 sf.write(wav, audio, 16000, subtype="FLOAT")
                 proc = subprocess.run([str(listen), "--device", str(wav), "--fast", "--once", "--jsonl", "--port", "0",
-                                       "--model", str(onnx_path), "--backend", "onnxruntime", *(daemon_overrides or [])],
+                                       "--model", str(onnx_path), "--backend", "onnxruntime", f"model.int8={str(int8).lower()}",
+                                       *(daemon_overrides or [])],
                                       capture_output=True, text=True, timeout=900, check=False)
                 if proc.returncode != 0:
                     raise RuntimeError(f"ser-listen failed on {wav}: {proc.stderr[-2000:]}")

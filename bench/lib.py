@@ -302,10 +302,11 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]], style: str = "mark
 
 
 def cpu_isa() -> str:
-    """The CPU features a quantized kernel depends on, from /proc/cpuinfo (Linux)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
+    """The CPU features a quantized kernel depends on (``engine.backends.ort.cpu_flags``, Linux)."""
+    from engine.backends.ort import cpu_flags
+
+    flags = cpu_flags()
+    if not flags:
         return "unknown"
-    want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni"
+    want = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni/dotprod"

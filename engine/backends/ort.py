@@ -45,17 +45,19 @@ def int8_copy_path(path: Path) -> Path:
     return path.with_name(path.stem + INT8_SUFFIX)
 
 
-def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU multiplies int8 with dot-product instructions (False where that cannot be read)."""
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``) from ``cpuinfo``; empty where it cannot be read."""
     try:
         text = cpuinfo.read_text()
     except OSError:
-        return False
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features") and INT8_DOT_FLAGS.intersection(value.split()):
-            return True
-    return False
+        return frozenset()
+    return frozenset(f for line in text.splitlines() if line.partition(":")[0].strip() in ("flags", "Features")
+                     for f in line.partition(":")[2].split())
+
+
+def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies int8 with dot-product instructions (False where that cannot be read)."""
+    return bool(INT8_DOT_FLAGS & cpu_flags(cpuinfo))
 
 
 def _pick_file(path: Path, int8: bool | None, on_cuda: bool) -> Path:
