@@ -298,9 +298,8 @@ def quantize_int8_per_token(model_path: Path, output: Path) -> onnx.ModelProto:
     channel, and each frame's input quantized symmetrically with its own scale when it runs.
     onnxruntime's own dynamic quantizer scales a MatMul's whole input at once, so a chunk's codes
     depended on whatever other chunks shared its batch: in the daemon, one stream's probabilities
-    moved with the other streams' audio (up to 0.06 on the demo clip's windows), as much as int8
-    itself moved them. Per row, a chunk's embedding is what it is alone, to float rounding, and
-    closer to float32 (demo clip: mean change 0.9 %, top class unchanged). On an x86 CPU with VNNI
+    moved with the other streams' audio. Per row, a chunk's embedding is what it is alone, to float
+    rounding (``python -m bench.int8_encoder``'s batch-dependence column). On an x86 CPU with VNNI
     it encodes a chunk 1.6-1.8x as fast as float32 in batches of 8 (``python -m bench.int8_encoder``);
     ``python -m bench.int8_accuracy`` measures what it costs in cross-validated UA (-0.002). The log-mel
     front end, the convolutions, attention's products of activations, the moments and the classify

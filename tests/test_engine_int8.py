@@ -52,9 +52,9 @@ def test_the_copy_quantizes_only_the_encoders_matmuls_and_keeps_the_metadata(mod
 def test_a_chunks_int8_embedding_does_not_depend_on_the_chunks_batched_with_it(model_and_copy: Path) -> None:
     """Each frame is quantized with its own scale: a chunk encodes alike alone or beside loud chunks.
 
-    onnxruntime's own dynamic quantizer takes one scale per call, which moved the default model's window
-    probabilities by up to 0.06 with the batch (so a daemon stream's output moved with other streams' audio);
-    per frame they move by float rounding (4e-4 measured on the demo clip).
+    onnxruntime's own dynamic quantizer takes one scale per call, so a chunk's embedding moved with its batch
+    (a daemon stream's output with other streams' audio; ``python -m bench.int8_encoder``, batch dependence);
+    per frame it moves by float rounding only.
     """
     from contract.audio import load_audio
     from realtime.sources import demo_clip_path

@@ -216,7 +216,7 @@ def test_daemon_probabilities_equal_offline_scoring_of_the_same_windows(model, i
     scored in one call; the daemon's side is the ring buffer, chunk keys, chunk store and batches. With
     the shipped default model (the real Whisper encoder and head) too, float32 and its int8 copy: the
     copy quantizes each frame on its own, so batches cut differently move it by float rounding only
-    (a whole call's scale moved it by up to 0.05).
+    (with one scale per call it moved with the batch).
     """
     from engine.registry import load_engine
     from tests.stream_fixtures import expected_window
