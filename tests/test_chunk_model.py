@@ -486,6 +486,32 @@ def test_stream_like_windows_follow_the_stream_scorers_rule() -> None:
     assert all(tuple(r) in full for r in capped.chunks)  # a subset of the same windows, every labelling clip kept
 
 
+def test_stream_windows_are_laid_out_from_each_variant_named() -> None:
+    """``head_trainer.stream_variants``: an augmented variant's chunks make stream-like windows of their own (noise
+    under the speech, not only in the pauses), in their own orders; the clean variant's draw is the one it always was."""
+    from training.chunk_model import WhisperChunkModel
+    from training.chunk_training import stream_like_windows
+
+    recs = records({("a", lab): 6 for lab in LABELS})
+    clean, noisy = synthetic_features(recs, 0), synthetic_features(recs, 2)
+    train = [Windows(clean, np.arange(len(clean.offset)), clean.clip, "zeros"),
+             Windows(noisy, np.arange(len(noisy.offset)), noisy.clip, "bank", "noisy")]
+    laid = [stream_like_windows(w, recs, 9, seed=0, passes=2, bank_size=4) for w in train]
+    assert laid[0].chunks.max() < len(clean.feats) and laid[1].chunks.max() < len(noisy.feats)
+    unsalted = stream_like_windows(Windows(noisy, train[1].index, train[1].clip_of, "bank"), recs, 9, seed=0, passes=2, bank_size=4)
+    assert not np.array_equal(unsalted.chunks, laid[1].chunks)  # another variant, other orders and pauses
+    bank = silent_bank()
+    fitted = {}
+    for names in (["clean"], ["clean", "noisy"]):
+        model = WhisperChunkModel(small_cfg())
+        fitted[len(names)] = fit_head(model, train, recs, bank, {"stream_p": 0.5, "stream_variants": names}, seed=0)["windows"]
+    # every window of both variants, plus each variant's stream-like windows
+    stream_clean = fitted[1] - len(clean.offset) - len(noisy.offset)
+    assert stream_clean > 0 and fitted[2] > fitted[1]
+    with pytest.raises(ValueError, match="stream_variants"):
+        fit_head(WhisperChunkModel(small_cfg()), train, recs, bank, {"stream_p": 0.5, "stream_variants": ["roomy"]}, seed=0)
+
+
 def test_row_weights_give_stream_windows_their_share_of_each_clip() -> None:
     from training.chunk_training import row_weights
 

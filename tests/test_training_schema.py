@@ -137,6 +137,8 @@ def test_a_wrong_type_or_value_fails_naming_the_key() -> None:
         head_trainer_config({"optimizer": "sgd"})
     with pytest.raises(ConfigError, match=r"^model\.head\.turn_segments: must be one of \(1, 2, 4\), got 3$"):
         compose_train(["model=whisper", "model.head.turn_segments=3"])
+    with pytest.raises(ConfigError, match=r"^model\.head_trainer\.stream_variants: 'noisey' is not one of features\.train_variants"):
+        compose_train(["model=whisper", "model.head_trainer.stream_variants=[clean,noisey]"])
 
 
 def test_a_key_every_recipe_must_set_is_named_when_absent() -> None:

@@ -23,7 +23,7 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -49,6 +49,7 @@ class Windows:
     index: np.ndarray  # window indices into fs
     clip_of: np.ndarray  # per window: position of its clip in the records list
     silent_fill: str  # "zeros": digital silence (clean, evaluation); "bank": random noise chunks
+    variant: str = "clean"  # the features.train_variants entry the windows come from
 
 
 def select_windows(fs: FeatureSet, records: Sequence[Record], silent_fill: str) -> Windows:
@@ -271,7 +272,9 @@ def stream_like_windows(w: Windows, records: Sequence[Record], k: int, seed: int
     windows: list[np.ndarray] = []
     labels: list[int] = []
     for speaker, positions in sorted(by_speaker.items()):
-        rng = np.random.default_rng([seed, zlib.crc32(speaker.encode())])
+        # An augmented variant draws its own orders, so its windows are not the clean ones' layout again.
+        salt = [] if w.variant == "clean" else [zlib.crc32(w.variant.encode())]
+        rng = np.random.default_rng([seed, zlib.crc32(speaker.encode()), *salt])
         first = len(windows)
         for _ in range(passes):
             src: list[int] = []
@@ -351,7 +354,7 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
         paths = tuple(sorted(str(records[i].path) for i in positions))
         key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turns)
         if key not in _STREAM_POOLED:
-            one = Windows(w.fs, w.index, w.clip_of, w.silent_fill)
+            one = Windows(w.fs, w.index, w.clip_of, w.silent_fill, w.variant)
             mask = np.zeros(len(records), bool)
             mask[positions] = True
             sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
@@ -502,9 +505,16 @@ def fit_head(model: Any, train: Sequence[Windows], records: Sequence[Record], ba
         if pooling != "window_moments":
             raise ValueError("head_trainer.stream_p needs the served pooling (window_moments)")
         p_clip, _ = sample_weights(records, c.corpus_alpha, c.corpus_weights)
-        x_s, stream_of = stream_features(train[0], records, k, layers, bank, seed, c.stream_passes,
-                                         model.geometry.hop_samples / SAMPLE_RATE, use=p_clip > 0, per_clip=c.stream_per_clip,
-                                         turns=turns if c.stream_turns else ONE_TURN)
+        sources = [w for w in train if w.variant in c.stream_variants]
+        if not sources:
+            raise ValueError(f"head_trainer.stream_variants {list(c.stream_variants)} names none of the training variants "
+                             f"{[w.variant for w in train]}")
+        parts = [stream_features(w, records, k, layers, bank, seed, c.stream_passes, model.geometry.hop_samples / SAMPLE_RATE,
+                                 use=p_clip > 0, per_clip=c.stream_per_clip, turns=turns if c.stream_turns else ONE_TURN)
+                 for w in sources]
+        parts = [(x, o) for x, o in parts if len(o)] or parts[:1]
+        x_s = np.concatenate([x for x, _ in parts])
+        stream_of = np.concatenate([o for _, o in parts])
         xs.append(torch.from_numpy(x_s))
         ys.append(torch.tensor([records[i].label_index for i in stream_of], dtype=torch.long))
     weights = row_weights(train, records, c.corpus_alpha, c.clean_p, c.corpus_weights, stream_of, stream_p)
@@ -672,7 +682,7 @@ def temperature_from_logits(logits: np.ndarray, labels: np.ndarray) -> tuple[flo
 def training_windows(model_cfg: Any, train: Sequence[Record], cache: Any) -> list[Windows]:
     """The windows of ``train`` in every training variant (clean first); a randomly placed clip's silence is the noise bank."""
     variants = model_config(model_cfg).features.train_variants
-    return [select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank")
+    return [replace(select_windows(cache.get(train, v), train, "zeros" if v.get("place") != "random" else "bank"), variant=v["name"])
             for v in (OmegaConf.to_container(v) for v in variants)]
 
 

@@ -156,6 +156,11 @@ class HeadTrainerConfig:
         "share of each clip's weight on stream-like windows (its speaker's clips end to end "
         "with noise pauses, training/chunk_training.stream_like_windows); 0: none",
     )
+    stream_variants: list[str] = setting(
+        lambda: ["clean"],
+        "features.train_variants whose chunks the stream-like windows are laid out from (their weight shared "
+        "evenly); an augmented one puts its noise or room under the speech, as a live stream's quiet utterances meet it",
+    )
     stream_passes: int = setting(2, "stream-like windows: shuffled streams per training speaker ...")
     stream_per_clip: int = setting(4, "... and at most this many windows labelled by each clip")
     stream_turns: bool = setting(
@@ -380,6 +385,10 @@ def _check(cfg: DictConfig, where: str) -> None:
         if not cfg.features.train_variants:
             _fail(where, "features.train_variants", "needs at least the clean variant")
         _check_head_trainer(cfg.head_trainer, f"{where}.head_trainer")
+        names = [v.get("name") for v in cfg.features.train_variants]
+        for name in cfg.head_trainer.stream_variants:
+            if name not in names:
+                _fail(f"{where}.head_trainer", "stream_variants", f"{name!r} is not one of features.train_variants {names}")
         return
     _one_of(cfg.frontend, "norm", FRONTEND_NORMS, f"{where}.frontend")
     net = cfg.net
