@@ -50,6 +50,7 @@ def test_the_shipped_recipes_keep_their_values() -> None:
     t = w.head_trainer
     assert (t.optimizer, t.c, t.max_iter, t.corpus_alpha, t.clean_p) == ("lbfgs", 0.05, 200, 0.5, 0.5)
     assert (t.temperature_folds, t.stream_p, t.stream_passes, t.stream_per_clip) == (4, 0.5, 2, 4)
+    assert list(t.stream_variants) == ["clean", "noisy"]
     assert dict(t.corpus_weights) == {"ravdess": 1.0, "tess": 1.0, "default": 0.0}
     assert [v["name"] for v in w.features.train_variants] == ["clean", "mixed", "noisy", "roomy"]
     b = compose_train(["model=whisper-base"]).model  # the default's recipe on base's first 3 blocks
