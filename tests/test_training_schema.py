@@ -142,6 +142,8 @@ def test_a_wrong_type_or_value_fails_naming_the_key() -> None:
         compose_train(["model=whisper", "model.head.turn_segments=3"])
     with pytest.raises(ConfigError, match=r"^model\.head_trainer\.stream_variants: 'noisey' is not one of features\.train_variants"):
         compose_train(["model=whisper", "model.head_trainer.stream_variants=[clean,noisey]"])
+    with pytest.raises(ConfigError, match=r"^model\.head_trainer\.stream_variants: must name at least one variant"):
+        compose_train(["model=whisper", "model.head_trainer.stream_variants=[]"])
 
 
 def test_a_key_every_recipe_must_set_is_named_when_absent() -> None:

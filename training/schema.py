@@ -158,8 +158,9 @@ class HeadTrainerConfig:
     )
     stream_variants: list[str] = setting(
         lambda: ["clean"],
-        "features.train_variants whose chunks the stream-like windows are laid out from (their weight shared "
-        "evenly); an augmented one puts its noise or room under the speech, as a live stream's quiet utterances meet it",
+        "features.train_variants whose chunks the stream-like windows are laid out from (a clip's stream_p share is "
+        "spread over its windows from all of them); an augmented one puts its noise under the speech, as a live "
+        "stream's quiet utterances meet it",
     )
     stream_passes: int = setting(2, "stream-like windows: shuffled streams per training speaker ...")
     stream_per_clip: int = setting(4, "... and at most this many windows labelled by each clip")
@@ -386,6 +387,8 @@ def _check(cfg: DictConfig, where: str) -> None:
             _fail(where, "features.train_variants", "needs at least the clean variant")
         _check_head_trainer(cfg.head_trainer, f"{where}.head_trainer")
         names = [v.get("name") for v in cfg.features.train_variants]
+        if cfg.head_trainer.stream_p > 0 and not cfg.head_trainer.stream_variants:
+            _fail(f"{where}.head_trainer", "stream_variants", "must name at least one variant when stream_p > 0")
         for name in cfg.head_trainer.stream_variants:
             if name not in names:
                 _fail(f"{where}.head_trainer", "stream_variants", f"{name!r} is not one of features.train_variants {names}")
