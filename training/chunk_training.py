@@ -354,10 +354,9 @@ def stream_features(w: Windows, records: Sequence[Record], k: int, layers: Seque
         paths = tuple(sorted(str(records[i].path) for i in positions))
         key = (id(w.fs), speaker, paths, seed, passes, per_clip, k, tuple(layers), turns)
         if key not in _STREAM_POOLED:
-            one = Windows(w.fs, w.index, w.clip_of, w.silent_fill, w.variant)
             mask = np.zeros(len(records), bool)
             mask[positions] = True
-            sw = stream_like_windows(one, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
+            sw = stream_like_windows(w, records, k, seed, passes, hop_s, len(bank[0]), use=mask, per_clip=per_clip)
             _STREAM_POOLED[key] = (w.fs, stream_pooled(sw, bank, layers, turns=turns),
                                    [str(records[i].path) for i in sw.clip_of])
         _, x, labelled = _STREAM_POOLED[key]

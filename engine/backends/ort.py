@@ -51,8 +51,12 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         text = cpuinfo.read_text()
     except OSError:
         return frozenset()
-    return frozenset(f for line in text.splitlines() if line.partition(":")[0].strip() in ("flags", "Features")
-                     for f in line.partition(":")[2].split())
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return frozenset(flags)
 
 
 def cpu_has_int8_dot(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
