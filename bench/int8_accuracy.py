@@ -21,6 +21,8 @@ the CPU (VNNI or not): the CPU is recorded.
 
     python -m bench.int8_accuracy                      # 5 folds x 3 seeds, clean + 4 conditions
     python -m bench.int8_accuracy --seeds 0 --no-robust
+    python -m bench.int8_accuracy --keep-float /encoder/blocks.0/qkv/MatMul /encoder/blocks.0/out/MatMul
+                                                       # and a copy with those layers in float32, same run
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from contract.audio import LABELS
 from engine.shipped import default_model_path
 
 SERVED = ("float32", "int8")  # the served encoders, beside the torch reference
+KEPT = "int8-kept"  # with --keep-float: an int8 copy leaving those linear layers in float32, in the same run
 
 
 class ServedEncoder:
@@ -96,14 +99,14 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def summarise(runs: list[dict], conditions: list[str]) -> dict:
+def summarise(runs: list[dict], conditions: list[str], served: tuple[str, ...] = SERVED) -> dict:
     """Per condition and encoder: UA (mean over folds and seeds), per-fold means, and the change against torch."""
     out: dict = {}
     folds = sorted({r["fold"] for r in runs})
     seeds = sorted({r["seed"] for r in runs})
     for cond in conditions:
         row: dict = {}
-        for enc in ("torch", *SERVED):
+        for enc in ("torch", *served):
             name = cond if enc == "torch" else f"{cond}@{enc}"
             per_fold = [mean([r["test"][name]["ua"] for r in runs if r["fold"] == f]) for f in folds]
             per_seed = [mean([r["test"][name]["ua"] for r in runs if r["seed"] == s]) for s in seeds]
@@ -133,6 +136,15 @@ def markdown(doc: dict) -> str:
                      f"{t['ece']:.3f} / {q['ece']:.3f}"])
     lines.append(table(["condition", "torch (reference)", "float32 ONNX (change)", "int8 (change)", "int8 change per fold",
                         "int8 change, range over runs", "ECE torch / int8"], rows))
+    if KEPT in s["clean"]:
+        kept = doc["kept_model"]
+        lines += ["", f"Beside it, the int8 copy with {', '.join(kept['keep_float'])} left in float32 (same heads and clips):", ""]
+        lines.append(table(["condition", "int8 (change)", f"{KEPT} (change)", f"{KEPT} change per fold", f"ECE {KEPT}"],
+                           [[cond, f"{row['int8']['ua']:.3f} ({row['int8']['delta']:+.4f})",
+                             f"{row[KEPT]['ua']:.3f} (**{row[KEPT]['delta']:+.4f}**)",
+                             " / ".join(f"{d:+.3f}" for d in row[KEPT]["delta_per_fold"]), f"{row[KEPT]['ece']:.3f}"]
+                            for cond, row in s.items()]))
+        lines += ["", f"{KEPT} model: {kept['bytes'] / 1e6:.1f} MB, sha256 {kept['sha256'][:16]}"]
     q = s["clean"]["int8"]
     lines += ["", "Clean recall per class, int8 against torch: " + ", ".join(
         f"{lab} {q['recall'][lab]:.2f} ({q['recall'][lab] - s['clean']['torch']['recall'][lab]:+.2f})" for lab in LABELS)]
@@ -147,6 +159,8 @@ def main() -> int:
     ap.add_argument("--model", type=Path, default=None, help="chunked ONNX model (default: the shipped default)")
     ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
     ap.add_argument("--tag", default="", help="suffix of the result files")
+    ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
+                    help=f"also score an int8 copy leaving these linear layers (MatMul node names) in float32, as {KEPT!r}")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides of the recipe the heads are fitted with")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -168,21 +182,27 @@ def main() -> int:
     records = all_records(args.data_root)
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="ser-int8-") as tmp:
-        paths = {"float32": Path(tmp) / "float32.onnx", "int8": Path(tmp) / "int8.onnx"}
+        served_names = (*SERVED, KEPT) if args.keep_float else SERVED
+        paths = {name: Path(tmp) / f"{name}.onnx" for name in served_names}
         onnx.save(float32_weights(onnx.load(str(model))), str(paths["float32"]))
         quantize_int8_per_token(model, paths["int8"])
+        if args.keep_float:
+            quantize_int8_per_token(model, paths[KEPT], keep_float=args.keep_float)
         served = {name: FeatureCache(args.cache_dir, base.ch, base.n_layers, base.name,
                                      encoder=ServedEncoder(p, n_states), tag=f"onnx-{name}-{digest(p)[:8]}")
                   for name, p in paths.items()}
         int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"])}
+        kept_info = {"bytes": paths[KEPT].stat().st_size, "sha256": digest(paths[KEPT]),
+                     "keep_float": args.keep_float} if args.keep_float else None
         conds = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
         tests = dict(conds)
-        for name in SERVED:
+        for name in served_names:
             tests.update({f"{c}@{name}": {**v, "served_by": name} for c, v in conds.items()})
         runs = cross_validate(mc, dict(mc["head_trainer"]), records, Routed(base, served), args.seeds, tests, folds=args.folds)
     doc = {"model": str(model), "overrides": args.overrides, "seeds": args.seeds, "folds": args.folds,
            "cpu": {"processor": platform.processor() or platform.machine(), "isa": cpu_isa()},
-           "int8_model": int8_info, "summary": summarise(runs, list(conds)),
+           "int8_model": int8_info, **({"kept_model": kept_info} if kept_info else {}),
+           "summary": summarise(runs, list(conds), served_names),
            "runs": [{k: v for k, v in r.items() if k in ("fold", "seed", "test")} for r in runs],
            "minutes": (time.time() - t0) / 60}
     write_report(RESULTS / f"int8-accuracy{'-' + args.tag if args.tag else ''}.json", doc, markdown(doc),

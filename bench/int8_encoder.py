@@ -21,6 +21,7 @@ Its accuracy study on unseen speakers is ``python -m bench.int8_accuracy``.
 Speed-ups depend on the CPU (VNNI or not); compare within a run.
 
     python -m bench.int8_encoder            # prints a table, writes bench/results/int8_encoder.json
+    python -m bench.int8_encoder --keep-float /encoder/blocks.0/qkv/MatMul   # and a row with that layer in float32
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main() -> int:
     ap.add_argument("--model", default=str(default_model_path()), help="a chunked ONNX model (default: the shipped one)")
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", default=str(RESULTS / "int8_encoder.json"))
+    ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
+                    help="also time the per-token int8 copy with these linear layers (MatMul node names) left in float32")
     args = ap.parse_args()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -74,6 +77,10 @@ def main() -> int:
                          op_types_to_quantize=["MatMul"])
         paths["int8 per token (served)"] = Path(tmp) / "int8.onnx"
         quantize_int8_per_token(Path(args.model), paths["int8 per token (served)"])
+        if args.keep_float:
+            kept = f"int8 per token, {' '.join(args.keep_float)} float32"
+            paths[kept] = Path(tmp) / "int8-kept.onnx"
+            quantize_int8_per_token(Path(args.model), paths[kept], keep_float=args.keep_float)
         engines = {name: load_engine(p, backend="onnxruntime", device="cpu") for name, p in paths.items()}
 
         ref = engines["float32"]

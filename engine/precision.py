@@ -291,7 +291,7 @@ def _per_token_matmul(g: onnx.GraphProto, node: onnx.NodeProto, weight: np.ndarr
     return nodes
 
 
-def quantize_int8_per_token(model_path: Path, output: Path) -> onnx.ModelProto:
+def quantize_int8_per_token(model_path: Path, output: Path, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
     """The CPU int8 copy of ``model_path``: the encoder's linear layers in int8, each input row scaled on its own.
 
     Each of :func:`encoder_matmuls` becomes :func:`_per_token_matmul`: weights int8 per output
@@ -304,14 +304,25 @@ def quantize_int8_per_token(model_path: Path, output: Path) -> onnx.ModelProto:
     ``python -m bench.int8_accuracy`` measures what it costs in cross-validated UA (-0.002). The log-mel
     front end, the convolutions, attention's products of activations, the moments and the classify
     half stay float32; the metadata is carried over.
+
+    ``keep_float`` names linear layers (of :func:`encoder_matmuls`) to leave in float32: a layer
+    whose input rows hold a few large outliers loses the small entries to the row's one scale.
+    A name that is not one of them is a ValueError naming those that are.
     """
     model = float32_weights(onnx.load(str(model_path)))
     ensure_node_names(model)
     g = model.graph
-    targets = set(encoder_matmuls(model))
-    if not targets:
+    linear = encoder_matmuls(model)
+    if not linear:
         raise ValueError(f"{model_path} has no encoder linear layers behind a {CHUNKS_INPUT!r} input to quantize "
                          "(the int8 copy is for chunked models)")
+    keep = set(keep_float)
+    if unknown := sorted(keep - set(linear)):
+        raise ValueError(f"keep_float names {', '.join(unknown)}, not linear layers of {model_path}'s encoder "
+                         f"(those are: {', '.join(linear)})")
+    targets = set(linear) - keep
+    if not targets:
+        raise ValueError(f"keep_float keeps every linear layer of {model_path}'s encoder in float32: nothing to quantize")
     weights = {i.name: i for i in g.initializer}  # float32 (float32_weights took the Casts out)
     g.initializer.extend([
         numpy_helper.from_array(np.array(1e-12, np.float32), _INT8_EPS),

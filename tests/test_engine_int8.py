@@ -49,6 +49,22 @@ def test_the_copy_quantizes_only_the_encoders_matmuls_and_keeps_the_metadata(mod
     assert int8_copy_path(model_and_copy).stat().st_size < model_and_copy.stat().st_size
 
 
+def test_layers_kept_in_float_stay_matmuls_and_an_unknown_name_is_refused(model_and_copy: Path, tmp_path: Path) -> None:
+    src = onnx.load(str(model_and_copy))
+    linear = encoder_matmuls(src)
+    keep = linear[:2]
+    out = tmp_path / "kept.onnx"
+    copy = quantize_int8_per_token(model_and_copy, out, keep_float=keep)
+    assert [n.op_type for n in copy.graph.node].count("MatMulIntegerToFloat") == len(linear) - len(keep)
+    assert [n.op_type for n in copy.graph.node if n.name in set(keep)] == ["MatMul"] * len(keep)
+    assert OrtEngine.load(out, device="cpu", int8=False).encode_chunks(
+        speech_like(2, 16000, seed=3).astype(np.float32)).shape[0] == 2
+    with pytest.raises(ValueError, match=r"not linear layers.*those are: /encoder"):
+        quantize_int8_per_token(model_and_copy, tmp_path / "x.onnx", keep_float=["/encoder/blocks.9/qkv/MatMul"])
+    with pytest.raises(ValueError, match="nothing to quantize"):
+        quantize_int8_per_token(model_and_copy, tmp_path / "y.onnx", keep_float=linear)
+
+
 def test_a_chunks_int8_embedding_does_not_depend_on_the_chunks_batched_with_it(model_and_copy: Path) -> None:
     """Each frame is quantized with its own scale: a chunk encodes alike alone or beside loud chunks.
 
