@@ -21,8 +21,8 @@ the CPU (VNNI or not): the CPU is recorded.
 
     python -m bench.int8_accuracy                      # 5 folds x 3 seeds, clean + 4 conditions
     python -m bench.int8_accuracy --seeds 0 --no-robust
-    python -m bench.int8_accuracy --keep-float /encoder/blocks.0/qkv/MatMul /encoder/blocks.0/out/MatMul
-                                                       # and a copy with those layers in float32, same run
+    python -m bench.int8_accuracy --keep-float none   # and a copy with every linear layer in int8, same run
+    python -m bench.int8_accuracy --keep-float /encoder/blocks.0/qkv/MatMul   # or with that one layer in float32
 """
 
 from __future__ import annotations
@@ -138,7 +138,10 @@ def markdown(doc: dict) -> str:
                         "int8 change, range over runs", "ECE torch / int8"], rows))
     if KEPT in s["clean"]:
         kept = doc["kept_model"]
-        lines += ["", f"Beside it, the int8 copy with {', '.join(kept['keep_float'])} left in float32 (same heads and clips):", ""]
+        what = ", ".join(kept["keep_float"]) + " left in float32" if kept["keep_float"] else "every linear layer in int8"
+        served = doc["int8_model"].get("keep_float")
+        served = "its linear layers all in int8" if served is None or not served else ", ".join(served) + " in float32"
+        lines += ["", f"Beside the int8 copy ({served}), one with {what} (same heads and clips):", ""]
         lines.append(table(["condition", "int8 (change)", f"{KEPT} (change)", f"{KEPT} change per fold", f"ECE {KEPT}"],
                            [[cond, f"{row['int8']['ua']:.3f} ({row['int8']['delta']:+.4f})",
                              f"{row[KEPT]['ua']:.3f} (**{row[KEPT]['delta']:+.4f}**)",
@@ -160,7 +163,8 @@ def main() -> int:
     ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
-                    help=f"also score an int8 copy leaving these linear layers (MatMul node names) in float32, as {KEPT!r}")
+                    help=f"also score an int8 copy leaving exactly these linear layers (MatMul node names) in float32, "
+                         f"as {KEPT!r}; 'none' for every one in int8")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides of the recipe the heads are fitted with")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -168,7 +172,7 @@ def main() -> int:
     import onnx
     import torch
 
-    from engine.precision import float32_weights, quantize_int8_per_token
+    from engine.precision import float32_weights, int8_float_layers, quantize_int8_per_token
     from training.chunk_cv import cross_validate
     from training.features import FeatureCache
 
@@ -185,15 +189,17 @@ def main() -> int:
         served_names = (*SERVED, KEPT) if args.keep_float else SERVED
         paths = {name: Path(tmp) / f"{name}.onnx" for name in served_names}
         onnx.save(float32_weights(onnx.load(str(model))), str(paths["float32"]))
-        quantize_int8_per_token(model, paths["int8"])
+        quantize_int8_per_token(model, paths["int8"])  # as ser-build-engine --cpu-int8 writes it
+        keep = [] if args.keep_float == ["none"] else args.keep_float
         if args.keep_float:
-            quantize_int8_per_token(model, paths[KEPT], keep_float=args.keep_float)
+            quantize_int8_per_token(model, paths[KEPT], keep_float=keep)
         served = {name: FeatureCache(args.cache_dir, base.ch, base.n_layers, base.name,
                                      encoder=ServedEncoder(p, n_states), tag=f"onnx-{name}-{digest(p)[:8]}")
                   for name, p in paths.items()}
-        int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"])}
+        int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"]),
+                     "keep_float": int8_float_layers(onnx.load(str(model)))}
         kept_info = {"bytes": paths[KEPT].stat().st_size, "sha256": digest(paths[KEPT]),
-                     "keep_float": args.keep_float} if args.keep_float else None
+                     "keep_float": keep} if args.keep_float else None
         conds = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
         tests = dict(conds)
         for name in served_names:

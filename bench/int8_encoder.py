@@ -21,7 +21,8 @@ Its accuracy study on unseen speakers is ``python -m bench.int8_accuracy``.
 Speed-ups depend on the CPU (VNNI or not); compare within a run.
 
     python -m bench.int8_encoder            # prints a table, writes bench/results/int8_encoder.json
-    python -m bench.int8_encoder --keep-float /encoder/blocks.0/qkv/MatMul   # and a row with that layer in float32
+    python -m bench.int8_encoder --keep-float none   # and a row with every linear layer in int8
+    python -m bench.int8_encoder --keep-float /encoder/blocks.0/qkv/MatMul   # or with that one layer in float32
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", default=str(RESULTS / "int8_encoder.json"))
     ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
-                    help="also time the per-token int8 copy with these linear layers (MatMul node names) left in float32")
+                    help="also time a per-token int8 copy with exactly these linear layers (MatMul node names) left in "
+                         "float32; 'none' for every one in int8")
     args = ap.parse_args()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -78,9 +80,10 @@ def main() -> int:
         paths["int8 per token (served)"] = Path(tmp) / "int8.onnx"
         quantize_int8_per_token(Path(args.model), paths["int8 per token (served)"])
         if args.keep_float:
-            kept = f"int8 per token, {' '.join(args.keep_float)} float32"
+            keep = [] if args.keep_float == ["none"] else args.keep_float
+            kept = f"int8 per token, {' '.join(keep)} float32" if keep else "int8 per token, all layers"
             paths[kept] = Path(tmp) / "int8-kept.onnx"
-            quantize_int8_per_token(Path(args.model), paths[kept], keep_float=args.keep_float)
+            quantize_int8_per_token(Path(args.model), paths[kept], keep_float=keep)
         engines = {name: load_engine(p, backend="onnxruntime", device="cpu") for name, p in paths.items()}
 
         ref = engines["float32"]
