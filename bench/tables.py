@@ -489,6 +489,8 @@ README_TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "daemon-s22-int8": ("daemon-s22-int8", daemon_markdown),
     "int8-encoder": ("int8_encoder-s22", int8_encoder_markdown),
     "int8-accuracy": ("int8-accuracy", _late("bench.int8_accuracy")),
+    "int8-encoder-s25": ("int8_encoder-s25", int8_encoder_markdown),
+    "int8-accuracy-s25": ("int8-accuracy-s25-kept", _late("bench.int8_accuracy")),
     "hostile": ("hostile", hostile_targets_markdown),
     "cluster": ("cluster", cluster_markdown),
     "cluster-capacity": ("cluster", lambda doc: capacity_markdown(capacity(doc))),
