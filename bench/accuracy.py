@@ -126,6 +126,8 @@ def main() -> int:
                     help="daemon config overrides for the streams' ser-listen (e.g. post.smoothing_tau_s=1.5)")
     ap.add_argument("--int8", action="store_true",
                     help="--stream serves each fold's head through its CPU int8 copy, as the default is served on CPUs with VNNI")
+    ap.add_argument("--int8-keep-float", nargs="+", default=[], metavar="NODE",
+                    help="with --int8: leave these encoder linear layers (MatMul node names) of each copy in float32")
     ap.add_argument("--stream-dir", type=Path, default=None,
                     help="where each stream's --jsonl predictions and segments are kept (default runs/stream/TAG)")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides, key=value (e.g. model.head_trainer.c=0.02)")
@@ -157,7 +159,8 @@ def main() -> int:
             for s in seeds:  # one stream score per head seed (the streams themselves are the same)
                 where = keep / f"seed{s}" if len(seeds) > 1 else keep
                 per_seed.append(stream_scores(mc, [r for r in cv if r["seed"] == s], records, keep=where,
-                                              daemon_overrides=args.listen, int8=args.int8))
+                                              daemon_overrides=args.listen, int8=args.int8,
+                                              int8_keep_float=args.int8_keep_float))
                 per_seed[-1]["kept"] = str(where)
             entry["stream"] = per_seed[0]
             if len(per_seed) > 1:
@@ -220,7 +223,8 @@ def speaker_stream(records: list, speaker: str, seed: int = 0) -> tuple[np.ndarr
 
 
 def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: Path | None = None,
-                  daemon_overrides: list[str] | None = None, int8: bool = False) -> dict:
+                  daemon_overrides: list[str] | None = None, int8: bool = False,
+                  int8_keep_float: list[str] | None = None) -> dict:
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows.
 
     With ``keep``, each stream's predictions and segments are saved under ``keep/foldF/`` (training.stream_eval.save_stream).
@@ -239,7 +243,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
                 from engine.backends.ort import int8_copy_path
                 from engine.precision import quantize_int8_per_token
 
-                quantize_int8_per_token(onnx_path, int8_copy_path(onnx_path))
+                quantize_int8_per_token(onnx_path, int8_copy_path(onnx_path), keep_float=int8_keep_float or ())
             fold_scores = []
             for speaker in run["test_speakers"]:
                 audio, segments = speaker_stream(records, speaker, seed)

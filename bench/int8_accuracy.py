@@ -21,8 +21,8 @@ the CPU (VNNI or not): the CPU is recorded.
 
     python -m bench.int8_accuracy                      # 5 folds x 3 seeds, clean + 4 conditions
     python -m bench.int8_accuracy --seeds 0 --no-robust
-    python -m bench.int8_accuracy --keep-float none   # and a copy with every linear layer in int8, same run
-    python -m bench.int8_accuracy --keep-float /encoder/blocks.0/qkv/MatMul   # or with that one layer in float32
+    python -m bench.int8_accuracy --keep-float /encoder/blocks.0/qkv/MatMul /encoder/blocks.0/out/MatMul
+                                                       # and a copy with those layers in float32, same run
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def main() -> int:
     import onnx
     import torch
 
-    from engine.precision import float32_weights, int8_float_layers, quantize_int8_per_token
+    from engine.precision import float32_weights, quantize_int8_per_token
     from training.chunk_cv import cross_validate
     from training.features import FeatureCache
 
@@ -197,7 +197,7 @@ def main() -> int:
                                      encoder=ServedEncoder(p, n_states), tag=f"onnx-{name}-{digest(p)[:8]}")
                   for name, p in paths.items()}
         int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"]),
-                     "keep_float": int8_float_layers(onnx.load(str(model)))}
+                     "keep_float": []}
         kept_info = {"bytes": paths[KEPT].stat().st_size, "sha256": digest(paths[KEPT]),
                      "keep_float": keep} if args.keep_float else None
         conds = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}

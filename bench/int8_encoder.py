@@ -21,8 +21,7 @@ Its accuracy study on unseen speakers is ``python -m bench.int8_accuracy``.
 Speed-ups depend on the CPU (VNNI or not); compare within a run.
 
     python -m bench.int8_encoder            # prints a table, writes bench/results/int8_encoder.json
-    python -m bench.int8_encoder --keep-float none   # and a row with every linear layer in int8
-    python -m bench.int8_encoder --keep-float /encoder/blocks.0/qkv/MatMul   # or with that one layer in float32
+    python -m bench.int8_encoder --keep-float /encoder/blocks.0/qkv/MatMul   # and a row with that layer in float32
 """
 
 from __future__ import annotations

@@ -292,20 +292,21 @@ def _per_token_matmul(g: onnx.GraphProto, node: onnx.NodeProto, weight: np.ndarr
     return nodes
 
 
-# The int8 copy's linear layers left in float32 (:func:`int8_float_layers`): the first block's attention projections.
-# Their input is the convolutions' output plus the positional embedding, whose rows carry a few large entries, so
-# one scale per row codes the rest coarsely. Kept in float32 (5 folds x 3 seeds, ``python -m bench.int8_accuracy
-# --keep-float none``, README "int8"), the copy moves cross-validated UA by -0.001 clean and -0.005 / -0.001 at
-# 20 / 10 dB SNR, against -0.005 and -0.010 / -0.012 with every layer in int8, for 7 % of its speed and 1.8 MB.
-INT8_FLOAT_LAYERS = re.compile(r"/blocks\.0/(qkv|out)/")
+# A choice of linear layers to leave in float32 in the int8 copy (:func:`first_block_attention`): the first block's
+# attention projections. Their input is the convolutions' output plus the positional embedding, whose frames carry
+# a few large entries, so one scale per frame codes the rest coarsely. Kept in float32 (5 folds x 3 seeds, ``python
+# -m bench.int8_accuracy --keep-float ...``, README "int8"), the copy moves cross-validated UA by -0.001 clean and
+# -0.005 / -0.001 at 20 / 10 dB SNR, against -0.005 and -0.010 / -0.012 with every layer in int8, but the daemon
+# no longer holds 96 streams on two cores (`bench.daemon`), so the shipped copy quantizes every layer.
+FIRST_BLOCK_ATTENTION = re.compile(r"/blocks\.0/(qkv|out)/")
 
 
-def int8_float_layers(model: onnx.ModelProto) -> list[str]:
-    """The :func:`encoder_matmuls` the shipped int8 copy keeps in float32 (:data:`INT8_FLOAT_LAYERS`)."""
-    return [n for n in encoder_matmuls(model) if INT8_FLOAT_LAYERS.search(n)]
+def first_block_attention(model: onnx.ModelProto) -> list[str]:
+    """The :func:`encoder_matmuls` of the first block's attention (:data:`FIRST_BLOCK_ATTENTION`)."""
+    return [n for n in encoder_matmuls(model) if FIRST_BLOCK_ATTENTION.search(n)]
 
 
-def quantize_int8_per_token(model_path: Path, output: Path, keep_float: Iterable[str] | None = None) -> onnx.ModelProto:
+def quantize_int8_per_token(model_path: Path, output: Path, keep_float: Iterable[str] = ()) -> onnx.ModelProto:
     """The CPU int8 copy of ``model_path``: the encoder's linear layers in int8, each input row scaled on its own.
 
     Each of :func:`encoder_matmuls` becomes :func:`_per_token_matmul`: weights int8 per output
@@ -315,14 +316,14 @@ def quantize_int8_per_token(model_path: Path, output: Path, keep_float: Iterable
     moved with the other streams' audio. Per row, a chunk's embedding is what it is alone, to float
     rounding (``python -m bench.int8_encoder``'s batch-dependence column). On an x86 CPU with VNNI
     it encodes a chunk 1.6-2x as fast as float32 in batches of 8 (``python -m bench.int8_encoder``);
-    ``python -m bench.int8_accuracy`` measures what it costs in cross-validated UA (:data:`INT8_FLOAT_LAYERS`). The log-mel
+    ``python -m bench.int8_accuracy`` measures what it costs in cross-validated UA (-0.005). The log-mel
     front end, the convolutions, attention's products of activations, the moments and the classify
     half stay float32; the metadata is carried over.
 
     ``keep_float`` names linear layers (of :func:`encoder_matmuls`) to leave in float32: a layer
     whose input rows hold a few large outliers loses the small entries to the row's one scale.
-    None (the default) keeps :func:`int8_float_layers`, as the shipped copy is written; ``()``
-    quantizes every one. A name that is not one of them is a ValueError naming those that are.
+    :func:`first_block_attention` is the measured choice (:data:`FIRST_BLOCK_ATTENTION`); the shipped
+    copy keeps none. A name that is not one of them is a ValueError naming those that are.
     """
     model = float32_weights(onnx.load(str(model_path)))
     ensure_node_names(model)
@@ -331,7 +332,7 @@ def quantize_int8_per_token(model_path: Path, output: Path, keep_float: Iterable
     if not linear:
         raise ValueError(f"{model_path} has no encoder linear layers behind a {CHUNKS_INPUT!r} input to quantize "
                          "(the int8 copy is for chunked models)")
-    keep = set(int8_float_layers(model) if keep_float is None else keep_float)
+    keep = set(keep_float)
     if unknown := sorted(keep - set(linear)):
         raise ValueError(f"keep_float names {', '.join(unknown)}, not linear layers of {model_path}'s encoder "
                          f"(those are: {', '.join(linear)})")

@@ -28,6 +28,10 @@ def _fail(message: str, code: int = 1) -> None:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="ONNX file to write (default: CHECKPOINT with .onnx).")
 @click.option("--cpu-int8", is_flag=True, help="Also write the onnxruntime CPU int8 copy beside the ONNX (NAME.int8.onnx), served on CPUs with VNNI or dotprod.")
+@click.option("--int8-keep-float", "keep_float", multiple=True, metavar="NODE",
+              help="With --cpu-int8: leave this encoder linear layer (a MatMul node name) in float32; repeatable. "
+                   "The first block's attention (/encoder/blocks.0/qkv/MatMul, /encoder/blocks.0/out/MatMul) is the measured choice "
+                   "(README, int8): closer to float32 under noise, slower.")
 @click.option("--tensorrt", is_flag=True, help="Also build (or reuse) the TensorRT plan for this GPU, cached beside the ONNX.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="TensorRT plan precision.")
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=DEFAULT_MAX_BATCH, show_default=True, help="Largest batch of windows the TensorRT plan accepts (profile 1..N).")
@@ -39,6 +43,7 @@ def main(
     checkpoint: Path,
     output: Path | None,
     cpu_int8: bool,
+    keep_float: tuple[str, ...],
     tensorrt: bool,
     precision: str,
     max_batch: int,
@@ -58,6 +63,8 @@ def main(
     --tolerance. CHECKPOINT may also be an existing .onnx, to build only its
     TensorRT plan, or only its int8 copy (--cpu-int8).
     """
+    if keep_float and not cpu_int8:
+        _fail("--int8-keep-float names layers of the int8 copy: add --cpu-int8")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # the exporter's INFO chatter stays quiet
     logging.getLogger("engine").setLevel(logging.INFO)  # TensorRT build progress
     if precision != "fp32" and not tensorrt:
@@ -80,7 +87,7 @@ def main(
         onnx_path = output or checkpoint.with_suffix(".onnx")
         _export(checkpoint, onnx_path, tolerance, name)
     if cpu_int8:
-        _int8_copy(onnx_path)
+        _int8_copy(onnx_path, keep_float)
     if tensorrt:
         _build_plan(onnx_path, precision, max_batch, calibration, rebuild)
 
@@ -98,7 +105,7 @@ def _export(checkpoint: Path, output: Path, tolerance: float, name: str | None) 
     click.echo(f"wrote {report.path} ({report.size_bytes / 1e6:.1f} MB, {report.metadata['variant']}, checked and parity-tested)")
 
 
-def _int8_copy(onnx_path: Path) -> None:
+def _int8_copy(onnx_path: Path, keep_float: tuple[str, ...] = ()) -> None:
     """Write ``NAME.int8.onnx`` and say how far it moves the float model's probabilities (speech-like windows)."""
     import numpy as np
 
@@ -108,7 +115,7 @@ def _int8_copy(onnx_path: Path) -> None:
 
     out = int8_copy_path(onnx_path)
     try:
-        quantize_int8_per_token(onnx_path, out)
+        quantize_int8_per_token(onnx_path, out, keep_float=keep_float)
         ref = OrtEngine.load(onnx_path, device="cpu", int8=False)
         q = OrtEngine.load(onnx_path, device="cpu", int8=True)
     except (EngineError, OSError, ValueError) as exc:
