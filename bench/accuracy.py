@@ -132,6 +132,8 @@ def main() -> int:
                     help="where each stream's --jsonl predictions and segments are kept (default runs/stream/TAG)")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides, key=value (e.g. model.head_trainer.c=0.02)")
     args = ap.parse_args()
+    if args.int8_keep_float and not (args.int8 and args.stream):
+        ap.error("--int8-keep-float shapes the int8 copies the streams are served through: add --stream --int8")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     import torch

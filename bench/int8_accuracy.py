@@ -163,8 +163,7 @@ def main() -> int:
     ap.add_argument("--no-robust", action="store_true", help="clean test clips only")
     ap.add_argument("--tag", default="", help="suffix of the result files")
     ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
-                    help=f"also score an int8 copy leaving exactly these linear layers (MatMul node names) in float32, "
-                         f"as {KEPT!r}; 'none' for every one in int8")
+                    help=f"also score an int8 copy leaving these linear layers (MatMul node names) in float32, as {KEPT!r}")
     ap.add_argument("overrides", nargs="*", help="conf/model overrides of the recipe the heads are fitted with")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -190,8 +189,8 @@ def main() -> int:
         paths = {name: Path(tmp) / f"{name}.onnx" for name in served_names}
         onnx.save(float32_weights(onnx.load(str(model))), str(paths["float32"]))
         quantize_int8_per_token(model, paths["int8"])  # as ser-build-engine --cpu-int8 writes it
-        keep = [] if args.keep_float == ["none"] else args.keep_float
-        if args.keep_float:
+        keep = args.keep_float
+        if keep:
             quantize_int8_per_token(model, paths[KEPT], keep_float=keep)
         served = {name: FeatureCache(args.cache_dir, base.ch, base.n_layers, base.name,
                                      encoder=ServedEncoder(p, n_states), tag=f"onnx-{name}-{digest(p)[:8]}")

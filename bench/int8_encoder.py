@@ -56,8 +56,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=100)
     ap.add_argument("--out", default=str(RESULTS / "int8_encoder.json"))
     ap.add_argument("--keep-float", nargs="+", default=[], metavar="NODE",
-                    help="also time a per-token int8 copy with exactly these linear layers (MatMul node names) left in "
-                         "float32; 'none' for every one in int8")
+                    help="also time a per-token int8 copy with these linear layers (MatMul node names) left in float32")
     args = ap.parse_args()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -79,10 +78,9 @@ def main() -> int:
         paths["int8 per token (served)"] = Path(tmp) / "int8.onnx"
         quantize_int8_per_token(Path(args.model), paths["int8 per token (served)"])
         if args.keep_float:
-            keep = [] if args.keep_float == ["none"] else args.keep_float
-            kept = f"int8 per token, {' '.join(keep)} float32" if keep else "int8 per token, all layers"
+            kept = f"int8 per token, {' '.join(args.keep_float)} float32"
             paths[kept] = Path(tmp) / "int8-kept.onnx"
-            quantize_int8_per_token(Path(args.model), paths[kept], keep_float=keep)
+            quantize_int8_per_token(Path(args.model), paths[kept], keep_float=args.keep_float)
         engines = {name: load_engine(p, backend="onnxruntime", device="cpu") for name, p in paths.items()}
 
         ref = engines["float32"]
