@@ -45,6 +45,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -226,7 +227,7 @@ def speaker_stream(records: list, speaker: str, seed: int = 0) -> tuple[np.ndarr
 
 def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: Path | None = None,
                   daemon_overrides: list[str] | None = None, int8: bool = False,
-                  int8_keep_float: list[str] | None = None) -> dict:
+                  int8_keep_float: Sequence[str] = ()) -> dict:
     """Per fold: export the head, build each test actor's stream, run ser-listen on it, score its windows.
 
     With ``keep``, each stream's predictions and segments are saved under ``keep/foldF/`` (training.stream_eval.save_stream).
@@ -245,7 +246,7 @@ def stream_scores(mc: dict, cv: list[dict], records: list, seed: int = 0, keep: 
                 from engine.backends.ort import int8_copy_path
                 from engine.precision import quantize_int8_per_token
 
-                quantize_int8_per_token(onnx_path, int8_copy_path(onnx_path), keep_float=int8_keep_float or ())
+                quantize_int8_per_token(onnx_path, int8_copy_path(onnx_path), keep_float=int8_keep_float)
             fold_scores = []
             for speaker in run["test_speakers"]:
                 audio, segments = speaker_stream(records, speaker, seed)

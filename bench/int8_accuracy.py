@@ -138,10 +138,8 @@ def markdown(doc: dict) -> str:
                         "int8 change, range over runs", "ECE torch / int8"], rows))
     if KEPT in s["clean"]:
         kept = doc["kept_model"]
-        what = ", ".join(kept["keep_float"]) + " left in float32" if kept["keep_float"] else "every linear layer in int8"
-        served = doc["int8_model"].get("keep_float")
-        served = "its linear layers all in int8" if served is None or not served else ", ".join(served) + " in float32"
-        lines += ["", f"Beside the int8 copy ({served}), one with {what} (same heads and clips):", ""]
+        lines += ["", f"Beside the int8 copy (its linear layers all in int8), one with {', '.join(kept['keep_float'])} left in "
+                  "float32 (same heads and clips):", ""]
         lines.append(table(["condition", "int8 (change)", f"{KEPT} (change)", f"{KEPT} change per fold", f"ECE {KEPT}"],
                            [[cond, f"{row['int8']['ua']:.3f} ({row['int8']['delta']:+.4f})",
                              f"{row[KEPT]['ua']:.3f} (**{row[KEPT]['delta']:+.4f}**)",
@@ -189,16 +187,14 @@ def main() -> int:
         paths = {name: Path(tmp) / f"{name}.onnx" for name in served_names}
         onnx.save(float32_weights(onnx.load(str(model))), str(paths["float32"]))
         quantize_int8_per_token(model, paths["int8"])  # as ser-build-engine --cpu-int8 writes it
-        keep = args.keep_float
-        if keep:
-            quantize_int8_per_token(model, paths[KEPT], keep_float=keep)
+        if args.keep_float:
+            quantize_int8_per_token(model, paths[KEPT], keep_float=args.keep_float)
         served = {name: FeatureCache(args.cache_dir, base.ch, base.n_layers, base.name,
                                      encoder=ServedEncoder(p, n_states), tag=f"onnx-{name}-{digest(p)[:8]}")
                   for name, p in paths.items()}
-        int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"]),
-                     "keep_float": []}
+        int8_info = {"bytes": paths["int8"].stat().st_size, "sha256": digest(paths["int8"])}
         kept_info = {"bytes": paths[KEPT].stat().st_size, "sha256": digest(paths[KEPT]),
-                     "keep_float": keep} if args.keep_float else None
+                     "keep_float": args.keep_float} if args.keep_float else None
         conds = {k: v for k, v in mc["features"]["eval_conditions"].items() if k == "clean" or not args.no_robust}
         tests = dict(conds)
         for name in served_names:
